@@ -1,0 +1,128 @@
+"""The `seed` command: one Typer app, one subcommand per stage.
+
+Commands import their stage lazily so `seed --help` is instant. A `UserError` from any stage is
+printed as one line and exits with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from seed.errors import UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="seed",
+    help="Build a chat model you own from a stronger model you can call.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+
+
+@app.command()
+def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")]) -> None:
+    """Run a recipe: generate -> train -> eval -> report, skipping stages that are up to date."""
+    from seed.pipeline import run_recipe
+
+    run_recipe(recipe, console=console)
+
+
+@app.command()
+def generate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (its [generate] section).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train.jsonl, eval.jsonl.")],
+) -> None:
+    """Write teacher-answered training records and held-out prompts."""
+    from seed.generate import generate_from_tasks
+    from seed.pipeline import preflight
+    from seed.recipe import load_recipe
+
+    r, _ = load_recipe(recipe)
+    preflight(r)
+    info = generate_from_tasks(r.generate, r.seed, out)
+    console.print(f"{info['train_records']} training records, {info['eval_records']} held-out "
+                  f"prompts in {out}")
+
+
+@app.command()
+def train(
+    records: Annotated[Path, typer.Argument(help="Training records (JSONL).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, checkpoints/).")],
+    recipe: Annotated[Path | None, typer.Option(help="Recipe whose [train] section to use.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the recipe's).")] = None,
+) -> None:
+    """Train a student on records; resumes from the last checkpoint in OUT."""
+    from seed.recipe import TrainConfig, load_recipe
+    from seed.records import count_records
+    from seed.train import train_student
+
+    cfg, rseed = TrainConfig(), 0
+    if recipe:
+        r, _ = load_recipe(recipe)
+        cfg, rseed = r.train, r.seed
+    if cfg.student.checkpoint and not Path(cfg.student.checkpoint).is_dir():
+        raise UserError(f"{cfg.student.checkpoint}: no such model directory")
+    count_records(records)  # validates the whole file before any training output is written
+    info = train_student(records, out, cfg, rseed if seed is None else seed, console=console)
+    console.print(f"trained {info['steps']} steps; model in {out / 'model'}")
+
+
+@app.command(name="eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="Student model directory.")],
+    records: Annotated[Path, typer.Argument(help="Held-out evaluation records (JSONL).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    baseline: Annotated[Path | None, typer.Option(help="Model directory to compare with.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe whose [eval] section to use.")] = None,
+) -> None:
+    """Grade a student on verifiable held-out tasks; writes results.json and samples.jsonl."""
+    from seed.evaluate.verify import evaluate_tasks
+    from seed.recipe import EvalConfig, load_recipe
+
+    cfg = load_recipe(recipe)[0].eval if recipe else EvalConfig()
+    info = evaluate_tasks(model, records, out, cfg, baseline_dir=baseline)
+    console.print(f"accuracy {info['accuracy']:.1%} on {info['n']} held-out prompts")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")]) -> None:
+    """Write the run's self-contained HTML report."""
+    from seed.evaluate.report import write_report
+
+    console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command()
+def chat(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+) -> None:
+    """Talk to a model in the terminal; replies stream token by token."""
+    from seed.chat import chat_loop
+
+    chat_loop(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

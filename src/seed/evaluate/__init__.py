@@ -1,0 +1,1 @@
+"""The eval stage: verifiable tasks, judges, statistics and the HTML report."""

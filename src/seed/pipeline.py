@@ -1,0 +1,89 @@
+"""`seed run`: a recipe's stages in order (generate -> train -> eval -> report) inside a run directory.
+
+Each stage is skipped when its inputs (its config and the files it reads) and its outputs are
+unchanged since it last finished, so a rerun resumes after a crash and a complete run costs seconds.
+Everything a user can get wrong is checked before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from seed.errors import UserError
+from seed.recipe import Recipe, load_recipe
+from seed.runs import Run
+
+GENERATE_OUT = ["data/train.jsonl", "data/eval.jsonl"]
+TRAIN_OUT = ["train/model", "train/initial", "train/metrics.jsonl"]
+EVAL_OUT = ["eval/results.json", "eval/samples.jsonl"]
+REPORT_OUT = ["report.html"]
+
+
+def preflight(recipe: Recipe) -> None:
+    """Fail on bad input before anything is written."""
+    teacher = recipe.generate.teacher
+    if teacher.kind == "tasks":
+        from seed.endpoints.tasks import TasksEndpoint
+
+        TasksEndpoint(teacher.tasks)
+    else:
+        raise UserError(f"generate.teacher.kind = {teacher.kind!r}: `seed run` supports the "
+                        "tasks teacher for now; use `seed generate` for HTTP teachers")
+    ckpt = recipe.train.student.checkpoint
+    if ckpt and not Path(ckpt).is_dir():
+        raise UserError(f"train.student.checkpoint: {ckpt}: no such model directory")
+
+
+def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
+           outputs: list[str], work: Any) -> dict[str, Any]:
+    h = run.inputs_hash(config, [run.path(p) for p in inputs])
+    if run.is_fresh(name, h):
+        run.skipped(name)
+        console.print(f"[dim]{name}: up to date, skipped[/dim]")
+        return run.manifest["stages"][name].get("info", {})
+    console.rule(f"[bold]{name}")
+    with run.stage(name, h, outputs) as info:
+        info.update(work() or {})
+    return info
+
+
+def run_recipe(path: str | Path, console: Console | None = None) -> Path:
+    """Run every stage of a recipe; return the run directory."""
+    console = console or Console()
+    recipe, text = load_recipe(path)
+    preflight(recipe)
+    run = Run(Path(recipe.runs_dir) / recipe.name)
+    run.begin(recipe.name, text, recipe.model_dump(mode="json"), recipe.seed)
+
+    from seed.evaluate.report import write_report
+    from seed.evaluate.verify import evaluate_tasks
+    from seed.generate import generate_from_tasks
+    from seed.train import train_student
+
+    gen = _stage(run, console, "generate", [recipe.generate.model_dump(), recipe.seed], [],
+                 GENERATE_OUT,
+                 lambda: generate_from_tasks(recipe.generate, recipe.seed, run.path("data")))
+    if gen:
+        console.print(f"generate: {gen['train_records']} training records, "
+                      f"{gen['eval_records']} held-out prompts")
+    _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed], ["data/train.jsonl"],
+           TRAIN_OUT,
+           lambda: train_student(run.path("data/train.jsonl"), run.path("train"), recipe.train,
+                                 recipe.seed, console=console))
+    ev = _stage(run, console, "eval", recipe.eval.model_dump(),
+                ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
+                lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
+                                       run.path("eval"), recipe.eval,
+                                       baseline_dir=run.path("train/initial")))
+    _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl"],
+           REPORT_OUT, lambda: {"path": str(write_report(run.root))})
+    console.print(
+        f"[bold green]held-out accuracy: {ev['accuracy']:.1%}[/bold green] "
+        f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"
+    )
+    console.print(f"report: {run.path('report.html')}")
+    console.print(f"chat with the student: seed chat {run.path('train/model')}")
+    return run.root

@@ -1,0 +1,124 @@
+"""Recipes: the TOML file that names every stage's settings, validated with pydantic.
+
+Every model forbids unknown keys, so a typo is an error that names its dotted path
+(`train.lerning_rate: unknown key`) instead of a setting silently ignored. Stage sections are
+optional where a stage can be left out; their defaults are the values the quickstart was tuned with.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seed.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSpec(Strict):
+    """One reasoning-gym task family, its weight in the mix and its difficulty settings."""
+
+    name: str
+    weight: float = Field(1.0, gt=0)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class EndpointConfig(Strict):
+    """Anything that answers chat messages: an HTTP server, a local model, or task generators."""
+
+    kind: Literal["openai", "local", "tasks"]
+    # openai: any OpenAI-compatible server
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_version: str | None = None  # Azure OpenAI
+    route: str | None = None  # direct, azure, bedrock, openrouter; inferred from the URL when unset
+    # local: a Hugging Face model directory
+    path: str | None = None
+    # tasks: reasoning-gym generators
+    tasks: list[TaskSpec] = Field(default_factory=list)
+
+
+class GenerateConfig(Strict):
+    teacher: EndpointConfig
+    num_records: int = Field(1000, gt=0)
+    eval_prompts: int = Field(200, ge=0)
+    # Evaluation items come from a seed this far from the training seed (reasoning-gym builds item
+    # i from Random(seed + i), so nearby seeds share items); overlapping questions are dropped too.
+    eval_seed_offset: int = 1_000_000_007
+
+
+class StudentConfig(Strict):
+    size: str = "tiny"  # a named from-scratch size, see seed.train.models.SIZES
+    checkpoint: str | None = None  # a local model directory to start from instead
+
+
+class TokenizerConfig(Strict):
+    kind: Literal["digits", "chars", "bpe"] = "digits"
+    vocab_size: int = Field(512, gt=0)
+
+
+class TrainConfig(Strict):
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    seq_len: int = Field(256, gt=0)
+    batch_size: int = Field(16, gt=0)  # packed sequences per micro-batch
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(200, gt=0)
+    log_every: int = Field(10, gt=0)
+    threads: int | None = Field(None, gt=0)
+
+
+class EvalConfig(Strict):
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(64, gt=0)
+    samples: int = Field(12, ge=0)  # conversations shown in the report
+
+
+class Recipe(Strict):
+    name: str
+    seed: int = 0
+    runs_dir: str = "runs"
+    generate: GenerateConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if err["type"] == "missing":
+        return f"{where}: missing key"
+    return f"{where}: {err['msg'].lower()}"
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Read and validate a recipe; return it with its text (kept in the run manifest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such recipe file; check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+    try:
+        return Recipe.model_validate(data), text
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise UserError(f"{path}: {problems}") from None

@@ -1,0 +1,237 @@
+"""The record: one conversation per JSON line, and the only thing that travels between stages.
+
+A record is `{"id", "messages", "provenance", "meta"}`; `messages` is the OpenAI chat format, so the
+files load in `datasets`, TRL or axolotl as they are. This module reads records as a stream and
+appends them; it knows nothing about where they came from or what a stage does with them.
+
+Crash safety: a writer emits each record as one `write()` of a full line ending in a newline, so a
+crash can leave at most one *torn* line, the last one, without its newline. Readers report and skip
+it; `RecordWriter` cuts it off before appending. Any other line that is not a valid record is an
+error naming the file and line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seed.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Message(BaseModel):
+    """One chat turn in the OpenAI format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str
+
+
+class Teacher(BaseModel):
+    """Who wrote the assistant turns: enough to hold them against the teacher's terms. Never a key."""
+
+    model_config = ConfigDict(extra="allow")
+
+    route: str  # direct, azure, bedrock, openrouter, local, tasks
+    host: str | None = None
+    model_requested: str | None = None
+    model_returned: str | None = None
+    system_fingerprint: str | None = None
+    weights_revision: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    requested_at: str | None = None
+    responded_at: str | None = None
+
+
+class Source(BaseModel):
+    """Where the prompt came from: a file and its license, or a generator, its version, config and seed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str  # file, self_instruct, evol_instruct, tasks, import, ...
+    name: str
+    license: str | None = None
+    version: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+
+
+class Provenance(BaseModel):
+    """Who produced a record and for what it may be used."""
+
+    model_config = ConfigDict(extra="allow")
+
+    teacher: Teacher | None = None
+    source: Source | None = None
+    purpose: Literal["train", "eval", "judge"] = "train"
+
+
+class Record(BaseModel):
+    """One conversation with its provenance; `id` is a stable hash of the messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    messages: list[Message]
+    provenance: Provenance = Field(default_factory=Provenance)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def new(
+        cls,
+        messages: list[dict[str, str]] | list[Message],
+        provenance: Provenance | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Record:
+        msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        return cls(
+            id=record_id(msgs),
+            messages=msgs,
+            provenance=provenance or Provenance(),
+            meta=meta or {},
+        )
+
+    def to_line(self) -> str:
+        """The record as one JSON line with its newline, ready for a single append."""
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), ensure_ascii=False) + "\n"
+
+    def chat(self) -> list[dict[str, str]]:
+        """The messages as plain dicts, the shape chat templates and HTTP APIs take."""
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+def record_id(messages: Iterable[Message | dict[str, str]]) -> str:
+    """A stable 16-hex-digit hash of the conversation's roles and contents."""
+    canon = [
+        {"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m)
+        for m in messages
+    ]
+    blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parse(line: bytes, path: Path, lineno: int) -> Record:
+    try:
+        return Record.model_validate_json(line)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "line"
+        raise UserError(
+            f"{path}:{lineno}: not a valid record ({where}: {first['msg']}); fix or remove that line"
+        ) from None
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Stream the records of a JSONL file; a torn last line is logged and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such records file; check the path")
+    with path.open("rb") as f:
+        lineno = 0
+        for raw in f:
+            lineno += 1
+            if not raw.endswith(b"\n"):
+                log.warning("%s:%d: torn last line (%d bytes) skipped; a resumed writer repairs it",
+                            path, lineno, len(raw))
+                return
+            if raw.strip():
+                yield _parse(raw, path, lineno)
+
+
+def count_records(path: str | Path) -> int:
+    """How many complete records a file holds (0 if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    return sum(1 for _ in read_records(path))
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a torn last line (one without its newline) off the file; return the bytes removed."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline; everything after it is the torn line.
+        pos, chunk = size, 65536
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            buf = f.read(pos - start)
+            nl = buf.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return size - keep
+
+
+class RecordWriter:
+    """Append records to a JSONL file, one whole line per write; repairs a torn tail on open."""
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        removed = repair_torn_tail(self.path)
+        if removed:
+            log.warning("%s: removed a torn last line (%d bytes) left by a crash", self.path, removed)
+        self._f = self.path.open("ab", buffering=0)
+        self._fsync = fsync
+
+    def write(self, record: Record) -> None:
+        self._f.write(record.to_line().encode())
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def write_many(self, records: Iterable[Record]) -> int:
+        n = 0
+        for r in records:
+            self.write(r)
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_records(path: str | Path, records: Iterable[Record]) -> int:
+    """Write a whole records file atomically (temp file + rename); return how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(r.to_line())
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n
