@@ -1,0 +1,119 @@
+"""A Hugging Face model directory as an endpoint, loaded in process.
+
+Loads any `AutoModelForCausalLM` directory with its tokenizer and chat template, and answers
+conversations: batched (left-padded) for evaluation, token by token for a terminal chat. This module
+knows nothing about HTTP; `seed serve` builds its batching engine on the same loading code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+
+from seed.endpoints.base import Completion
+from seed.errors import UserError
+from seed.files import hash_path
+from seed.records import Teacher
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """The path as a model directory, or a UserError saying what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such model directory; train one with `seed train` or check the path")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json); point at a saved model")
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The directory's tokenizer; refuses one without a chat template, since chats are all we render."""
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tok, "chat_template", None):
+        raise UserError(f"{path}: the tokenizer has no chat template; add chat_template.jinja "
+                        "or give the recipe a template")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class LocalModel:
+    """A model directory that answers chats in process (CPU, or the first GPU when there is one)."""
+
+    def __init__(self, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+        self.path = check_model_dir(path)
+        self.tokenizer = load_tokenizer(self.path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+        self.model.to(self.device).eval()
+        self._revision: str | None = None
+
+    def teacher(self) -> Teacher:
+        if self._revision is None:
+            self._revision = (hash_path(self.path / "model.safetensors") or "")[:16] or None
+        return Teacher(route="local", host=None, model_requested=self.path.name,
+                       model_returned=self.path.name, weights_revision=self._revision)
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _sampling(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    @torch.inference_mode()
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 32) -> list[str]:
+        """Answer each conversation; greedy unless temperature > 0. Batches are left-padded."""
+        out: list[str] = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(conversations), batch_size):
+            prompts = [self._prompt_ids(c) for c in conversations[start:start + batch_size]]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                                device=self.device)
+            gen = self.model.generate(input_ids=ids, attention_mask=mask,
+                                      **self._sampling(max_new_tokens, temperature, top_p))
+            for row in gen[:, width:]:
+                out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return out
+
+    def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
+        """Yield the reply's text piece by piece as it is generated."""
+        ids = torch.tensor([self._prompt_ids(messages)], device=self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                      **self._sampling(max_new_tokens, temperature, top_p))
+        worker = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+
+    @torch.inference_mode()
+    def _generate_quietly(self, **kwargs: Any) -> None:
+        self.model.generate(**kwargs)
+
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
+        n = int(params.get("n", 1))
+        texts = self.generate([messages] * n, max_new_tokens=int(params.get("max_tokens", 256)),
+                              temperature=float(params.get("temperature", 0.0)),
+                              top_p=float(params.get("top_p", 1.0)))
+        return [Completion(text=t, model=self.path.name) for t in texts]

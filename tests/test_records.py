@@ -1,0 +1,58 @@
+"""Records: stable ids, streaming read/append, torn-line repair, and errors that name the line."""
+
+import json
+
+import pytest
+
+from seed.errors import UserError
+from seed.records import Provenance, Record, RecordWriter, Teacher, read_records, record_id
+
+
+def _rec(i: int) -> Record:
+    return Record.new([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                      provenance=Provenance(teacher=Teacher(route="tasks")))
+
+
+def test_id_is_a_stable_hash_of_the_messages():
+    a, b = _rec(1), _rec(1)
+    assert a.id == b.id == record_id(a.messages)
+    assert _rec(2).id != a.id
+    assert len(a.id) == 16
+
+
+def test_records_round_trip_in_openai_message_format(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordWriter(path) as w:
+        w.write_many(_rec(i) for i in range(3))
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["messages"] == [{"role": "user", "content": "q0"},
+                                               {"role": "assistant", "content": "a0"}]
+    assert [r.messages[0].content for r in read_records(path)] == ["q0", "q1", "q2"]
+
+
+def test_a_torn_last_line_is_reported_skipped_and_repaired_by_the_next_writer(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    with RecordWriter(path) as w:
+        w.write_many(_rec(i) for i in range(2))
+    full = _rec(2).to_line()
+    with path.open("a") as f:
+        f.write(full[: len(full) // 2])  # a crash mid-write
+    assert [r.messages[0].content for r in read_records(path)] == ["q0", "q1"]
+    assert "torn last line" in caplog.text
+    with RecordWriter(path) as w:
+        w.write(_rec(3))
+    assert [r.messages[0].content for r in read_records(path)] == ["q0", "q1", "q3"]
+    assert path.read_text().endswith("\n")
+
+
+def test_a_broken_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(_rec(0).to_line() + '{"id": "x", "messages": [{"role": "user"}]}\n'
+                    + _rec(1).to_line())
+    with pytest.raises(UserError, match=r"r\.jsonl:2: not a valid record \(messages\.0\.content"):
+        list(read_records(path))
+
+
+def test_a_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such records file"):
+        list(read_records(tmp_path / "nope.jsonl"))
