@@ -65,7 +65,6 @@ def train(
     """Train a student on records; resumes from the last checkpoint in OUT."""
     from seed.recipe import TrainConfig, load_recipe
     from seed.records import count_records
-    from seed.train import train_student
 
     cfg, rseed = TrainConfig(), 0
     if recipe:
@@ -74,6 +73,8 @@ def train(
     if cfg.student.checkpoint and not Path(cfg.student.checkpoint).is_dir():
         raise UserError(f"{cfg.student.checkpoint}: no such model directory")
     count_records(records)  # validates the whole file before any training output is written
+    from seed.train import train_student
+
     info = train_student(records, out, cfg, rseed if seed is None else seed, console=console)
     console.print(f"trained {info['steps']} steps; model in {out / 'model'}")
 
