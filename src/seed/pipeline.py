@@ -7,6 +7,7 @@ Everything a user can get wrong is checked before the run directory is touched.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,21 @@ def preflight(recipe: Recipe) -> None:
 
 
 def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
-           outputs: list[str], work: Any) -> dict[str, Any]:
+           outputs: list[str], work: Any, workdir: str | None = None) -> dict[str, Any]:
+    """Run one stage unless it is up to date.
+
+    A stage that stopped part-way with the same inputs resumes from what it left in `workdir`
+    (training checkpoints); when its inputs changed, `workdir` is cleared first, since what is
+    there was made from other inputs.
+    """
     h = run.inputs_hash(config, [run.path(p) for p in inputs])
     if run.is_fresh(name, h):
         run.skipped(name)
         console.print(f"[dim]{name}: up to date, skipped[/dim]")
         return run.manifest["stages"][name].get("info", {})
+    previous = run.manifest["stages"].get(name)
+    if workdir and previous and previous.get("inputs_hash") != h:
+        shutil.rmtree(run.path(workdir), ignore_errors=True)
     console.rule(f"[bold]{name}")
     with run.stage(name, h, outputs) as info:
         info.update(work() or {})
@@ -72,12 +82,14 @@ def run_recipe(path: str | Path, console: Console | None = None) -> Path:
     _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed], ["data/train.jsonl"],
            TRAIN_OUT,
            lambda: train_student(run.path("data/train.jsonl"), run.path("train"), recipe.train,
-                                 recipe.seed, console=console))
+                                 recipe.seed, console=console),
+           workdir="train")
     ev = _stage(run, console, "eval", recipe.eval.model_dump(),
                 ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
                 lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
                                        run.path("eval"), recipe.eval,
-                                       baseline_dir=run.path("train/initial")))
+                                       baseline_dir=run.path("train/initial")),
+                workdir="eval")
     _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl"],
            REPORT_OUT, lambda: {"path": str(write_report(run.root))})
     console.print(

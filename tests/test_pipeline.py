@@ -1,0 +1,72 @@
+"""`seed run` end to end on a tiny recipe: every stage's outputs, then a rerun that skips them all."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = """name = "tiny"
+seed = 5
+[generate]
+num_records = 300
+eval_prompts = 20
+[generate.teacher]
+kind = "tasks"
+[[generate.teacher.tasks]]
+name = "basic_arithmetic"
+config = { min_terms = 2, max_terms = 2, min_digits = 1, max_digits = 1, operators = ["+"] }
+[train]
+max_steps = 6
+batch_size = 4
+seq_len = 64
+warmup_steps = 1
+checkpoint_every = 3
+log_every = 1
+[train.student]
+size = "tiny"
+[eval]
+max_new_tokens = 4
+samples = 4
+"""
+
+
+def seed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
+    (tmp_path / "r.toml").write_text(RECIPE)
+    first = seed("run", "r.toml", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "tiny"
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["n"] == 20 and 0.0 <= results["accuracy"] <= 1.0
+    assert results["baseline_accuracy"] is not None
+    assert "held-out accuracy" in first.stdout
+    html = (run / "report.html").read_text()
+    assert "Loss curve" in html and "<svg" in html and "basic_arithmetic" in html
+    assert "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"].values()] == ["done"] * 4
+    assert manifest["versions"]["torch"].startswith("2.")
+    assert manifest["stages"]["train"]["info"]["steps"] == 6
+    model_mtime = (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    second = seed("run", "r.toml", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("up to date, skipped") == 4
+    assert (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime
+    rerun = json.loads((run / "manifest.json").read_text())
+    assert all("last_skipped_at" in s for s in rerun["stages"].values())
+
+    # Changing a training key reruns training and what depends on it, not generation.
+    (tmp_path / "r.toml").write_text(RECIPE.replace("max_steps = 6", "max_steps = 7"))
+    third = seed("run", "r.toml", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.count("up to date, skipped") == 1  # generate only
+    assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["info"]["steps"] == 7
