@@ -6,6 +6,7 @@ printed as one line and exits with code 2; anything else is a bug and keeps its 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -102,6 +103,26 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory (runs/<na
     from seed.evaluate.report import write_report
 
     console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command()
+def stats(
+    files: Annotated[list[Path], typer.Argument(help="Judge annotation files (Seed JSONL or "
+                                                "AlpacaEval annotations.json[.gz]).")],
+    as_json: Annotated[bool, typer.Option("--json",
+                                          help="Print a JSON list, rates in percent.")] = False,
+) -> None:
+    """Recompute win rates, intervals and length-controlled win rates from annotations on disk."""
+    from seed.evaluate.annotations import load_annotations
+    from seed.evaluate.stats import summarize
+    from seed.evaluate.stats_table import print_stats
+
+    rows = summarize([load_annotations(f) for f in files])
+    if as_json:
+        keys = ("name", "n", "win_rate", "lc_win_rate", "ci_low", "ci_high", "avg_length")
+        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+    else:
+        print_stats(rows, console)
 
 
 @app.command()
