@@ -1,0 +1,69 @@
+"""The student: a Llama-architecture `transformers` model of a named size, or a local checkpoint.
+
+Sizes are small on purpose: on a 2-core CPU, how many examples a student sees in the time budget
+matters more than its width, so the quickstart uses the smallest size that still learns its task.
+This module builds and loads models; it knows nothing about data or the training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from seed.errors import UserError
+
+# hidden size, layers, attention heads, MLP width; names grow by roughly 4x in parameters.
+SIZES: dict[str, dict[str, int]] = {
+    "nano": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 192},
+    "tiny": {"hidden_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+             "intermediate_size": 288},
+    "small": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6,
+              "intermediate_size": 576},
+    "base": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
+             "intermediate_size": 1152},
+    "medium": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 2304},
+}
+
+
+def student_config(size: str, vocab_size: int, max_positions: int, pad_token_id: int,
+                   eos_token_id: int) -> LlamaConfig:
+    """The LlamaConfig of a named size for a tokenizer of `vocab_size` tokens."""
+    if size not in SIZES:
+        raise UserError(f"train.student.size = {size!r}: use one of {', '.join(SIZES)}")
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        **SIZES[size],
+    )
+
+
+def build_student(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised student; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    return model
+
+
+def load_student(path: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """A causal LM from a local model directory: a checkpoint or a trained student."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json); check the path")
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters, counting tied embeddings once."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,75 @@
+"""The student's tokenizer: trained with `tokenizers` on the training records, for transformers.
+
+Three kinds: `digits` (byte-level BPE whose pre-tokenizer splits every digit into its own token, so
+numbers are read digit by digit, which arithmetic learns far faster), `bpe` (plain byte-level BPE)
+and `chars` (one token per byte, no merges). All share the special tokens of the chat template
+below; `<|end|>` closes every turn and is the eos token, so generation stops after an assistant
+turn.
+This module knows nothing about models or training; it only turns text into ids and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from seed.errors import UserError
+
+PAD, END = "<|pad|>", "<|end|>"
+ROLES = ("system", "user", "assistant", "tool")
+SPECIAL_TOKENS = [PAD, END, *(f"<|{r}|>" for r in ROLES)]
+
+# Each turn is `<|role|>content<|end|>`; a generation prompt is `<|assistant|>`. Turns begin and end
+# on special tokens, so rendering a prefix of the conversation tokenizes to a prefix of the ids.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+KINDS = ("digits", "bpe", "chars")
+
+
+def _pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if kind == "digits":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return byte_level
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "digits",
+                    vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A tokenizer of `kind` trained on `texts`, with the chat template and special tokens set."""
+    if kind not in KINDS:
+        raise UserError(f"train.tokenizer.kind = {kind!r}: use one of {', '.join(KINDS)}")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if kind == "chars":
+        vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(alphabet))}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    else:
+        tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = _pre_tokenizer(kind)
+    tok.decoder = decoders.ByteLevel()
+    if kind == "chars":
+        tok.add_special_tokens(SPECIAL_TOKENS)
+    else:
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                      initial_alphabet=alphabet, show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=PAD,
+                                      additional_special_tokens=SPECIAL_TOKENS[2:])
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A saved tokenizer (ours or any Hugging Face one) from a local directory, offline."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such tokenizer directory; check the path")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.chat_template is None:
+        raise UserError(f"{path}: the tokenizer has no chat template; add one to train on chats")
+    return tok
