@@ -1,0 +1,120 @@
+"""Model and dataset cards that carry a student's provenance and the obligations it inherited.
+
+Cards are Hugging Face `README.md` files built with `huggingface_hub`'s `ModelCard` /
+`ModelCardData` and `DatasetCard` / `DatasetCardData`, so the Hub and every tool that reads model
+cards understands their metadata. The body says, in words, who wrote the training data (teachers
+and record counts), what the gate decided for which use, the obligations that follow (name prefix,
+"Built with ..." notices, inherited terms), overrides and any accepted risk. This module formats
+and writes; the verdicts come from `gate.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from seed.files import write_text_atomic
+from seed.policy.gate import CheckResult
+
+
+def _hub_license(name: str | None) -> str:
+    """A license name as a Hub license id (`CC BY-NC 4.0` -> `cc-by-nc-4.0`); `unknown` if none."""
+    if not name:
+        return "unknown"
+    return "-".join(name.strip().lower().replace("_", " ").split())
+
+
+def _provenance_table(result: CheckResult) -> str:
+    rows = ["| teacher | prompt source | records | verdict | terms |", "|---|---|---:|---|---|"]
+    for f in result.findings:
+        rows.append(f"| `{f.teacher}` | `{f.source}` | {f.records} | {f.verdict} | "
+                    f"{f.family} |")
+    return "\n".join(rows)
+
+
+def _obligations_section(result: CheckResult) -> str:
+    items = result.obligations()
+    if not items:
+        return "None: the terms of every teacher and source allow this use without conditions."
+    return "\n".join(f"- {o}" for o in items)
+
+
+def _policy_section(result: CheckResult) -> str:
+    lines = [f"Checked by `seed check` for a **{result.use.describe()}**: overall verdict "
+             f"**{result.verdict}** over {result.records} records."]
+    if result.overrides:
+        lines.append("")
+        lines.append("Terms overrides applied (the user's own records, e.g. written permission):")
+        for f in result.findings:
+            lines.extend(f"- {o} (teacher `{f.teacher}`)" for o in f.overrides)
+        if not any(f.overrides for f in result.findings):
+            lines.append(f"- loaded from {', '.join(result.overrides)}; no entry matched")
+    if result.accepted_risk:
+        lines.append("")
+        lines.append(f"**Terms risk accepted** (`--accept-terms-risk`): {result.accepted_risk}")
+    lines.append("")
+    lines.append("Where each verdict comes from:")
+    for f in result.findings:
+        for c in dict.fromkeys(f.citations):
+            lines.append(f"- `{f.teacher}`: {c}")
+    return "\n".join(lines)
+
+
+def model_card(result: CheckResult, *, model_name: str, base_model: str | None = None,
+               license: str | None = None, eval_results: dict[str, float] | None = None,
+               training: dict[str, Any] | None = None) -> ModelCard:
+    """A model card for a student trained on checked records (eval results optional)."""
+    datasets = sorted({f.source.split(" (")[0] for f in result.findings})
+    evals = [EvalResult(task_type="text-generation", dataset_type="seed-held-out",
+                        dataset_name="held-out prompts", metric_type=k, metric_value=v)
+             for k, v in (eval_results or {}).items()]
+    data = ModelCardData(model_name=model_name, base_model=base_model,
+                         license=_hub_license(license), datasets=datasets,
+                         tags=["seed", "distillation"], eval_results=evals or None)
+    notices = result.notices()
+    body = [f"# {model_name}", ""]
+    body += [f"**{n}**" for n in notices] + ([""] if notices else [])
+    body += ["A student model trained by Seed on teacher-answered records.",
+             f"Base model: {base_model or 'none (trained from scratch)'}.", ""]
+    if training:
+        body += ["## Training", ""] + [f"- {k}: {v}" for k, v in training.items()] + [""]
+    body += ["## Provenance", "", _provenance_table(result), "", "## Obligations", "",
+             _obligations_section(result), "", "## Terms check", "", _policy_section(result), ""]
+    if eval_results:
+        body += ["## Evaluation", ""] + [f"- {k}: {v:.4g}" for k, v in eval_results.items()] + [""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def dataset_card(result: CheckResult, *, name: str, license: str | None = None) -> DatasetCard:
+    """A dataset card for generated records: machine-generated, with the provenance table."""
+    licenses = {f.source.split(" (", 1)[1].rstrip(")") for f in result.findings
+                if " (" in f.source}
+    lic = license or (licenses.pop() if len(licenses) == 1 else None)
+    data = DatasetCardData(pretty_name=name, annotations_creators=["machine-generated"],
+                           language_creators=["machine-generated"], license=_hub_license(lic),
+                           task_categories=["text-generation"],
+                           source_datasets=sorted({f.source.split(" (")[0]
+                                                   for f in result.findings}))
+    body = [f"# {name}", "",
+            "Conversations in the OpenAI `messages` format; every record's `provenance` names its "
+            "teacher (route, host, model) and its prompt source. Written by Seed.", "",
+            "## Provenance", "", _provenance_table(result), "",
+            "## Obligations for models trained on this data", "", _obligations_section(result), "",
+            "## Terms check", "", _policy_section(result), ""]
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def write_model_card(model_dir: str | Path, result: CheckResult, **kwargs: Any) -> Path:
+    """Write `README.md` into a trained model directory (atomically); return its path."""
+    path = Path(model_dir) / "README.md"
+    write_text_atomic(path, str(model_card(result, **kwargs)))
+    return path
+
+
+def write_dataset_card(data_dir: str | Path, result: CheckResult, **kwargs: Any) -> Path:
+    """Write `README.md` next to the records (atomically); return its path."""
+    path = Path(data_dir) / "README.md"
+    write_text_atomic(path, str(dataset_card(result, **kwargs)))
+    return path
