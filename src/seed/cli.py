@@ -62,22 +62,85 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, checkpoints/).")],
     recipe: Annotated[Path | None, typer.Option(help="Recipe whose [train] section to use.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: the recipe's).")] = None,
+    student_name: Annotated[str | None, typer.Option(help="The student's name (terms may "
+                                                     "require a prefix).")] = None,
+    distribute: Annotated[bool | None, typer.Option(
+        "--distribute/--internal",
+        help="Will the student be distributed? (default: the recipe's policy, else yes)")] = None,
+    accept_terms_risk: Annotated[str | None, typer.Option(help="Train despite forbidden records; "
+                                 "the reason is kept in policy.json and the model card.")] = None,
 ) -> None:
-    """Train a student on records; resumes from the last checkpoint in OUT."""
-    from seed.recipe import TrainConfig, load_recipe
+    """Train a student on records the terms gate allows; resumes from the last checkpoint in OUT."""
+    from seed.policy.commands import gate_before_training, record_check, write_cards
+    from seed.recipe import PolicyConfig, TrainConfig, load_recipe
     from seed.records import count_records
 
-    cfg, rseed = TrainConfig(), 0
+    cfg, rseed, policy = TrainConfig(), 0, PolicyConfig()
     if recipe:
         r, _ = load_recipe(recipe)
-        cfg, rseed = r.train, r.seed
+        cfg, rseed, policy = r.train, r.seed, r.policy
     if cfg.student.checkpoint and not Path(cfg.student.checkpoint).is_dir():
         raise UserError(f"{cfg.student.checkpoint}: no such model directory")
     count_records(records)  # validates the whole file before any training output is written
+    check = gate_before_training(records, policy, console, student_name=student_name,
+                                 distribute=distribute, accept_terms_risk=accept_terms_risk)
     from seed.train import train_student
 
     info = train_student(records, out, cfg, rseed if seed is None else seed, console=console)
+    record_check(out / "policy.json", check)
+    write_cards(check, policy, model_dir=out / "model", model_name=check.use.student_name
+                or out.name, base_model=cfg.student.checkpoint, training={"steps": info["steps"]})
     console.print(f"trained {info['steps']} steps; model in {out / 'model'}")
+
+
+@app.command()
+def check(
+    data: Annotated[Path, typer.Argument(help="Records file (JSONL) to check.")],
+    student_name: Annotated[str | None, typer.Option(help="The student's name.")] = None,
+    distribute: Annotated[bool, typer.Option("--distribute/--internal",
+                                             help="Will the student be distributed?")] = True,
+    commercial: Annotated[bool, typer.Option("--commercial/--noncommercial")] = True,
+    classifier: Annotated[bool, typer.Option(help="The student is a classifier or embedding "
+                                             "model, not a chat model.")] = False,
+    unknown: Annotated[str, typer.Option(help="Records with unmatched terms: warn or block.")
+                       ] = "warn",
+    terms: Annotated[Path | None, typer.Option(help="Your own terms entries (TOML), tried "
+                                               "before the built-in ones.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check records against each teacher's terms; exit 1 when any is forbidden for this use."""
+    from seed.policy.commands import check_command
+    from seed.policy.gate import Use
+
+    if unknown not in ("warn", "block"):
+        raise UserError(f"--unknown {unknown!r}: use warn or block")
+    use = Use(distribute=distribute, commercial=commercial, student_name=student_name,
+              task="classifier" if classifier else "chat", unknown=unknown)  # type: ignore[arg-type]
+    raise typer.Exit(check_command(data, use, terms, as_json, console))
+
+
+@app.command(name="import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="Dataset file (JSON array or JSON lines).")],
+    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt or messages.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records file to write (JSONL).")],
+    teacher: Annotated[str | None, typer.Option(help="Who wrote the answers: ROUTE:MODEL, e.g. "
+                                                "direct:gpt-4o.")] = None,
+    license: Annotated[str | None, typer.Option(help="The data's license (SPDX id or name).")
+                       ] = None,
+    dpi: Annotated[Path | None, typer.Option(help="A Data Provenance Initiative summary (JSON) "
+                                             "declaring the teacher and license.")] = None,
+    dpi_id: Annotated[str | None, typer.Option(help="Which dataset of the DPI summary.")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name for provenance.")] = None,
+) -> None:
+    """Turn an instruction dataset into records with declared provenance."""
+    from seed.policy.importers import import_dataset
+
+    info = import_dataset(file, fmt, out, name=name, teacher=teacher, license=license,  # type: ignore[arg-type]
+                          dpi=dpi, dpi_id=dpi_id)
+    who = info["teacher"]["model_requested"] if info["teacher"] else "no teacher declared"
+    console.print(f"{info['records']} records ({who}; license "
+                  f"{info['source'].get('license') or 'not declared'}) in {out}")
 
 
 @app.command(name="eval")

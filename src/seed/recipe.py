@@ -89,6 +89,18 @@ class EvalConfig(Strict):
     samples: int = Field(12, ge=0)  # conversations shown in the report
 
 
+class PolicyConfig(Strict):
+    """How the student will be used, which the terms gate checks the training records against."""
+
+    student_name: str | None = None
+    distribute: bool = True  # the strict default: assume the student leaves the building
+    commercial: bool = True
+    task: Literal["chat", "classifier"] = "chat"
+    unknown: Literal["warn", "block"] = "warn"  # records whose terms cannot be matched or read
+    overrides: str | None = None  # a terms file of your own (e.g. written permission you hold)
+    license: str | None = None  # the student's own license, for its model card
+
+
 class Recipe(Strict):
     name: str
     seed: int = 0
@@ -96,6 +108,7 @@ class Recipe(Strict):
     generate: GenerateConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
 
 def _describe(err: dict[str, Any]) -> str:
