@@ -24,7 +24,7 @@ from seed.records import Provenance, Record, Source, Teacher, write_records
 log = logging.getLogger(__name__)
 
 Format = Literal["alpaca", "sharegpt", "messages"]
-ROUTES = ("direct", "azure", "bedrock", "openrouter", "local", "tasks", "declared")
+ROUTES = ("direct", "azure", "bedrock", "openrouter", "local", "tasks", "declared", "human")
 # DPI lists a model's terms among "Licenses" (e.g. "OpenAI"): they name the teacher, not the data.
 _DPI_TERMS = {"openai", "anthropic", "google cloud translation api"}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -115,12 +115,16 @@ def dpi_provenance(entry: dict[str, Any]) -> tuple[Teacher | None, Source]:
     data_licenses = [name for name in licenses if name.lower() not in _DPI_TERMS]
     if not models and terms:
         models = [f"{terms[0]} (model not named)"]
+    human = not models and str(entry.get("Human Annotation", "")).lower() == "yes"
     if len(models) > 1:
         log.warning("DPI entry %s names %d generating models; records are labelled with the "
                     "first, %r", entry.get("Unique Dataset Identifier"), len(models), models[0])
     name = entry.get("Dataset Name") or entry.get("Unique Dataset Identifier") or "dataset"
-    teacher = Teacher(route="declared", model_requested=models[0],
-                      declared_by="Data Provenance Initiative summary") if models else None
+    teacher = None
+    if models or human:
+        teacher = Teacher(route="declared" if models else "human",
+                          model_requested=models[0] if models else "human-written",
+                          declared_by="Data Provenance Initiative summary")
     source = Source(kind="import", name=name, license="; ".join(data_licenses) or None,
                     url=entry.get("Hugging Face URL") or entry.get("Dataset URL") or None,
                     dpi_id=entry.get("Unique Dataset Identifier"),
