@@ -169,6 +169,24 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def accumulate_gradients(model: PreTrainedModel, batch: Batch, micro_batch_size: int) -> float:
+    """Backpropagate a batch in micro-batches; return its loss per trainable token.
+
+    Each micro-batch adds (its summed token loss) / (the batch's trainable tokens), so the
+    gradients equal those of the whole batch at once, however unevenly the tokens are spread.
+    """
+    n_trainable = check_trainable(batch)
+    loss_sum = 0.0
+    for start in range(0, len(batch), micro_batch_size):
+        micro = batch.rows(start, start + micro_batch_size)
+        logits = model(input_ids=micro.input_ids, position_ids=micro.position_ids,
+                       use_cache=False).logits
+        loss, _ = sft_loss(logits, micro.input_ids, micro.mask)
+        (loss / n_trainable).backward()
+        loss_sum += loss.item()
+    return loss_sum / n_trainable
+
+
 def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
                   console: Console | None = None) -> dict[str, Any]:
     """Train a student on `records` into `out_dir`; resume if a checkpoint is there.
@@ -232,15 +250,7 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
         while step < total_steps:
             t0 = time.perf_counter()
             batch = next(batches)
-            n_trainable = check_trainable(batch)
-            loss_sum = 0.0
-            for i in range(config.grad_accum):
-                micro = batch.rows(i * config.batch_size, (i + 1) * config.batch_size)
-                logits = model(input_ids=micro.input_ids, position_ids=micro.position_ids,
-                               use_cache=False).logits
-                loss, _ = sft_loss(logits, micro.input_ids, micro.mask)
-                (loss / n_trainable).backward()
-                loss_sum += loss.item()
+            loss_value = accumulate_gradients(model, batch, config.batch_size)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -250,7 +260,6 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
             tokens += n_tokens
             window_tokens += n_tokens
             elapsed += time.perf_counter() - t0
-            loss_value = loss_sum / n_trainable
             if step % config.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
