@@ -83,10 +83,30 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, gt=0)
 
 
+class JudgeConfig(Strict):
+    """`[eval.judge]`: grade the student against a baseline with a judge model (seed.evaluate)."""
+
+    endpoint: EndpointConfig  # the judge: an openai server or a local model directory
+    baseline: EndpointConfig | None = None  # default: the generate teacher
+    mode: Literal["pairwise", "single"] = "pairwise"
+    questions: str | None = None  # records or MT-Bench question.jsonl; default: held-out prompts
+    references: str | None = None  # MT-Bench reference answers, for reference-guided grading
+    max_questions: int | None = Field(None, gt=0)
+    prompts_dir: str | None = None  # your own copy of seed/evaluate/prompts/
+    json_schema: bool = True  # send response_format with a JSON schema (constrained decoding)
+    max_tokens: int = Field(512, gt=0)  # the judge's reply
+    answer_max_tokens: int = Field(256, gt=0)  # the student's and the baseline's answers
+    concurrency: int = Field(8, gt=0)  # judge and baseline requests in flight
+    requests_per_minute: float | None = Field(None, gt=0)
+    max_attempts: int = Field(6, gt=0)
+    timeout: float = Field(120.0, gt=0)  # seconds per request
+
+
 class EvalConfig(Strict):
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(64, gt=0)
     samples: int = Field(12, ge=0)  # conversations shown in the report
+    judge: JudgeConfig | None = None  # also judge the student against a baseline
 
 
 class PolicyConfig(Strict):

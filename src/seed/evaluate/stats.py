@@ -59,14 +59,15 @@ def win_rate(s: AnnotationSet) -> float:
     return 100.0 * float(preferences(s).mean()) if s.rows else float("nan")
 
 
-def bootstrap_ci(values: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` (in percent) over resampled instructions."""
+def bootstrap_ci(values: np.ndarray, rounds: int = 1000, seed: int = 0,
+                 scale: float = 100.0) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` (times `scale`: percent) over resamples."""
     if len(values) == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(rounds, len(values)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return 100.0 * float(low), 100.0 * float(high)
+    return scale * float(low), scale * float(high)
 
 
 def _length_feature(s: AnnotationSet) -> np.ndarray:

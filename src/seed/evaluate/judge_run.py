@@ -1,0 +1,198 @@
+"""The judged evaluation of one student: answers, judgments, statistics, `judge_results.json`.
+
+`run_judge(config, student_dir, out_dir)`: the student answers the questions in process (the same
+`LocalModel` and chat template as `seed serve`), the baseline (by default the teacher) answers
+through its endpoint and the engine, the judge grades (judge.py), and the statistics (stats.py)
+land in `out_dir/judge_results.json`. Every step resumes: answers are saved once complete,
+judgments are appended as they arrive, and all HTTP requests go through one SQLite cache
+(`out_dir/cache.sqlite`), so a rerun pays for nothing it already has.
+
+Multi-turn questions are answered turn by turn, each turn seeing the earlier answers. This module
+does not render the report (judge_report.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seed.endpoints.base import Endpoint
+from seed.errors import UserError
+from seed.evaluate.annotations import load_annotations
+from seed.evaluate.judge import JudgeSettings, judge_pairwise, judge_single
+from seed.evaluate.questions import Question, load_questions
+from seed.evaluate.stats import bootstrap_ci, bradley_terry_ci, summarize
+from seed.files import write_json_atomic
+from seed.generate.cache import RequestCache
+from seed.generate.engine import Limits, Request, Result, run
+from seed.recipe import EndpointConfig, JudgeConfig
+
+RESULTS, JUDGMENTS, GRADES, ANSWERS, CACHE = (
+    "judge_results.json", "judgments.jsonl", "grades.jsonl", "answers.json", "cache.sqlite")
+
+
+def make_endpoint(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
+    """An endpoint from its recipe section; `what` names the section in errors."""
+    if cfg.kind == "openai":
+        from seed.endpoints.openai import OpenAIEndpoint
+
+        if not cfg.base_url or not cfg.model:
+            raise UserError(f"{what} needs base_url and model for kind = \"openai\"")
+        return OpenAIEndpoint(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
+                              api_key_file=cfg.api_key_file, headers=cfg.headers,
+                              api_version=cfg.api_version, route=cfg.route,
+                              timeout=limits.timeout, max_connections=limits.concurrency * 2)
+    if cfg.kind == "local":
+        from seed.endpoints.local import LocalModel
+
+        if not cfg.path:
+            raise UserError(f"{what} needs path for kind = \"local\"")
+        return LocalModel(cfg.path)
+    raise UserError(f"{what}: kind = \"{cfg.kind}\" cannot answer open questions; use openai "
+                    "or local")
+
+
+def _limits(cfg: JudgeConfig) -> Limits:
+    return Limits(concurrency=cfg.concurrency, requests_per_minute=cfg.requests_per_minute,
+                  max_attempts=cfg.max_attempts, timeout=cfg.timeout)
+
+
+async def answer_questions(questions: list[Question], endpoint: Endpoint, max_tokens: int,
+                           cache: RequestCache | None = None,
+                           limits: Limits | None = None) -> dict[str, list[str]]:
+    """Each question's answers, turn by turn (greedy); a question whose request failed is left out.
+
+    A local model answers each turn's conversations in batches; an HTTP endpoint through the engine.
+    """
+    chats: dict[str, list[dict[str, str]]] = {q.id: [] for q in questions}
+    failed: set[str] = set()
+    for turn in range(max((len(q.turns) for q in questions), default=0)):
+        due = [q for q in questions if turn < len(q.turns) and q.id not in failed]
+        for q in due:
+            chats[q.id].append({"role": "user", "content": q.turns[turn]})
+        if hasattr(endpoint, "generate"):
+            texts = endpoint.generate([chats[q.id] for q in due], max_new_tokens=max_tokens)
+            replies = dict(zip([q.id for q in due], texts, strict=True))
+        else:
+            replies = {}
+
+            def keep(r: Result, replies: dict[str, str] = replies) -> None:
+                if r.ok:
+                    replies[r.request.key] = r.completions[0].text
+
+            params = {"temperature": 0.0, "max_tokens": max_tokens}
+            await run([Request(q.id, list(chats[q.id]), params) for q in due], endpoint,
+                      limits or Limits(), cache=cache, on_result=keep)
+        for q in due:
+            if q.id in replies:
+                chats[q.id].append({"role": "assistant", "content": replies[q.id]})
+            else:
+                failed.add(q.id)
+    return {qid: [m["content"] for m in chat if m["role"] == "assistant"]
+            for qid, chat in chats.items() if qid not in failed}
+
+
+def self_preference(judge: EndpointConfig, baseline: EndpointConfig) -> bool:
+    """Whether the judge is the baseline's own model (it may prefer its own style)."""
+    same_model = judge.model is not None and judge.model.lower() == (baseline.model or "").lower()
+    same_dir = judge.path is not None and judge.path == baseline.path
+    return same_model or same_dir
+
+
+def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean 1-10 score per model, with a bootstrap interval, overall and per category."""
+    out: dict[str, Any] = {}
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model and r["score"] is not None]
+        values = np.array([r["score"] for r in mine], dtype=float)
+        low, high = bootstrap_ci(values, scale=1.0)
+        cats: dict[str, list[float]] = {}
+        for r in mine:
+            cats.setdefault(r["category"] or "all", []).append(r["score"])
+        out[model] = {"n": len(mine), "mean": float(values.mean()) if len(values) else None,
+                      "ci_low": low, "ci_high": high,
+                      "unparseable": sum(r["model"] == model and r["score"] is None for r in rows),
+                      "categories": {c: float(np.mean(v)) for c, v in sorted(cats.items())}}
+    return out
+
+
+def summarize_judgments(out_dir: str | Path, mode: str) -> dict[str, Any]:
+    """The statistics of what is on disk in `out_dir` (judgments or grades)."""
+    out_dir = Path(out_dir)
+    if mode == "pairwise":
+        s = load_annotations(out_dir / JUDGMENTS)
+        [row] = summarize([s])
+        battles = [(s.model, s.baseline, c.preference) for c in s.rows]
+        ci = bradley_terry_ci(battles, anchor=s.baseline) if battles else {}
+        row["bt_ci"] = list(ci.get(s.model, (None, None)))
+        return row
+    lines = (out_dir / GRADES).read_text(encoding="utf-8").splitlines()
+    return {"scores": _scores([json.loads(line) for line in lines if line.strip()])}
+
+
+def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
+              questions_path: str | Path | None = None,
+              teacher: EndpointConfig | None = None) -> dict[str, Any]:
+    """Answer, judge and summarize; write and return `judge_results.json`'s content."""
+    out_dir = Path(out_dir)
+    path = cfg.questions or questions_path
+    if path is None:
+        raise UserError("eval.judge.questions is not set and there are no held-out prompts; "
+                        "give a questions file")
+    questions = load_questions(path, cfg.references, cfg.max_questions)
+    baseline_cfg = cfg.baseline or teacher
+    if baseline_cfg is None:
+        raise UserError("eval.judge.baseline is not set and there is no teacher; name a baseline")
+    limits = _limits(cfg)
+    settings = JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir)
+    from seed.endpoints.local import LocalModel
+
+    student = LocalModel(student_dir)
+    student_name = f"student:{Path(student_dir).name}"
+    baseline = make_endpoint(baseline_cfg, "eval.judge.baseline", limits)
+    baseline_name = baseline.teacher().model_requested or "baseline"
+    judge = make_endpoint(cfg.endpoint, "eval.judge.endpoint", limits)
+    cache = RequestCache(out_dir / CACHE)
+
+    async def main() -> dict[str, Any]:
+        answers_path = out_dir / ANSWERS
+        saved = json.loads(answers_path.read_text()) if answers_path.exists() else {}
+        answers = {}
+        for name, endpoint in ((student_name, student), (baseline_name, baseline)):
+            if name not in saved:
+                saved[name] = await answer_questions(questions, endpoint, cfg.answer_max_tokens,
+                                                     cache, limits)
+                write_json_atomic(answers_path, saved)
+            answers[name] = saved[name]
+        if cfg.mode == "pairwise":
+            return await judge_pairwise(questions, student_name, answers[student_name],
+                                        baseline_name, answers[baseline_name], judge,
+                                        out_dir / JUDGMENTS, settings=settings, cache=cache,
+                                        limits=limits)
+        return await judge_single(questions, answers, judge, out_dir / GRADES, settings=settings,
+                                  cache=cache, limits=limits)
+
+    async def guarded() -> dict[str, Any]:
+        try:
+            return await main()
+        finally:
+            for endpoint in (baseline, judge):
+                if hasattr(endpoint, "aclose"):
+                    await endpoint.aclose()
+
+    try:
+        counts = asyncio.run(guarded())
+    finally:
+        cache.close()
+    results = {
+        "mode": cfg.mode, "student": student_name, "baseline": baseline_name,
+        "judge": judge.teacher().model_requested, "requests": counts,
+        "self_preference": self_preference(cfg.endpoint, baseline_cfg),
+        "stats": summarize_judgments(out_dir, cfg.mode),
+    }
+    write_json_atomic(out_dir / RESULTS, results)
+    return results
