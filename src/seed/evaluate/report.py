@@ -36,7 +36,7 @@ border:1px solid #d8dde3;border-radius:8px;padding:8px}pre{white-space:pre-wrap;
 
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -155,6 +155,9 @@ def render_report(run_dir: Path) -> str:
     ]
     if samples:
         body += ["<h2>Sample conversations</h2>", _samples(samples, eval_cfg.get("samples", 12))]
+    from seed.evaluate.judge_report import judge_section
+
+    body += judge_section(run_dir / "judge")  # the judged evaluation, when the recipe asks for it
     body += [
         "<h2>Where the data came from</h2>",
         _provenance(run_dir / "data" / "train.jsonl"),
