@@ -43,13 +43,32 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")]) -> No
 def generate(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (its [generate] section).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train.jsonl, eval.jsonl.")],
+    prompts: Annotated[list[Path] | None, typer.Option(
+        "--prompts", help="Prompts file (JSONL, CSV with a `prompt` column, or text lines); "
+        "repeatable; added to the recipe's.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Stop starting requests past this "
+                                                   "many dollars.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop starting requests past this "
+                                                   "many tokens (prompt + completion).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
 ) -> None:
-    """Write teacher-answered training records and held-out prompts."""
-    from seed.generate import generate_from_tasks
-    from seed.pipeline import preflight
+    """Write teacher-answered training records (an HTTP teacher resumes where it stopped)."""
     from seed.recipe import load_recipe
 
     r, _ = load_recipe(recipe)
+    if r.generate.teacher.kind == "openai":
+        from seed.generate.teacher import apply_overrides, generate_from_teacher
+
+        cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
+        info = generate_from_teacher(cfg, r.seed, out, console=console)
+        console.print(f"{info['records_written']} records written ({info['prompts_answered']} "
+                      f"prompts answered in all) to {out / 'train.jsonl'}")
+        if info["stopped"]:
+            console.print(f"stopped: {info['stopped']}; rerun with a higher cap to finish")
+        return
+    from seed.generate import generate_from_tasks
+    from seed.pipeline import preflight
+
     preflight(r)
     info = generate_from_tasks(r.generate, r.seed, out)
     console.print(f"{info['train_records']} training records, {info['eval_records']} held-out "

@@ -46,9 +46,66 @@ class EndpointConfig(Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
 
 
+class PromptFile(Strict):
+    """A prompts file: JSONL (`messages` or `prompt`), CSV (a named column) or text lines."""
+
+    path: str
+    format: Literal["auto", "jsonl", "csv", "text"] = "auto"
+    column: str | None = None  # CSV
+    license: str | None = None
+    name: str | None = None
+
+
+class SelfInstructConfig(Strict):
+    seed_tasks: str  # JSONL with `instruction` (the Self-Instruct format) or any prompts file
+    num_instructions: int = Field(100, gt=0)
+    license: str | None = None
+
+
+class EvolInstructConfig(Strict):
+    rounds: int = Field(1, gt=0)
+    breadth_share: float = Field(0.25, ge=0, le=1)
+    keep_original: bool = True
+
+
+class LimitsConfig(Strict):
+    concurrency: int = Field(32, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    max_attempts: int = Field(6, gt=0)
+    timeout: float = Field(120.0, gt=0)
+    retry_on_length: bool = False
+    backoff_base: float = Field(1.0, gt=0)  # seconds before the first retry; doubles each time
+    backoff_max: float = Field(60.0, gt=0)
+
+
+class FiltersConfig(Strict):
+    exact_duplicates: bool = True
+    near_duplicates: float | None = Field(None, gt=0, lt=1)  # MinHash Jaccard threshold
+    embedding_model: str | None = None  # a local sentence-transformers directory
+    embedding_threshold: float = Field(0.95, gt=0, le=1)
+    min_prompt_chars: int = Field(1, ge=0)
+    max_prompt_chars: int | None = Field(None, gt=0)
+    drop_refusals: bool = True  # answers: refusals and "as an AI language model"
+    min_answer_chars: int = Field(1, ge=0)
+
+
 class GenerateConfig(Strict):
     teacher: EndpointConfig
     num_records: int = Field(1000, gt=0)
+    # openai teachers: prompt sources, sampling, limits, budget (see seed.generate.teacher)
+    prompts: list[PromptFile] = Field(default_factory=list)
+    self_instruct: SelfInstructConfig | None = None
+    evol_instruct: EvolInstructConfig | None = None
+    turns: int = Field(1, gt=0)  # user turns per conversation; the teacher writes follow-ups
+    samples: int = Field(1, gt=0)  # answers per prompt (`n`)
+    params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, logprobs, ...
+    response_schema: dict[str, Any] | None = None  # JSON schema the answer must satisfy
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/1M tokens in, out
+    max_cost: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
     eval_prompts: int = Field(200, ge=0)
     # Evaluation items come from a seed this far from the training seed (reasoning-gym builds item
     # i from Random(seed + i), so nearby seeds share items); overlapping questions are dropped too.

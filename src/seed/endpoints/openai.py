@@ -1,0 +1,280 @@
+"""The `openai` endpoint: any OpenAI-compatible chat-completions server over HTTP (`httpx`).
+
+OpenAI, Azure OpenAI (deployments and `api-version`), OpenRouter, vLLM, SGLang, llama.cpp, Ollama,
+`transformers serve` and `seed serve` all speak this protocol. One call sends one request and turns
+the answer into `Completion`s, or raises:
+
+- `TransientError` for what is worth retrying (429, 5xx, timeouts, dropped connections, a body
+  that is not valid JSON, an answer that fails its JSON schema), with the server's `Retry-After`;
+- `seed.errors.UserError` for what retrying cannot fix (400, 401, 403, 404), with the server's
+  message.
+
+The API key is read from an environment variable or a file when the endpoint is built, kept only in
+the client's headers, and never logged, cached or written: `teacher()` and `identity()` omit it.
+This module does not retry, pace or cache; that is the engine's job (`seed.generate.engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from pydantic import BaseModel, ValidationError, create_model
+
+from seed.endpoints.base import Completion
+from seed.errors import UserError
+from seed.records import Teacher
+
+FATAL_STATUS = {400, 401, 403, 404, 422}
+
+
+class TransientError(Exception):
+    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def infer_route(base_url: str) -> str:
+    """direct, azure, openrouter, bedrock or local, from the host of the base URL."""
+    host = (urlparse(base_url).hostname or "").lower()
+    if host.endswith(".openai.azure.com") or host.endswith(".azure.com"):
+        return "azure"
+    if host.endswith("openrouter.ai"):
+        return "openrouter"
+    if "bedrock" in host:
+        return "bedrock"
+    if host in ("localhost", "") or host.endswith(".local"):
+        return "local"
+    try:
+        addr = ip_address(host)
+    except ValueError:
+        return "direct"
+    return "local" if addr.is_private or addr.is_loopback else "direct"
+
+
+def read_api_key(env: str | None, file: str | None) -> str | None:
+    """The key from the named environment variable or file; None when neither is configured."""
+    if env:
+        key = os.environ.get(env, "").strip()
+        if not key:
+            raise UserError(f"the API key variable {env} is not set; export it or set "
+                            "generate.teacher.api_key_file")
+        return key
+    if file:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise UserError(f"{file}: API key file not found; check generate.teacher.api_key_file")
+        key = path.read_text(encoding="utf-8").strip()
+        if not key:
+            raise UserError(f"{file}: the API key file is empty")
+        return key
+    return None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _server_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+        err = body.get("error", body) if isinstance(body, dict) else body
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        return str(msg)[:300]
+    except (json.JSONDecodeError, ValueError):
+        return resp.text[:300] or resp.reason_phrase
+
+
+def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is None:
+        return None
+    return [
+        {"token": t["token"], "logprob": t["logprob"],
+         "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]}
+                          for a in t.get("top_logprobs") or []]}
+        for t in content
+    ]
+
+
+_JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
+                               "array": list, "object": dict, "null": type(None)}
+
+
+def schema_model(schema: dict[str, Any], name: str = "Answer") -> type[BaseModel]:
+    """A pydantic model checking an object JSON schema: its properties, their types, `required`."""
+    if schema.get("type") != "object" or "properties" not in schema:
+        raise UserError("generate.response_schema must be a JSON schema of type object with "
+                        "properties")
+    required = set(schema.get("required", []))
+    fields: dict[str, Any] = {}
+    for key, spec in schema["properties"].items():
+        typ = spec.get("type")
+        if isinstance(typ, str) and typ == "object" and "properties" in spec:
+            py: Any = schema_model(spec, name=f"{name}_{key}")
+        elif isinstance(typ, str) and typ == "array" and isinstance(spec.get("items"), dict):
+            item = spec["items"]
+            inner = (schema_model(item, f"{name}_{key}") if item.get("type") == "object"
+                     and "properties" in item else _JSON_TYPES.get(item.get("type", ""), Any))
+            py = list[inner]  # type: ignore[valid-type]
+        else:
+            py = _JSON_TYPES.get(typ, Any) if isinstance(typ, str) else Any
+        fields[key] = (py, ...) if key in required else (py | None, None)
+    return create_model(name, **fields)
+
+
+class OpenAIEndpoint:
+    """One model behind an OpenAI-compatible base URL; `complete()` is one HTTP request."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        api_key_file: str | None = None,
+        headers: dict[str, str] | None = None,
+        api_version: str | None = None,
+        route: str | None = None,
+        timeout: float = 120.0,
+        max_connections: int = 256,
+    ) -> None:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise UserError(f"generate.teacher.base_url = {base_url!r} is not an http(s) URL; "
+                            "give one like https://api.openai.com/v1")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.route = route or infer_route(base_url)
+        self.api_version = api_version
+        if self.route == "azure" and not api_version:
+            raise UserError("an Azure OpenAI teacher needs generate.teacher.api_version, "
+                            "e.g. \"2024-10-21\"")
+        key = read_api_key(api_key_env, api_key_file)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if key is not None:
+            sent["api-key" if self.route == "azure" else "Authorization"] = (
+                key if self.route == "azure" else f"Bearer {key}")
+        self._validators: dict[str, type[BaseModel]] = {}
+        self.on_headers: Callable[[httpx.Headers], None] | None = None
+        self._client = httpx.AsyncClient(
+            headers=sent,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+        )
+
+    def teacher(self) -> Teacher:
+        return Teacher(route=self.route, host=urlparse(self.base_url).hostname,
+                       model_requested=self.model)
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the request, decides the answer: part of every cache key. No key."""
+        return {"base_url": self.base_url, "model": self.model, "route": self.route,
+                "api_version": self.api_version}
+
+    def _url(self) -> str:
+        if self.route == "azure":
+            return (f"{self.base_url}/openai/deployments/{self.model}/chat/completions"
+                    f"?api-version={self.api_version}")
+        return f"{self.base_url}/chat/completions"
+
+    def body(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of a request: model, messages, sampling parameters.
+
+        `response_schema` (ours, not OpenAI's) becomes a strict `json_schema` response format.
+        """
+        params = dict(params)
+        schema = params.pop("response_schema", None)
+        body: dict[str, Any] = {"messages": messages, **params}
+        if self.route != "azure":
+            body["model"] = self.model
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": schema, "strict": True}}
+        return body
+
+    def _validator(self, schema: dict[str, Any] | None) -> type[BaseModel] | None:
+        if schema is None:
+            return None
+        blob = json.dumps(schema, sort_keys=True)
+        if blob not in self._validators:
+            self._validators[blob] = schema_model(schema)
+        return self._validators[blob]
+
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
+        validator = self._validator(params.get("response_schema"))
+        try:
+            resp = await self._client.post(self._url(), json=self.body(messages, params))
+        except httpx.TimeoutException:
+            raise TransientError("timeout") from None
+        except httpx.ConnectError as e:
+            raise TransientError(f"cannot connect to {self.base_url} ({e})") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            raise TransientError(f"connection dropped ({type(e).__name__})") from None
+        if self.on_headers is not None:
+            self.on_headers(resp.headers)
+        if resp.status_code in FATAL_STATUS:
+            raise UserError(f"the teacher at {self.base_url} refused the request (HTTP "
+                            f"{resp.status_code}: {_server_message(resp)}); fix the model name, "
+                            "key or parameters")
+        if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code == 408:
+            raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}",
+                                 _retry_after(resp.headers))
+        if resp.status_code != 200:
+            raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}")
+        try:
+            data = resp.json()
+            choices = data["choices"]
+        except (json.JSONDecodeError, ValueError, KeyError, TypeError):
+            raise TransientError("the response body is not a chat completion (truncated JSON?)")\
+                from None
+        usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+        out = []
+        for choice in sorted(choices, key=lambda c: c.get("index", 0)):
+            text = (choice.get("message") or {}).get("content") or ""
+            if validator is not None:
+                try:
+                    validator.model_validate_json(text)
+                except ValidationError as e:
+                    raise TransientError(f"answer fails the response schema "
+                                         f"({e.errors()[0]['msg']})") from None
+            out.append(Completion(
+                text=text, finish_reason=choice.get("finish_reason") or "stop",
+                model=data.get("model"), system_fingerprint=data.get("system_fingerprint"),
+                usage=usage, logprobs=_logprobs(choice)))
+        if not out:
+            raise TransientError("the response has no choices")
+        return out
+
+    async def check_reachable(self) -> None:
+        """One cheap request to fail fast, with a clear message, on a base URL nothing answers."""
+        try:
+            await self._client.get(f"{self.base_url}/models", timeout=10.0)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise UserError(f"cannot reach the teacher at {self.base_url} ({e}); check "
+                            "generate.teacher.base_url and that the server is up") from None
+        except httpx.HTTPError:
+            return  # it answered something: reachable enough; the real request will tell more
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

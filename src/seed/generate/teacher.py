@@ -1,0 +1,337 @@
+"""`seed generate` with an HTTP teacher: prompts in, answered records out, resumable and in budget.
+
+Files in the output directory:
+- `train.jsonl`: one record per answer (times `samples`), each with its teacher, source and purpose
+  provenance and `meta.prompt_key`, appended as one write per prompt so a crash never splits a
+  prompt's samples; a rerun skips every prompt already there.
+- `cache.sqlite`: the request cache; answers land there before the records file, so a prompt
+  answered but not yet written when the process died is written on the rerun without a request.
+- `failed.jsonl`: prompts that failed after every retry, or whose answers the filters dropped,
+  with the reason; a rerun tries them again.
+- `summary.json`: the closing figures.
+
+The flow: check every input (prompt files, key, base URL) before writing anything; build the
+prompt stream (files, then Self-Instruct and Evol-Instruct output) through the instruction filters;
+stream it through the engine; write. Multi-turn conversations go round by round (the teacher
+answers, then plays the user), each round through the same engine and cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from seed.endpoints.openai import OpenAIEndpoint
+from seed.errors import UserError
+from seed.files import hash_json, write_json_atomic
+from seed.generate import sources
+from seed.generate.budget import Budget
+from seed.generate.cache import RequestCache
+from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
+from seed.generate.filters import PromptFilter, is_refusal, length_ok
+from seed.generate.progress import live, summary
+from seed.recipe import GenerateConfig
+from seed.records import Provenance, Record, Source, read_records, repair_torn_tail
+from seed.runs import now_iso
+
+RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
+
+
+def make_endpoint(config: GenerateConfig) -> OpenAIEndpoint:
+    t = config.teacher
+    if not t.base_url or not t.model:
+        raise UserError("an openai teacher needs generate.teacher.base_url and "
+                        "generate.teacher.model")
+    return OpenAIEndpoint(t.base_url, t.model, api_key_env=t.api_key_env,
+                          api_key_file=t.api_key_file, headers=t.headers,
+                          api_version=t.api_version, route=t.route,
+                          timeout=config.limits.timeout,
+                          max_connections=config.limits.concurrency * 2)
+
+
+def make_limits(config: GenerateConfig) -> Limits:
+    lc = config.limits
+    return Limits(concurrency=lc.concurrency, requests_per_minute=lc.requests_per_minute,
+                  tokens_per_minute=lc.tokens_per_minute, max_attempts=lc.max_attempts,
+                  timeout=lc.timeout, retry_on_length=lc.retry_on_length,
+                  backoff_base=lc.backoff_base, backoff_max=lc.backoff_max)
+
+
+def request_params(config: GenerateConfig) -> dict[str, Any]:
+    params = dict(config.params)
+    if config.samples > 1:
+        params["n"] = config.samples
+    if config.response_schema is not None:
+        params["response_schema"] = config.response_schema
+    return params
+
+
+class Output:
+    """The records file, the failures file and the set of prompts already answered."""
+
+    def __init__(self, out_dir: Path, job: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / RECORDS
+        repair_torn_tail(self.path)
+        self.done: set[str] = set()
+        if self.path.exists():  # answers of another teacher or other parameters do not count
+            self.done = {r.meta["prompt_key"] for r in read_records(self.path)
+                         if r.meta.get("job") == job and "prompt_key" in r.meta}
+        self._records = self.path.open("ab", buffering=0)
+        repair_torn_tail(out_dir / FAILED)
+        self._failed = (out_dir / FAILED).open("ab", buffering=0)
+        self.written = 0
+        self.failed = 0
+
+    def write(self, records: list[Record]) -> None:
+        # One write() per prompt: a kill leaves all of its samples or none (or a torn tail).
+        self._records.write("".join(r.to_line() for r in records).encode())
+        self.written += len(records)
+
+    def fail(self, key: str, messages: list[dict[str, str]], reason: str, attempts: int) -> None:
+        line = json.dumps({"prompt_key": key, "messages": messages, "reason": reason,
+                           "attempts": attempts, "at": now_iso()}, ensure_ascii=False)
+        self._failed.write((line + "\n").encode())
+        self.failed += 1
+
+    def close(self) -> None:
+        self._records.close()
+        self._failed.close()
+
+
+def _records(prompt: sources.Prompt, result: Result, endpoint: OpenAIEndpoint,
+             config: GenerateConfig, turns: list[dict[str, str]] | None = None,
+             logprobs: list[Any] | None = None) -> list[Record]:
+    out = []
+    for i, c in enumerate(result.completions):
+        teacher = endpoint.teacher().model_copy(update={
+            "model_returned": c.model, "system_fingerprint": c.system_fingerprint,
+            "params": request_params(config), "requested_at": result.requested_at,
+            "responded_at": result.responded_at})
+        meta: dict[str, Any] = {"prompt_key": prompt.key, "job": job_key(endpoint, config),
+                                "sample": i, "finish_reason": c.finish_reason}
+        lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
+        if lps:
+            meta["logprobs"] = lps
+        messages = [*(turns or prompt.messages), {"role": "assistant", "content": c.text}]
+        out.append(Record.new(messages, Provenance(teacher=teacher, source=prompt.source,
+                                                   purpose="train"), meta))
+    return out
+
+
+def job_key(endpoint: OpenAIEndpoint, config: GenerateConfig) -> str:
+    """What makes two answers to one prompt interchangeable: teacher, parameters, turns."""
+    return hash_json({"endpoint": endpoint.identity(), "params": request_params(config),
+                      "turns": config.turns})[:16]
+
+
+def _keep(answers: dict[int, Result], result: Result) -> None:
+    answers[result.request.payload] = result
+
+
+def _answer_kept(text: str, config: GenerateConfig) -> bool:
+    f = config.filters
+    return length_ok(text, f.min_answer_chars) and not (f.drop_refusals and is_refusal(text))
+
+
+class Generation:
+    """One `seed generate` invocation with an HTTP teacher."""
+
+    def __init__(self, config: GenerateConfig, seed: int, out_dir: Path, console: Console) -> None:
+        self.config, self.seed, self.out_dir, self.console = config, seed, out_dir, console
+        if config.turns > 1 and config.samples > 1:
+            raise UserError("generate.turns > 1 needs generate.samples = 1 (sample whole "
+                            "conversations by running again with another seed)")
+        self.limit = config.num_records if "num_records" in config.model_fields_set else None
+        self.total = 0
+        for p in config.prompts:  # a broken line stops us here, before anything is paid for
+            self.total += sources.check_prompts(p.path, kind=p.format, column=p.column)
+        if config.self_instruct:
+            sources.seed_tasks(config.self_instruct.seed_tasks)
+        if not config.prompts and not config.self_instruct:
+            raise UserError("no prompts: add [[generate.prompts]] with a path, "
+                            "[generate.self_instruct], or pass --prompts FILE")
+        f = config.filters
+        self.filter = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
+                                   f.max_prompt_chars, f.embedding_model, f.embedding_threshold)
+        self.endpoint = make_endpoint(config)
+        self.limits = make_limits(config)
+        self.budget = Budget(config.teacher.model or "", config.prices or None, config.max_cost,
+                             config.max_tokens)
+        self.stats = Stats()
+
+    async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
+        """Answers for generated-prompt steps (Self-Instruct, Evol, follow-ups), via the cache."""
+        params = {k: v for k, v in self.config.params.items()
+                  if k not in ("logprobs", "top_logprobs", "n")}
+        return await complete_all(prompts, self.endpoint, self.limits, params, self.cache)
+
+    async def _generated(self) -> list[sources.Prompt]:
+        c, out = self.config, []
+        if c.self_instruct:
+            si = c.self_instruct
+            seeds = sources.seed_tasks(si.seed_tasks)
+            texts = await sources.self_instruct(seeds, si.num_instructions, self._ask, self.seed)
+            src = Source(kind="self_instruct", name=Path(si.seed_tasks).name, license=si.license,
+                         seed=self.seed, config=si.model_dump())
+            out += [sources.Prompt([{"role": "user", "content": t}], src) for t in texts]
+        if c.evol_instruct:
+            ev = c.evol_instruct
+            base = out + [p for f in c.prompts for p in self._file_prompts(f)]
+            evolved = await sources.evol_instruct(
+                [p.messages[-1]["content"] for p in base], ev.rounds, self._ask, self.seed,
+                ev.breadth_share)
+            src = Source(kind="evol_instruct", name="evol_instruct", seed=self.seed,
+                         config=ev.model_dump())
+            out = base if ev.keep_original else []
+            out += [sources.Prompt([{"role": "user", "content": t}],
+                                   src.model_copy(update={"operation": op, "round": r}))
+                    for t, op, r in evolved]
+        return out
+
+    def _file_prompts(self, f: Any) -> Iterator[sources.Prompt]:
+        return sources.read_prompts(f.path, f.format, f.column, f.license, f.name)
+
+    def _stream(self, generated: list[sources.Prompt]) -> Iterator[sources.Prompt]:
+        """Every prompt to answer, filtered, without those already answered, up to the limit."""
+        evolved_files = self.config.evol_instruct is not None
+        files = () if evolved_files else (p for f in self.config.prompts
+                                          for p in self._file_prompts(f))
+        n = 0
+        for stream in (files, generated):
+            for p in stream:
+                if self.limit is not None and n >= self.limit:
+                    return
+                if self.filter.reason(p.messages[-1]["content"]) is not None:
+                    continue
+                n += 1
+                if p.key not in self.out.done:
+                    yield p
+
+    def _save(self, result: Result) -> None:
+        prompt: sources.Prompt = result.request.payload
+        if not result.ok:
+            self.out.fail(prompt.key, prompt.messages, result.error or "failed", result.attempts)
+            return
+        kept = [r for r in _records(prompt, result, self.endpoint, self.config)
+                if _answer_kept(r.messages[-1].content, self.config)]
+        if kept:
+            self.out.write(kept)
+            self.out.done.add(prompt.key)
+        else:
+            self.out.fail(prompt.key, prompt.messages, "filtered: refusal or empty answer",
+                          result.attempts)
+
+    async def _multi_turn(self, prompts: Iterator[sources.Prompt]) -> None:
+        convs = [(p, list(p.messages), []) for p in prompts]
+        params = request_params(self.config)
+        for turn in range(1, self.config.turns + 1):
+            answers: dict[int, Result] = {}
+            reqs = (Request(p.key, msgs, params, payload=i) for i, (p, msgs, _) in enumerate(convs))
+            await run(reqs, self.endpoint, self.limits, cache=self.cache, budget=self.budget,
+                      stats=self.stats, on_result=partial(_keep, answers))
+            if self.stats.stopped:
+                return
+            last = turn == self.config.turns
+            keep = []
+            for i, (p, msgs, lps) in enumerate(convs):
+                r = answers.get(i)
+                if r is None or not r.ok:
+                    self.out.fail(p.key, msgs, r.error if r else "not answered", r.attempts if r
+                                  else 0)
+                    continue
+                if last:
+                    self._save_turns(p, r, msgs, lps)
+                else:
+                    msgs.append({"role": "assistant", "content": r.completions[0].text})
+                    lps.append(r.completions[0].logprobs)
+                    keep.append((p, msgs, lps))
+            if last:
+                return
+            follow = await self._ask([sources.follow_up_messages(m) for _, m, _ in keep])
+            convs = []
+            for (p, msgs, lps), text in zip(keep, follow, strict=True):
+                if text and not is_refusal(text):
+                    convs.append((p, [*msgs, {"role": "user", "content": text.strip()}], lps))
+                else:
+                    self.out.fail(p.key, msgs, "no follow-up from the teacher", 0)
+
+    def _save_turns(self, p: sources.Prompt, r: Result, msgs: list[dict[str, str]],
+                    lps: list[Any]) -> None:
+        logprobs = lps if any(x is not None for x in lps) else None
+        records = _records(p, r, self.endpoint, self.config, turns=msgs, logprobs=logprobs)
+        kept = [x for x in records if _answer_kept(x.messages[-1].content, self.config)]
+        if kept:
+            self.out.write(kept)
+        else:
+            self.out.fail(p.key, msgs, "filtered: refusal or empty answer", r.attempts)
+
+    async def _main(self) -> None:
+        try:
+            await self.endpoint.check_reachable()
+            generated = await self._generated()
+            prompts = self._stream(generated)
+            with live(self.stats, self.budget, self.console):
+                if self.config.turns > 1:
+                    await self._multi_turn(prompts)
+                else:
+                    reqs = (Request(p.key, p.messages, request_params(self.config), payload=p)
+                            for p in prompts)
+                    await run(reqs, self.endpoint, self.limits, cache=self.cache,
+                              on_result=self._save, budget=self.budget, stats=self.stats)
+        finally:
+            await self.endpoint.aclose()
+
+    def run(self) -> dict[str, Any]:
+        self.out = Output(self.out_dir, job_key(self.endpoint, self.config))
+        self.cache = RequestCache(self.out_dir / CACHE)
+        already = len(self.out.done)
+        self.stats.total = (self.total if self.limit is None else min(self.total, self.limit)) \
+            - already if self.total else None
+        try:
+            asyncio.run(self._main())
+        finally:
+            self.out.close()
+            self.cache.close()
+        info = {"records_written": self.out.written, "prompts_already_done": already,
+                "prompts_answered": len(self.out.done), "failed": self.out.failed,
+                "filtered_prompts": self.filter.dropped, "requests_paid": self.stats.paid,
+                "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
+                "prompt_tokens": self.budget.prompt_tokens,
+                "completion_tokens": self.budget.completion_tokens, "cost": self.budget.cost,
+                "stopped": self.stats.stopped}
+        write_json_atomic(self.out_dir / SUMMARY, info)
+        for line in summary(self.stats, self.budget):
+            self.console.print(line)
+        return info
+
+
+def generate_from_teacher(config: GenerateConfig, seed: int, out_dir: Path,
+                          console: Console | None = None) -> dict[str, Any]:
+    """Answer the configured prompts with the HTTP teacher into `out_dir` (see the docstring)."""
+    return Generation(config, seed, out_dir, console or Console()).run()
+
+
+def apply_overrides(config: GenerateConfig, prompts: list[Path] | None, max_cost: float | None,
+                    max_tokens: int | None, concurrency: int | None) -> GenerateConfig:
+    """The recipe's [generate] section with the command line's flags on top."""
+    from seed.recipe import PromptFile
+
+    update: dict[str, Any] = {}
+    if prompts:
+        update["prompts"] = [*config.prompts, *(PromptFile(path=str(p)) for p in prompts)]
+    if max_cost is not None:
+        update["max_cost"] = max_cost
+    if max_tokens is not None:
+        update["max_tokens"] = max_tokens
+    if concurrency is not None:
+        if concurrency < 1:
+            raise UserError(f"--concurrency {concurrency}: give at least 1")
+        update["limits"] = config.limits.model_copy(update={"concurrency": concurrency})
+    return config.model_copy(update=update)

@@ -1,0 +1,147 @@
+"""A local OpenAI-compatible server that injects faults on command (tests and benchmarks only).
+
+Run: `python tests/servers/fault_server.py --port P [--latency S] [--log FILE] [--model NAME]`.
+
+It answers `POST /v1/chat/completions` with `echo: <last user message>` (choice i of `n` says
+`echo[i]: ...`), usage counted in words, `system_fingerprint` "fp_fault", fake per-word logprobs
+when asked, and a JSON object `{"answer": ...}` when a `json_schema` response format is asked.
+`GET /v1/models` lists its one model; another model name gets a 404 like OpenAI's. With the
+environment variable FAULT_SERVER_KEY set, a request without that bearer key gets a 401.
+
+Faults, set with `POST /_control/faults {"match": "<substring>", "faults": [...]}` (requests whose
+last user message contains the substring take the next fault in order; an empty match applies to
+any request): `429` or `429:<retry-after>`, `500`, `timeout:<s>` (sleep before answering),
+`drop` (headers sent, then the connection is cut mid-body), `truncated` (a 200 whose JSON body is
+cut short), `slow:<s>` (the body trickles out over s seconds), `length` (finish_reason "length"),
+`badjson` (an answer that fails the schema), `ratelimit:<limit>:<remaining>:<reset>` (a 200 with
+`x-ratelimit-*-requests` headers). Each request is appended to the `--log` file as a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from collections import deque
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+app = FastAPI()
+STATE: dict[str, Any] = {"latency": 0.0, "log": None, "model": "fault-model", "rules": []}
+
+
+def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
+    user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    n = int(body.get("n", 1))
+    schema = (body.get("response_format") or {}).get("type") == "json_schema"
+    choices = []
+    for i in range(n):
+        text = f"echo: {user}" if n == 1 else f"echo[{i}]: {user}"
+        if schema:
+            text = json.dumps({"answer": text}) if fault != "badjson" else json.dumps({"x": 1})
+        choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": "length" if fault == "length" else "stop"}
+        if body.get("logprobs"):
+            k = int(body.get("top_logprobs") or 0)
+            choice["logprobs"] = {"content": [
+                {"token": w, "logprob": -0.5, "bytes": list(w.encode()),
+                 "top_logprobs": [{"token": w if j == 0 else f"alt{j}", "logprob": -0.5 - j,
+                                   "bytes": []} for j in range(k)]}
+                for w in text.split()]}
+        choices.append(choice)
+    words = sum(len(m["content"].split()) for m in body["messages"])
+    out_words = sum(len(c["message"]["content"].split()) for c in choices)
+    return {"id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
+            "model": f"{STATE['model']}-2024", "system_fingerprint": "fp_fault",
+            "choices": choices,
+            "usage": {"prompt_tokens": words, "completion_tokens": out_words,
+                      "total_tokens": words + out_words}}
+
+
+def _next_fault(user: str) -> str | None:
+    for rule in STATE["rules"]:
+        if rule["faults"] and rule["match"] in user:
+            return rule["faults"].popleft()
+    return None
+
+
+@app.post("/_control/faults")
+async def set_faults(request: Request) -> dict[str, int]:
+    spec = await request.json()
+    STATE["rules"].append({"match": spec.get("match", ""), "faults": deque(spec["faults"])})
+    return {"rules": len(STATE["rules"])}
+
+
+@app.get("/v1/models")
+async def models() -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": STATE["model"], "object": "model"}]}
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Response:
+    key = os.environ.get("FAULT_SERVER_KEY")
+    if key and request.headers.get("authorization") != f"Bearer {key}":
+        return JSONResponse({"error": {"message": "Incorrect API key provided."}}, 401)
+    body = await request.json()
+    if body.get("model") != STATE["model"]:
+        return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not "
+                                                  "exist or you do not have access to it."}}, 404)
+    user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    fault = _next_fault(user)
+    if STATE["log"]:
+        with open(STATE["log"], "a") as f:
+            f.write(json.dumps({"t": time.time(), "user": user, "fault": fault,
+                                "n": body.get("n", 1)}) + "\n")
+    if STATE["latency"]:
+        await asyncio.sleep(STATE["latency"])
+    kind, _, arg = (fault or "").partition(":")
+    if kind == "429":
+        return JSONResponse({"error": {"message": "Rate limit reached"}}, 429,
+                            headers={"retry-after": arg or "1"})
+    if kind == "500":
+        return JSONResponse({"error": {"message": "The server had an error"}}, 500)
+    if kind == "timeout":
+        await asyncio.sleep(float(arg or 30))
+    blob = json.dumps(_answer(body, kind or None)).encode()
+    if kind == "truncated":
+        return Response(blob[: len(blob) // 2], media_type="application/json")
+    if kind == "drop":
+        async def cut() -> Any:
+            yield blob[:20]
+            raise ConnectionResetError("fault: drop")
+        return StreamingResponse(cut(), media_type="application/json")
+    if kind == "slow":
+        async def trickle() -> Any:
+            step = max(1, len(blob) // 20)
+            for i in range(0, len(blob), step):
+                await asyncio.sleep(float(arg or 5) / 20)
+                yield blob[i:i + step]
+        return StreamingResponse(trickle(), media_type="application/json")
+    headers = {}
+    if kind == "ratelimit":
+        limit, remaining, reset = arg.split(":")
+        headers = {"x-ratelimit-limit-requests": limit,
+                   "x-ratelimit-remaining-requests": remaining,
+                   "x-ratelimit-reset-requests": reset}
+    return Response(blob, media_type="application/json", headers=headers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--log", default=None)
+    ap.add_argument("--model", default="fault-model")
+    args = ap.parse_args()
+    STATE.update(latency=args.latency, log=args.log, model=args.model)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="critical", access_log=False,
+                backlog=4096)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Test helpers: the fault server in a subprocess on a free port, and `seed generate` recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = Path(__file__).with_name("fault_server.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class FaultServer:
+    base_url: str
+    log: Path
+
+    def faults(self, faults: list[str], match: str = "") -> None:
+        root = self.base_url.removesuffix("/v1")
+        spec = {"match": match, "faults": faults}
+        httpx.post(f"{root}/_control/faults", json=spec).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+@contextmanager
+def fault_server(tmp: Path, latency: float = 0.0, key: str | None = None,
+                 model: str = "fault-model") -> Iterator[FaultServer]:
+    port = free_port()
+    log = tmp / f"server-{port}.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "FAULT_SERVER_KEY"}
+    if key:
+        env["FAULT_SERVER_KEY"] = key
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--latency",
+                             str(latency), "--log", str(log), "--model", model], env=env)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the fault server did not start") from None
+                time.sleep(0.1)
+        yield FaultServer(base, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def write_recipe(path: Path, base_url: str, prompts: Path | None = None, *,
+                 model: str = "fault-model", extra: str = "", teacher_extra: str = "") -> Path:
+    lines = ['name = "gen-test"', "seed = 7", "", "[generate]", extra, "",
+             "[generate.teacher]", 'kind = "openai"', f'base_url = "{base_url}"',
+             f'model = "{model}"', teacher_extra, ""]
+    if prompts is not None:
+        lines += ["[[generate.prompts]]", f'path = "{prompts}"', 'license = "CC0-1.0"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "seed", *args], capture_output=True, text=True,
+                          env=full, cwd=ROOT, timeout=timeout)
+
+
+def write_prompts(path: Path, n: int, prefix: str = "question") -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"{prefix} {i}"}) + "\n" for i in range(n)))
+    return path
