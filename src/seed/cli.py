@@ -32,11 +32,16 @@ console = Console(stderr=False)
 
 
 @app.command()
-def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")]) -> None:
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+    accept_terms_risk: Annotated[str | None, typer.Option(help="Train despite records the terms "
+                                 "forbid; the reason is kept in the manifest and the model card."
+                                 )] = None,
+) -> None:
     """Run a recipe: generate -> train -> eval -> report, skipping stages that are up to date."""
     from seed.pipeline import run_recipe
 
-    run_recipe(recipe, console=console)
+    run_recipe(recipe, console=console, accept_terms_risk=accept_terms_risk)
 
 
 @app.command()

@@ -36,6 +36,10 @@ def preflight(recipe: Recipe) -> None:
     ckpt = recipe.train.student.checkpoint
     if ckpt and not Path(ckpt).is_dir():
         raise UserError(f"train.student.checkpoint: {ckpt}: no such model directory")
+    if recipe.policy.overrides:
+        from seed.policy.terms import load_terms
+
+        load_terms(recipe.policy.overrides)
 
 
 def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
@@ -60,7 +64,40 @@ def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str]
     return info
 
 
-def run_recipe(path: str | Path, console: Console | None = None) -> Path:
+def _terms_gate(run: Run, recipe: Recipe, console: Console,
+                accept_terms_risk: str | None) -> Any:
+    """seed.policy: refuse to train on records whose terms forbid this use; card the data.
+
+    Runs on every invocation (it is cheap), keeps the decision and any accepted risk in the
+    manifest, and writes the dataset card next to the records.
+    """
+    from seed.policy.commands import gate_before_training, write_cards
+
+    check = gate_before_training(run.path("data/train.jsonl"), recipe.policy, console,
+                                 accept_terms_risk=accept_terms_risk)
+    run.manifest["policy"] = check.to_dict()
+    run.save()
+    write_cards(check, recipe.policy, data_dir=run.path("data"),
+                model_name=recipe.policy.student_name or recipe.name)
+    return check
+
+
+def _train_and_card(run: Run, recipe: Recipe, console: Console, check: Any) -> dict[str, Any]:
+    """Train, then write the model card into the model directory inside the same stage."""
+    from seed.policy.commands import write_cards
+    from seed.train import train_student
+
+    info = train_student(run.path("data/train.jsonl"), run.path("train"), recipe.train,
+                         recipe.seed, console=console)
+    write_cards(check, recipe.policy, model_dir=run.path("train/model"),
+                model_name=recipe.policy.student_name or recipe.name,
+                base_model=recipe.train.student.checkpoint,
+                training={k: info[k] for k in ("steps", "tokens", "params") if k in info})
+    return info
+
+
+def run_recipe(path: str | Path, console: Console | None = None,
+               accept_terms_risk: str | None = None) -> Path:
     """Run every stage of a recipe; return the run directory."""
     console = console or Console()
     recipe, text = load_recipe(path)
@@ -71,7 +108,6 @@ def run_recipe(path: str | Path, console: Console | None = None) -> Path:
     from seed.evaluate.report import write_report
     from seed.evaluate.verify import evaluate_tasks
     from seed.generate import generate_from_tasks
-    from seed.train import train_student
 
     gen = _stage(run, console, "generate", [recipe.generate.model_dump(), recipe.seed], [],
                  GENERATE_OUT,
@@ -79,10 +115,10 @@ def run_recipe(path: str | Path, console: Console | None = None) -> Path:
     if gen:
         console.print(f"generate: {gen['train_records']} training records, "
                       f"{gen['eval_records']} held-out prompts")
-    _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed], ["data/train.jsonl"],
-           TRAIN_OUT,
-           lambda: train_student(run.path("data/train.jsonl"), run.path("train"), recipe.train,
-                                 recipe.seed, console=console),
+    check = _terms_gate(run, recipe, console, accept_terms_risk)
+    # The model card is written inside the train stage, so what it says is part of its inputs.
+    _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed, check.card_digest()],
+           ["data/train.jsonl"], TRAIN_OUT, lambda: _train_and_card(run, recipe, console, check),
            workdir="train")
     ev = _stage(run, console, "eval", recipe.eval.model_dump(),
                 ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
