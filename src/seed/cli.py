@@ -213,6 +213,38 @@ def stats(
 
 
 @app.command()
+def judge(
+    model: Annotated[Path, typer.Argument(help="Student model directory.")],
+    recipe: Annotated[Path, typer.Option(help="Recipe with an [eval.judge] section.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    questions: Annotated[Path | None, typer.Option(
+        help="Records or MT-Bench question.jsonl; overrides the recipe's.")] = None,
+) -> None:
+    """Judge a student against a baseline; writes judge_results.json and report.html, resumable."""
+    from seed.evaluate.judge_report import write_judge_report
+    from seed.evaluate.judge_run import run_judge
+    from seed.recipe import load_recipe
+
+    r, _ = load_recipe(recipe)
+    if r.eval.judge is None:
+        raise UserError(f"{recipe}: no [eval.judge] section; add one naming the judge endpoint")
+    cfg = r.eval.judge
+    if questions:
+        cfg = cfg.model_copy(update={"questions": str(questions)})
+    res = run_judge(cfg, model, out, teacher=r.generate.teacher)
+    st, req = res["stats"], res["requests"]
+    if res["mode"] == "pairwise":
+        console.print(f"student win rate {st['win_rate']:.1f}% [{st['ci_low']:.1f}, "
+                      f"{st['ci_high']:.1f}] (LC {st['lc_win_rate']:.1f}%, n={st['n']}, "
+                      f"{st['unparseable']} unparseable)")
+    else:
+        for name, sc in st["scores"].items():
+            console.print(f"{name}: mean score {sc['mean']} (n={sc['n']})")
+    console.print(f"judge requests: {req['requests_paid']} sent, {req['requests_cached']} cached")
+    console.print(f"report: {write_judge_report(out)}")
+
+
+@app.command()
 def chat(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,

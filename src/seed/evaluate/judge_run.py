@@ -56,6 +56,23 @@ def make_endpoint(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
                     "or local")
 
 
+def endpoint_name(cfg: EndpointConfig) -> str:
+    """How results name an endpoint: the model asked for, or the model directory's name."""
+    if cfg.kind == "openai":
+        return cfg.model or "baseline"
+    return Path(cfg.path).name if cfg.path else cfg.kind
+
+
+def _identity(cfg: EndpointConfig, max_tokens: int) -> str:
+    """What decides an endpoint's answers, so saved answers of a retrained model are not reused."""
+    if cfg.kind == "openai":
+        return f"{cfg.base_url} {cfg.model} {max_tokens}"
+    root = Path(cfg.path or ".")
+    weights = [(p.name, p.stat().st_mtime_ns, p.stat().st_size)
+               for p in sorted(root.glob("*.safetensors"))]
+    return f"{root.resolve()} {weights} {max_tokens}"
+
+
 def _limits(cfg: JudgeConfig) -> Limits:
     return Limits(concurrency=cfg.concurrency, requests_per_minute=cfg.requests_per_minute,
                   max_attempts=cfg.max_attempts, timeout=cfg.timeout)
@@ -149,25 +166,25 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         raise UserError("eval.judge.baseline is not set and there is no teacher; name a baseline")
     limits = _limits(cfg)
     settings = JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir)
-    from seed.endpoints.local import LocalModel
-
-    student = LocalModel(student_dir)
-    student_name = f"student:{Path(student_dir).name}"
-    baseline = make_endpoint(baseline_cfg, "eval.judge.baseline", limits)
-    baseline_name = baseline.teacher().model_requested or "baseline"
+    student_cfg = EndpointConfig(kind="local", path=str(student_dir))
+    student_name, baseline_name = "student", endpoint_name(baseline_cfg)
     judge = make_endpoint(cfg.endpoint, "eval.judge.endpoint", limits)
+    opened: list[Endpoint] = [judge]
     cache = RequestCache(out_dir / CACHE)
 
     async def main() -> dict[str, Any]:
         answers_path = out_dir / ANSWERS
         saved = json.loads(answers_path.read_text()) if answers_path.exists() else {}
         answers = {}
-        for name, endpoint in ((student_name, student), (baseline_name, baseline)):
-            if name not in saved:
-                saved[name] = await answer_questions(questions, endpoint, cfg.answer_max_tokens,
-                                                     cache, limits)
+        for name, ecfg, what in ((student_name, student_cfg, "the student"),
+                                 (baseline_name, baseline_cfg, "eval.judge.baseline")):
+            key = f"{name} {_identity(ecfg, cfg.answer_max_tokens)}"
+            if key not in saved:  # models load only when their answers are not on disk yet
+                opened.append(make_endpoint(ecfg, what, limits))
+                saved[key] = await answer_questions(questions, opened[-1],
+                                                    cfg.answer_max_tokens, cache, limits)
                 write_json_atomic(answers_path, saved)
-            answers[name] = saved[name]
+            answers[name] = saved[key]
         if cfg.mode == "pairwise":
             return await judge_pairwise(questions, student_name, answers[student_name],
                                         baseline_name, answers[baseline_name], judge,
@@ -180,7 +197,7 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         try:
             return await main()
         finally:
-            for endpoint in (baseline, judge):
+            for endpoint in opened:
                 if hasattr(endpoint, "aclose"):
                     await endpoint.aclose()
 
@@ -190,7 +207,7 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         cache.close()
     results = {
         "mode": cfg.mode, "student": student_name, "baseline": baseline_name,
-        "judge": judge.teacher().model_requested, "requests": counts,
+        "judge": endpoint_name(cfg.endpoint), "requests": counts,
         "self_preference": self_preference(cfg.endpoint, baseline_cfg),
         "stats": summarize_judgments(out_dir, cfg.mode),
     }
