@@ -3,7 +3,8 @@
 Run: `python tests/servers/fault_server.py --port P [--latency S] [--log FILE] [--model NAME]`.
 
 It answers `POST /v1/chat/completions` with `echo: <last user message>` (choice i of `n` says
-`echo[i]: ...`), usage counted in words, `system_fingerprint` "fp_fault", fake per-word logprobs
+`echo[i]: ...`; Self-Instruct, Evol-Instruct and user-simulation prompts get scripted replies),
+usage counted in words, `system_fingerprint` "fp_fault", fake per-word logprobs
 when asked, and a JSON object `{"answer": ...}` when a `json_schema` response format is asked.
 `GET /v1/models` lists its one model; another model name gets a 404 like OpenAI's. With the
 environment variable FAULT_SERVER_KEY set, a request without that bearer key gets a 401.
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +37,36 @@ app = FastAPI()
 STATE: dict[str, Any] = {"latency": 0.0, "log": None, "model": "fault-model", "rules": []}
 
 
+WORDS = ["river", "violin", "glacier", "compiler", "saffron", "lighthouse", "origami", "volcano",
+         "bicycle", "sonnet", "tariff", "enzyme", "harbor", "quasar", "ledger", "meadow", "cipher"]
+TEMPLATES = ["Write a short poem about a {a} and a {b}.", "Explain to a child how a {a} works.",
+             "List three surprising facts about {a} and {b}.",
+             "Draft an email asking for {a} advice.",
+             "Compare {a} with {b} in a small table.", "Classify {a} as natural or man-made."]
+
+
+def _scripted(user: str) -> str | None:
+    """Deterministic replies to generated-prompt steps (Self-Instruct, Evol, simulated users)."""
+    h = sum(map(ord, user))
+    word = WORDS[h % len(WORDS)]
+    if user.startswith("Come up with a series of tasks"):
+        k = int(re.findall(r"(\d+)\.\s*$", user)[0])
+        items = [TEMPLATES[(h + j) % len(TEMPLATES)].format(a=WORDS[(h + 3 * j) % len(WORDS)],
+                                                            b=WORDS[(h + 7 * j + 1) % len(WORDS)])
+                 for j in range(3)]
+        return " " + items[0] + "".join(f"\n{k + j}. {t}" for j, t in enumerate(items[1:], 1))
+    if "#Given Prompt#" in user:
+        given = user.split("#Given Prompt#:\n", 1)[1]
+        if "Prompt Creator" in user:
+            return f"Invent a festival built around the {word} and describe its three rituals."
+        if "sorry" in given:
+            return "I'm sorry, I cannot rewrite that."
+        return f"{given} Answer in exactly three numbered steps and mention a {word}."
+    if user.startswith("You are the user in the conversation"):
+        return f"Thanks! Could you give one more example involving a {word}?"
+    return None
+
+
 def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     n = int(body.get("n", 1))
@@ -42,6 +74,7 @@ def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     choices = []
     for i in range(n):
         text = f"echo: {user}" if n == 1 else f"echo[{i}]: {user}"
+        text = _scripted(user) or text
         if schema:
             text = json.dumps({"answer": text}) if fault != "badjson" else json.dumps({"x": 1})
         choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},

@@ -64,6 +64,12 @@ def _shingles(text: str) -> set[bytes]:
     return {s[i:i + 5].encode() for i in range(max(1, len(s) - 4))}
 
 
+def similarity(a: str, b: str) -> float:
+    """Exact Jaccard similarity of two texts' shingles (what MinHash estimates for many)."""
+    sa, sb = _shingles(a), _shingles(b)
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
 class NearDuplicates:
     """MinHash LSH: a text whose estimated Jaccard similarity to a kept one passes `threshold`."""
 

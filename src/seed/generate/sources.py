@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
-from seed.generate.filters import NearDuplicates, is_refusal
+from seed.generate.filters import NearDuplicates, is_refusal, similarity
 from seed.records import Source, record_id
 
 Ask = Callable[[list[list[dict[str, str]]]], Awaitable[list[str | None]]]
@@ -195,9 +195,7 @@ def eliminated(original: str, evolved: str | None) -> str | None:
         return "refusal"
     if _TEMPLATE_LEAK.search(evolved):
         return "copies the template"
-    near = NearDuplicates(threshold=0.9)
-    near.add(original)
-    if not near.add(evolved):
+    if similarity(original, evolved) >= 0.8:
         return "no information gain"
     return None
 
