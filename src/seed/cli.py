@@ -246,15 +246,53 @@ def judge(
 
 @app.command()
 def chat(
-    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    model: Annotated[str, typer.Argument(help="Model directory, or a server URL (http://...).")],
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    api_key: Annotated[str | None, typer.Option(envvar="SEED_API_KEY",
+                                                help="Key for a server URL.")] = None,
 ) -> None:
     """Talk to a model in the terminal; replies stream token by token."""
+    if model.startswith(("http://", "https://")):
+        from seed.serve.client import chat_with_server
+
+        chat_with_server(model, system=system, max_tokens=max_new_tokens,
+                         temperature=temperature, api_key=api_key)
+        return
     from seed.chat import chat_loop
 
-    chat_loop(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+    chat_loop(Path(model), system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Argument(help="Model directory (omit with --upstream).")
+                     ] = None,
+    upstream: Annotated[str | None, typer.Option(
+        help="Front this OpenAI-compatible server (vLLM, SGLang...) instead of a model.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="SEED_API_KEY",
+                                                help="Require this key.")] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="File of accepted keys, one per line.")
+                         ] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name clients ask for (default: the "
+                                                   "directory name).")] = None,
+    max_running: Annotated[int, typer.Option(help="Most sequences in one batch.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Most waiting sequences before 429.")] = 256,
+    usage_log: Annotated[Path | None, typer.Option(help="Append one JSON line per request.")
+                         ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: "
+                                                "torch's choice; 1 is fastest for tiny models "
+                                                "on a busy machine).")] = None,
+) -> None:
+    """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
+    from seed.serve.server import run_server
+
+    run_server(model, upstream=upstream, host=host, port=port, api_key=api_key,
+               keys_file=keys_file, model_name=model_name, max_running=max_running,
+               max_queue=max_queue, usage_log=usage_log, threads=threads)
 
 
 def main() -> None:

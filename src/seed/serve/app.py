@@ -1,0 +1,174 @@
+"""The FastAPI app: OpenAI routes, keys, errors in OpenAI's shape, metrics, and the chat page.
+
+Routes are the same whichever backend answers: a model served in process (`backend.py`) or an
+upstream OpenAI-compatible server (`upstream.py`). This module holds no generation logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+
+from seed.serve.auth import match_key
+from seed.serve.errors import APIError, unauthorized
+from seed.serve.metrics import ServerMetrics
+from seed.serve.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    Health,
+    ModelList,
+    error_body,
+)
+from seed.serve.usage import RequestRecord, UsageLog
+
+
+class Backend(Protocol):
+    model_name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    async def models(self) -> dict[str, Any]: ...
+    async def chat(self, req: ChatCompletionRequest, http: Request,
+                   rec: RequestRecord) -> Response: ...
+    async def completions(self, req: CompletionRequest, http: Request,
+                          rec: RequestRecord) -> Response: ...
+    def queue_depth(self) -> int: ...
+    def running(self) -> int: ...
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why} for code, why in [
+        (400, "Bad request (the message names the field)"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model"),
+        (429, "Queue full; retry after Retry-After seconds")]}
+_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def create_app(backend: Backend, *, keys: list[str] | None = None,
+               usage_log: Path | None = None) -> FastAPI:
+    """The server for `backend`; with `keys`, every /v1 route needs one of them."""
+    keys = keys or []
+    log = UsageLog(usage_log) if usage_log else None
+    metrics = ServerMetrics(backend.queue_depth, backend.running)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        backend.start()
+        try:
+            yield
+        finally:
+            backend.stop()
+
+    app = FastAPI(title="Seed", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API for a Seed model.")
+
+    def key_label(request: Request) -> str | None:
+        if not keys:
+            return None
+        label = match_key(keys, request.headers.get("authorization"))
+        if label is None:
+            metrics.requests.inc(route=request.url.path, status="401")
+            raise unauthorized()
+        return label
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> Response:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> Response:
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid body"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        msg = f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
+        return JSONResponse(error_body(msg, param=where), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> Response:
+        return JSONResponse(error_body(str(e.detail), code=str(e.status_code)),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    async def answer(route: str, req: Any, http: Request, key: str | None, call: Any) -> Response:
+        rec = RequestRecord(route=route, metrics=metrics, usage_log=log, key=key,
+                            model=req.model)
+        try:
+            response = await call(req, http, rec)
+        except APIError as e:
+            rec.finish(e.status)
+            raise
+        except BaseException:
+            rec.finish(500)
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _finishing(response.body_iterator, rec, response.status_code)
+        else:
+            rec.finish(response.status_code)
+        return response
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
+        **_ERRORS, 200: {"content": _STREAM, "description": "A chat completion, or a stream of "
+                         "chat.completion.chunk events when `stream` is true"}})
+    async def chat_completions(req: ChatCompletionRequest, http: Request,
+                               key: str | None = Depends(key_label)) -> Response:
+        return await answer("/v1/chat/completions", req, http, key, backend.chat)
+
+    @app.post("/v1/completions", response_model=Completion, responses={
+        **_ERRORS, 200: {"content": _STREAM, "description": "A completion, or a stream of "
+                         "text_completion events when `stream` is true"}})
+    async def completions(req: CompletionRequest, http: Request,
+                          key: str | None = Depends(key_label)) -> Response:
+        return await answer("/v1/completions", req, http, key, backend.completions)
+
+    @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
+    async def models(key: str | None = Depends(key_label)) -> Response:
+        return JSONResponse(await backend.models())
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page() -> Response:
+        page = resources.files("seed.serve").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    return app
+
+
+async def _finishing(body: AsyncIterator[Any], rec: RequestRecord,
+                     status: int) -> AsyncIterator[Any]:
+    """Pass a stream through and count the request when it ends (or the client leaves)."""
+    try:
+        async for part in body:
+            yield part
+    except BaseException:
+        rec.finish(499)
+        raise
+    finally:
+        rec.finish(status)
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()

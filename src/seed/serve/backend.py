@@ -1,0 +1,434 @@
+"""The local backend: OpenAI requests in, the batching engine's output back as OpenAI responses.
+
+It renders chats with the model's chat template, applies `generation_config.json` defaults, refuses
+(400, both lengths stated) a prompt that does not fit the context instead of truncating it, compiles
+`response_format` schemas for constrained decoding, and shapes the engine's events into
+`chat.completion` / `text_completion` objects or server-sent-event chunks. The model itself and the
+batching live in `engine.py`; routes, keys and metrics in `app.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from transformers import AutoModelForCausalLM
+
+from seed.endpoints.local import check_model_dir, load_tokenizer
+from seed.files import hash_path
+from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence
+from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
+from seed.serve.grammar import GrammarTokenizer
+from seed.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
+from seed.serve.usage import RequestRecord
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"),
+                                                            ensure_ascii=False)
+    return f"data: {payload}\n\n"
+
+
+class LocalBackend:
+    """A model directory served in process."""
+
+    def __init__(self, model_dir: Path, *, model_name: str | None = None, max_running: int = 32,
+                 max_queue: int = 256, device: str | None = None, threads: int | None = None):
+        path = check_model_dir(model_dir)
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = load_tokenizer(path)  # refuses a model without a chat template
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
+        self.model_name = model_name or path.name
+        self.created = int(path.stat().st_mtime)
+        weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
+        self.fingerprint = f"fp_seed_{weights[:10]}"
+        text_cfg = model.config.get_text_config()
+        self.context = int(getattr(text_cfg, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = int(text_cfg.vocab_size)
+        gen = _read_generation_config(path)
+        eos = gen.get("eos_token_id", self.tokenizer.eos_token_id)
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        eos_ids.discard(None)
+        self.default_temperature = float(gen.get("temperature", 1.0)) if gen.get(
+            "do_sample", True) else 0.0
+        self.default_top_p = float(gen.get("top_p", 1.0))
+        self.default_max_new = gen.get("max_new_tokens")
+        self.engine = Engine(model, self.tokenizer, eos_ids=eos_ids, max_running=max_running,
+                             max_waiting=max_queue)
+        self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
+        self._token_text: dict[int, str] = {}
+        backend_tok = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._byte_level = "ByteLevel" in repr(getattr(backend_tok, "decoder", None))
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def queue_depth(self) -> int:
+        return self.engine.queue_depth
+
+    def running(self) -> int:
+        return self.engine.running
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model",
+                                            "created": self.created, "owned_by": "seed"}]}
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def chat(self, req: ChatCompletionRequest, http: Request, rec: RequestRecord) -> Response:
+        self._check_common(req)
+        if req.model != self.model_name:
+            raise model_not_found(req.model)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as e:  # the template itself refuses (e.g. roles must alternate)
+            raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        constraint_grammar = self._grammar(req)
+        params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
+                              req.top_logprobs or 0, constraint_grammar)
+        stream = _Run(self, prompt_ids, params, rec)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": self.model_name, "system_fingerprint": self.fingerprint}
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._chat_chunks(stream, meta, usage, http),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        results = await stream.collect(http)
+        choices = [{"index": i, "message": {"role": "assistant", "content": r["text"],
+                                            "refusal": None},
+                    "logprobs": {"content": self._chat_logprobs(r["logprobs"])}
+                    if req.logprobs else None,
+                    "finish_reason": r["finish_reason"]} for i, r in enumerate(results)]
+        return JSONResponse({**meta, "object": "chat.completion", "choices": choices,
+                             "usage": stream.usage()})
+
+    async def completions(self, req: CompletionRequest, http: Request,
+                          rec: RequestRecord) -> Response:
+        self._check_common(req)
+        if req.model != self.model_name:
+            raise model_not_found(req.model)
+        if req.echo and req.logprobs is not None:
+            raise bad_request("echo with logprobs is not supported; ask for one of them.", "echo")
+        prompts = _prompt_list(req.prompt)
+        if len(prompts) * req.n > 16:
+            raise bad_request("At most 16 completions per request (prompts x n).", "n")
+        runs = []
+        for p in prompts:
+            ids = p if isinstance(p, list) else self.tokenizer(p)["input_ids"]
+            if any(not 0 <= t < self.vocab_size for t in ids):
+                raise bad_request(f"Token ids must be in [0, {self.vocab_size}).", "prompt")
+            params = self._params(req, len(ids), req.max_tokens, req.logprobs is not None,
+                                  req.logprobs or 0, None)
+            runs.append((p, ids, params))
+        started: list[_Run] = []
+        try:
+            for _, ids, params in runs:
+                started.append(_Run(self, ids, params, rec))
+        except APIError:
+            for run in started:
+                Engine.cancel(run.seqs)
+            raise
+        echoes = [(p if isinstance(p, str) else self.tokenizer.decode(p)) if req.echo else ""
+                  for p, _, _ in runs]
+        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": self.model_name, "system_fingerprint": self.fingerprint}
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._completion_chunks(started, echoes, req.n, meta, usage,
+                                                             http),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        choices = []
+        for k, run in enumerate(started):
+            for i, r in enumerate(await run.collect(http)):
+                choices.append({"index": k * req.n + i, "text": echoes[k] + r["text"],
+                                "logprobs": self._completion_logprobs(r["logprobs"])
+                                if req.logprobs is not None else None,
+                                "finish_reason": r["finish_reason"]})
+        return JSONResponse({**meta, "object": "text_completion", "choices": choices,
+                             "usage": _sum_usage([r.usage() for r in started])})
+
+    # -- parameters -------------------------------------------------------------------------------
+
+    def _check_common(self, req: ChatCompletionRequest | CompletionRequest) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(req, name):
+                raise bad_request(f"{name} is not supported by seed serve; leave it at 0.", name)
+        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise bad_request("stop takes at most 4 non-empty strings.", "stop")
+
+    def _grammar(self, req: ChatCompletionRequest) -> str | None:
+        fmt = req.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            schema: dict[str, Any] = {"type": "object"}
+        else:
+            if fmt.json_schema is None:
+                raise bad_request("response_format of type json_schema needs a `json_schema` "
+                                  "object with a `schema`.", "response_format")
+            schema = fmt.json_schema.schema_ or {}
+        try:
+            return self.grammar.compile_json_schema(schema)
+        except (ValueError, TypeError) as e:
+            raise bad_request(f"response_format: the JSON schema cannot be enforced: {e}",
+                              "response_format") from e
+
+    def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt_len: int,
+                max_tokens: int | None, logprobs: bool, top: int,
+                grammar: str | None) -> list[SamplingParams]:
+        if prompt_len == 0:
+            raise bad_request("The prompt is empty; give it some text.", "prompt")
+        if prompt_len >= self.context:
+            raise bad_request(f"This model's maximum context length is {self.context} tokens, but "
+                              f"the prompt has {prompt_len} tokens; shorten it.", "messages")
+        room = self.context - prompt_len
+        if max_tokens is not None and max_tokens > room:
+            raise bad_request(f"This model's maximum context length is {self.context} tokens, but "
+                              f"{prompt_len + max_tokens} were requested ({prompt_len} in the "
+                              f"prompt, {max_tokens} for the completion); lower max_tokens or "
+                              "shorten the prompt.", "max_tokens")
+        if max_tokens is None:
+            max_tokens = min(room, self.default_max_new or room)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        temperature = self.default_temperature if req.temperature is None else req.temperature
+        top_p = self.default_top_p if req.top_p is None else req.top_p
+        out = []
+        for i in range(req.n):
+            constraint = self.grammar.constraint(grammar) if grammar else None
+            out.append(SamplingParams(
+                max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0,
+                stop=tuple(stops), seed=None if req.seed is None else req.seed + i,
+                logprobs=logprobs, top_logprobs=top, constraint=constraint))
+        return out
+
+    # -- response shapes --------------------------------------------------------------------------
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The token's own bytes (a byte-level token may hold part of a UTF-8 character)."""
+        piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
+        if self._byte_level and piece and all(c in _UNICODE_TO_BYTE for c in piece):
+            return [_UNICODE_TO_BYTE[c] for c in piece]
+        return list(self.token_text(token_id).encode("utf-8"))
+
+    def _chat_logprobs(self, logprobs: list[Any]) -> list[dict[str, Any]]:
+        def one(tid: int, lp: float) -> dict[str, Any]:
+            return {"token": self.token_text(tid), "logprob": lp, "bytes": self.token_bytes(tid)}
+        return [{**one(lp.token_id, lp.logprob), "top_logprobs": [one(t, v) for t, v in lp.top]}
+                for lp in logprobs]
+
+    def _completion_logprobs(self, logprobs: list[Any], offset: int = 0) -> dict[str, Any]:
+        tokens, offsets = [], []
+        for lp in logprobs:
+            offsets.append(offset)
+            tokens.append(self.token_text(lp.token_id))
+            offset += len(tokens[-1])
+        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
+                "top_logprobs": [{self.token_text(t): v for t, v in lp.top} for lp in logprobs],
+                "text_offset": offsets}
+
+    async def _chat_chunks(self, run: _Run, meta: dict[str, Any], include_usage: bool,
+                           http: Request) -> AsyncIterator[str]:
+        base = {**meta, "object": "chat.completion.chunk"}
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(i: int, delta: dict[str, Any], logprobs: Any = None,
+                  finish: str | None = None) -> str:
+            return sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
+                                             "finish_reason": finish}], **extra})
+        async with run:
+            for i in range(len(run.seqs)):
+                yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+            async for ev in run.events():
+                if ev.text or ev.logprobs:
+                    lps = ({"content": self._chat_logprobs(ev.logprobs)}
+                           if run.seqs[ev.index].params.logprobs else None)
+                    yield chunk(ev.index, {"content": ev.text}, lps)
+                if ev.finish_reason:
+                    yield chunk(ev.index, {}, None, ev.finish_reason)
+            if run.error:
+                yield sse(error_body(run.error, "server_error"))
+            elif include_usage:
+                yield sse({**base, "choices": [], "usage": run.usage()})
+            yield sse("[DONE]")
+
+    async def _completion_chunks(self, runs: list[_Run], echoes: list[str], n: int,
+                                 meta: dict[str, Any], include_usage: bool,
+                                 http: Request) -> AsyncIterator[str]:
+        base = {**meta, "object": "text_completion"}
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(i: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
+            return sse({**base, "choices": [{"index": i, "text": text, "logprobs": logprobs,
+                                             "finish_reason": finish}], **extra})
+        errors = []
+        try:
+            async for piece in self._completion_events(runs, echoes, n, chunk, errors):
+                yield piece
+        finally:
+            for run in runs:
+                Engine.cancel(run.seqs)
+        if errors:
+            yield sse(error_body(errors[0], "server_error"))
+        elif include_usage:
+            yield sse({**base, "choices": [], "usage": _sum_usage([r.usage() for r in runs])})
+        yield sse("[DONE]")
+
+    async def _completion_events(self, runs: list[_Run], echoes: list[str], n: int, chunk: Any,
+                                 errors: list[str]) -> AsyncIterator[str]:
+        offsets: dict[int, int] = {}
+        for k, run in enumerate(runs):
+            if echoes[k]:
+                for i in range(n):
+                    yield chunk(k * n + i, echoes[k])
+            async for ev in run.events():
+                index = k * n + ev.index
+                lps = None
+                if run.seqs[ev.index].params.logprobs:
+                    lps = self._completion_logprobs(ev.logprobs, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lps["tokens"])
+                if ev.text or ev.logprobs:
+                    yield chunk(index, ev.text, lps)
+                if ev.finish_reason:
+                    yield chunk(index, "", None, ev.finish_reason)
+            if run.error:
+                errors.append(run.error)
+                return
+
+
+class _Run:
+    """One prompt's sequences in the engine: submitted at once (429 if the queue is full),
+    cancelled when the client goes away, counted in the request's usage record."""
+
+    def __init__(self, backend: LocalBackend, prompt_ids: list[int],
+                 params: list[SamplingParams], rec: RequestRecord):
+        self.backend, self.rec = backend, rec
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.error: str | None = None
+        try:
+            self.seqs: list[Sequence] = backend.engine.submit(prompt_ids, params, self.queue)
+        except QueueFull:
+            raise overloaded() from None
+        rec.prompt_tokens += self.prompt_tokens
+
+    async def __aenter__(self) -> _Run:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        Engine.cancel(self.seqs)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events until every sequence has finished."""
+        open_ = len(self.seqs)
+        while open_:
+            ev = await self.queue.get()
+            if ev.token_ids:
+                self.rec.first_token()
+                self.completion_tokens += len(ev.token_ids)
+                self.rec.completion_tokens += len(ev.token_ids)
+            if ev.finish_reason and ev.finish_reason.startswith("error"):
+                self.error = f"Generation failed ({ev.finish_reason}); please retry."
+                return
+            yield ev
+            if ev.finish_reason:
+                open_ -= 1
+
+    async def collect(self, http: Request) -> list[dict[str, Any]]:
+        """Every sequence's text, logprobs and finish reason; cancels if the client leaves."""
+        results = [{"text": "", "logprobs": [], "finish_reason": None} for _ in self.seqs]
+        async with self:
+            gen = self.events()
+            while True:
+                step = asyncio.ensure_future(anext(gen, None))
+                while not step.done():
+                    await asyncio.wait([step], timeout=0.5)
+                    if not step.done() and await http.is_disconnected():
+                        step.cancel()
+                        raise APIError(499, "The client closed the request.")
+                ev = step.result()
+                if ev is None:
+                    break
+                r = results[ev.index]
+                r["text"] += ev.text
+                r["logprobs"] += ev.logprobs
+                r["finish_reason"] = ev.finish_reason or r["finish_reason"]
+        if self.error:
+            raise APIError(500, self.error, type_="server_error")
+        return results
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-to-printable-character map, inverted (byte-level BPE stores tokens this way)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append((chr(b), b))
+        else:
+            chars.append((chr(256 + extra), b))
+            extra += 1
+    return dict(chars)
+
+
+_UNICODE_TO_BYTE = _byte_level_table()
+
+
+def _sum_usage(usages: list[dict[str, int]]) -> dict[str, int]:
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {k: sum(u[k] for u in usages) for k in keys}
+
+
+def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty.", "prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def _read_generation_config(path: Path) -> dict[str, Any]:
+    f = path / "generation_config.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
