@@ -21,6 +21,7 @@ GENERATE_OUT = ["data/train.jsonl", "data/eval.jsonl"]
 TRAIN_OUT = ["train/model", "train/initial", "train/metrics.jsonl"]
 EVAL_OUT = ["eval/results.json", "eval/samples.jsonl"]
 REPORT_OUT = ["report.html"]
+JUDGE_OUT = "judge/judge_results.json"
 
 
 def preflight(recipe: Recipe) -> None:
@@ -96,6 +97,25 @@ def _train_and_card(run: Run, recipe: Recipe, console: Console, check: Any) -> d
     return info
 
 
+def _judge_stage(run: Run, recipe: Recipe, console: Console) -> None:
+    """[eval.judge] (seed.evaluate.judge_run): the student judged against a baseline."""
+    from seed.evaluate.judge_run import run_judge
+
+    def work() -> dict[str, Any]:
+        res = run_judge(recipe.eval.judge, run.path("train/model"), run.path("judge"),
+                        questions_path=run.path("data/eval.jsonl"),
+                        teacher=recipe.generate.teacher)
+        st = res["stats"]
+        return {"requests": res["requests"], **{k: st[k] for k in
+                ("n", "win_rate", "lc_win_rate", "ci_low", "ci_high") if k in st}}
+
+    info = _stage(run, console, "judge", recipe.eval.judge.model_dump(),
+                  ["data/eval.jsonl", "train/model"], [JUDGE_OUT], work)
+    if "win_rate" in info:
+        console.print(f"judge: student win rate {info['win_rate']:.1f}% "
+                      f"[{info['ci_low']:.1f}, {info['ci_high']:.1f}] vs the baseline")
+
+
 def run_recipe(path: str | Path, console: Console | None = None,
                accept_terms_risk: str | None = None) -> Path:
     """Run every stage of a recipe; return the run directory."""
@@ -126,8 +146,11 @@ def run_recipe(path: str | Path, console: Console | None = None,
                                        run.path("eval"), recipe.eval,
                                        baseline_dir=run.path("train/initial")),
                 workdir="eval")
-    _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl"],
-           REPORT_OUT, lambda: {"path": str(write_report(run.root))})
+    if recipe.eval.judge is not None:
+        _judge_stage(run, recipe, console)
+    _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl",
+                                          JUDGE_OUT], REPORT_OUT,
+           lambda: {"path": str(write_report(run.root))})
     console.print(
         f"[bold green]held-out accuracy: {ev['accuracy']:.1%}[/bold green] "
         f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"

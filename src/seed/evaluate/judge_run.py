@@ -52,8 +52,8 @@ def make_endpoint(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
         if not cfg.path:
             raise UserError(f"{what} needs path for kind = \"local\"")
         return LocalModel(cfg.path)
-    raise UserError(f"{what}: kind = \"{cfg.kind}\" cannot answer open questions; use openai "
-                    "or local")
+    raise UserError(f"{what}: kind = \"{cfg.kind}\" cannot judge or answer open questions; use "
+                    "openai or local")
 
 
 def endpoint_name(cfg: EndpointConfig) -> str:
@@ -67,10 +67,26 @@ def _identity(cfg: EndpointConfig, max_tokens: int) -> str:
     """What decides an endpoint's answers, so saved answers of a retrained model are not reused."""
     if cfg.kind == "openai":
         return f"{cfg.base_url} {cfg.model} {max_tokens}"
+    if cfg.kind == "tasks":
+        return "ground truth"
     root = Path(cfg.path or ".")
     weights = [(p.name, p.stat().st_mtime_ns, p.stat().st_size)
                for p in sorted(root.glob("*.safetensors"))]
     return f"{root.resolve()} {weights} {max_tokens}"
+
+
+def _drop_stale_judgments(out_dir: Path, identities: list[str], cfg: JudgeConfig) -> None:
+    """Judgments of another student, baseline, judge or prompt are not resumed: start afresh.
+
+    The request cache stays, so whatever is asked again the same way is still free.
+    """
+    stamp = {"answerers_and_judge": identities, "mode": cfg.mode, "prompts_dir": cfg.prompts_dir,
+             "json_schema": cfg.json_schema, "max_tokens": cfg.max_tokens}
+    path = out_dir / "inputs.json"
+    if path.exists() and json.loads(path.read_text()) != stamp:
+        for name in (JUDGMENTS, GRADES):
+            (out_dir / name).unlink(missing_ok=True)
+    write_json_atomic(path, stamp)
 
 
 def _limits(cfg: JudgeConfig) -> Limits:
@@ -175,16 +191,20 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
     async def main() -> dict[str, Any]:
         answers_path = out_dir / ANSWERS
         saved = json.loads(answers_path.read_text()) if answers_path.exists() else {}
-        answers = {}
+        answers: dict[str, dict[str, list[str]]] = {}
         for name, ecfg, what in ((student_name, student_cfg, "the student"),
                                  (baseline_name, baseline_cfg, "eval.judge.baseline")):
             key = f"{name} {_identity(ecfg, cfg.answer_max_tokens)}"
+            if ecfg.kind == "tasks":  # a procedural teacher's answer is the ground truth
+                saved[key] = {q.id: q.reference for q in questions if q.reference}
             if key not in saved:  # models load only when their answers are not on disk yet
                 opened.append(make_endpoint(ecfg, what, limits))
                 saved[key] = await answer_questions(questions, opened[-1],
                                                     cfg.answer_max_tokens, cache, limits)
                 write_json_atomic(answers_path, saved)
             answers[name] = saved[key]
+        _drop_stale_judgments(out_dir, [_identity(c, cfg.answer_max_tokens) for c in
+                                        (student_cfg, baseline_cfg, cfg.endpoint)], cfg)
         if cfg.mode == "pairwise":
             return await judge_pairwise(questions, student_name, answers[student_name],
                                         baseline_name, answers[baseline_name], judge,

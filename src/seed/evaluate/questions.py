@@ -1,6 +1,7 @@
 """Evaluation questions for judging: one or more user turns, a category, maybe a reference answer.
 
-Reads Seed's record format (the user turns of `messages`; `meta.category`, `meta.reference`) and
+Reads Seed's record format (the user turns of `messages`; `meta.category` or `meta.task`,
+`meta.reference` or a task's ground-truth `meta.answer`) and
 MT-Bench's `question.jsonl` (`question_id`, `category`, `turns`) with its reference answers file.
 It does not answer or judge anything.
 """
@@ -59,7 +60,7 @@ def _question(item: dict) -> Question:
     if not turns:
         raise ValueError("no user turn")
     meta = item.get("meta") or {}
-    ref = meta.get("reference")
+    ref = meta.get("reference", meta.get("answer"))  # `answer`: a task's ground truth
     ref_turns = [ref] if isinstance(ref, str) else ref
     return Question(str(item["id"]), turns, meta.get("category") or meta.get("task") or "",
                     ref_turns)
