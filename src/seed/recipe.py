@@ -115,6 +115,7 @@ class GenerateConfig(Strict):
 class StudentConfig(Strict):
     size: str = "tiny"  # a named from-scratch size, see seed.train.models.SIZES
     checkpoint: str | None = None  # a local model directory to start from instead
+    chat_template: str | None = None  # a Jinja template, or a file holding one, for a checkpoint
 
 
 class TokenizerConfig(Strict):
@@ -122,7 +123,36 @@ class TokenizerConfig(Strict):
     vocab_size: int = Field(512, gt=0)
 
 
+class LoraSettings(Strict):
+    """LoRA adapters (peft) instead of full fine-tuning; QLoRA with load_in_4bit on a CUDA GPU."""
+
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    load_in_4bit: bool = False
+    merge: bool = True  # model/ holds base + adapter merged; adapter/ always holds the adapter
+
+
+class DistillSettings(Strict):
+    """Distillation: `kd` from records' top-k logprobs, `online_kd` from a local teacher model."""
+
+    teacher: str | None = None  # online_kd: a local model directory sharing the student's tokenizer
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(0.5, gt=0, lt=1)  # jsd mixture weight
+    temperature: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, ge=0, le=1)  # loss = weight * KD + (1 - weight) * SFT
+    top_k: int = Field(20, gt=0)  # kd: teacher alternatives kept per token
+
+
+class DpoSettings(Strict):
+    """Direct preference optimization from records with meta.chosen / meta.rejected."""
+
+    beta: float = Field(0.1, gt=0)
+
+
 class TrainConfig(Strict):
+    mode: Literal["sft", "kd", "online_kd", "dpo"] = "sft"
     student: StudentConfig = Field(default_factory=StudentConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     epochs: float = Field(1.0, gt=0)
@@ -138,6 +168,15 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(200, gt=0)
     log_every: int = Field(10, gt=0)
     threads: int | None = Field(None, gt=0)
+    lora: LoraSettings | None = None
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on a CUDA GPU
+    compile: bool = False  # torch.compile; rows are fixed-length, so packing never recompiles
+    grad_checkpointing: bool = False
+    eval_fraction: float = Field(0.0, ge=0, lt=1)  # records held out for eval loss
+    eval_every: int = Field(100, gt=0)
+    peak_flops: float | None = Field(None, gt=0)  # per device, for MFU where it is not known
 
 
 class JudgeConfig(Strict):

@@ -196,6 +196,10 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     """
     records, out_dir = Path(records), Path(out_dir)
     console = console or Console()
+    from seed.train.finetune import needs_finetune, train_finetune  # it builds on this module
+
+    if needs_finetune(config):
+        return train_finetune(records, out_dir, config, seed, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     _start_fresh_if_changed(out_dir, _fingerprint(records, config, seed))
     summary_path = out_dir / "summary.json"

@@ -1,0 +1,64 @@
+"""LoRA and QLoRA adapters on a student (via `peft`), and merging them back for serving.
+
+`add_lora` wraps a causal LM so only low-rank adapters train; `merge_lora` folds them into the base
+weights and returns a plain `transformers` model that any tool loads. QLoRA (4-bit base weights)
+needs `bitsandbytes` and a CUDA GPU; asked for without them it is a clear error, never a silent
+full-precision run. This module knows nothing about data or the loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from seed.errors import UserError
+from seed.recipe import LoraSettings
+
+
+def quantized_load_kwargs(settings: LoraSettings) -> dict[str, Any]:
+    """`from_pretrained` arguments for a 4-bit base (QLoRA), or none when not asked for."""
+    if not settings.load_in_4bit:
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        raise UserError("train.lora.load_in_4bit = true needs the bitsandbytes package and a CUDA "
+                        "GPU; install bitsandbytes on a GPU machine or set it to false")
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16)}
+
+
+def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
+    """The model with LoRA adapters on `settings.target_modules`; only the adapters train."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if settings.load_in_4bit:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"train.lora.target_modules = {settings.target_modules!r}: {e}") from None
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether the model carries peft adapters."""
+    return hasattr(model, "merge_and_unload")
+
+
+def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain model with the adapters folded into the base weights; `model` is left unchanged."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def save_adapter(model: PreTrainedModel, path: Path) -> None:
+    """The adapter alone (adapter_config.json + weights), loadable with peft on top of the base."""
+    model.save_pretrained(path)
