@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,16 @@ def test_an_empty_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(UserError, match="no records to check"):
         check_file(path, Use())
+
+
+def test_summarize_run_reads_the_recorded_decision(tmp_path: Path) -> None:
+    from seed.policy.gate import summarize_run
+
+    (tmp_path / "data").mkdir()
+    write_records(tmp_path / "data" / "train.jsonl", records(OPENAI, 2) + records(LLAMA31, 1))
+    fresh = summarize_run(tmp_path)
+    assert fresh["verdict"] == "block"
+    assert [f["records"] for f in fresh["findings"]] == [2, 1]
+    recorded = gate_training(tmp_path / "data" / "train.jsonl", Use(), accept_terms_risk="demo")
+    (tmp_path / "manifest.json").write_text(json.dumps({"policy": recorded.to_dict()}))
+    assert summarize_run(tmp_path)["accepted_risk"] == "demo"

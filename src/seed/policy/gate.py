@@ -11,6 +11,7 @@ the registry; it writes nothing (cards are `cards.py`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,3 +246,18 @@ def summarize(records_path: str | Path, use: Use | None = None,
     Without a `use`, the verdicts are for a distributed commercial chat student, the strictest case.
     """
     return [f.to_dict() for f in check_file(records_path, use or Use(), overrides).findings]
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run's terms decision as `seed run` recorded it: use, verdict, accepted risk, findings.
+
+    Reads `manifest.json`'s `policy` entry (the decision training ran under); for a run made
+    before the gate existed, checks `data/train.jsonl` now for the strictest use.
+    """
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("policy")
+        if recorded:
+            return recorded
+    return check_file(run_dir / "data" / "train.jsonl", Use()).to_dict()
