@@ -100,7 +100,7 @@ def test_llama_2_outputs_may_not_improve_another_model_at_all() -> None:
     ("some-unheard-of-model", "unknown"),
 ])
 def test_model_names_match_their_family(model: str, entry: str) -> None:
-    assert TERMS.match(Teacher(route="local", model_requested=model)).id == entry
+    assert TERMS.match(Teacher(route="openrouter", model_requested=model)).id == entry
 
 
 def test_hosted_apis_of_open_models_are_not_judged_by_the_weights_license() -> None:
@@ -218,3 +218,8 @@ def test_summarize_run_reads_the_recorded_decision(tmp_path: Path) -> None:
     recorded = gate_training(tmp_path / "data" / "train.jsonl", Use(), accept_terms_risk="demo")
     (tmp_path / "manifest.json").write_text(json.dumps({"policy": recorded.to_dict()}))
     assert summarize_run(tmp_path)["accepted_risk"] == "demo"
+
+
+def test_a_local_gpt_named_model_is_not_taken_for_openai() -> None:
+    assert TERMS.match(Teacher(route="local", model_requested="gpt-j-6b")).id == "unknown"
+    assert TERMS.match(Teacher(route="direct", model_requested="gpt-j-6b")).id == "openai-api"
