@@ -7,8 +7,11 @@ A containing GARBLE gets a reply with no verdict in it. It answers plain questio
 """
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -266,3 +269,25 @@ def test_judge_request_refused_is_one_clear_error(judge_server, tmp_path):
         run_pairwise(url.removesuffix("/v1") + "/nope", tmp_path / "j.jsonl",
                      RequestCache(tmp_path / "c.sqlite"))
     assert httpx.get(url.removesuffix("/v1") + "/nope/models").status_code == 404
+
+
+def seed_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("recipe, needle", [
+    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n', "no [eval.judge] section"),
+    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n[eval.judge]\nquestions = "nope.jsonl"\n'
+     '[eval.judge.endpoint]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "j"\n',
+     "nope.jsonl: no such questions file"),
+    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n[eval.judge]\nmode = "ranked"\n'
+     '[eval.judge.endpoint]\nkind = "openai"\n', "eval.judge.mode"),
+])
+def test_seed_judge_bad_input_is_one_line_exit_2(tmp_path, recipe, needle):
+    (tmp_path / "r.toml").write_text(recipe)
+    proc = seed_cli("judge", "model", "--recipe", "r.toml", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

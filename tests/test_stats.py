@@ -162,3 +162,15 @@ def test_seed_file_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(proc.stdout)
     assert (row["name"], row["n"], row["win_rate"], row["avg_length"]) == ("run1", 4, 62.5, 10.0)
+
+
+def test_a_file_of_unparseable_judgments_gives_nulls_not_nan(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(judgment(0, [None, None])) + "\n")
+    for args in ((str(path), "--json"), (str(path),)):
+        proc = run_stats(*args)
+        assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(run_stats(str(path), "--json").stdout)
+    assert row == {"name": "broken", "n": 0, "win_rate": None, "lc_win_rate": None,
+                   "ci_low": None, "ci_high": None, "avg_length": None}
+    assert "broken: 1 judgments unparseable (left out)" in run_stats(str(path)).stdout

@@ -22,9 +22,10 @@ def print_stats(rows: list[dict[str, Any]], console: Console) -> None:
                   f"{'len':>5} {'flip%':>5} {'longer%':>7}", highlight=False, soft_wrap=True)
     for r in rows:
         bt = "-" if r["bt_score"] is None else f"{r['bt_score']:.0f}"
-        ci = f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
+        ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
+        length = "-" if r["avg_length"] is None else f"{r['avg_length']:.0f}"
         console.print(f"{r['name']:<{width}} {r['n']:>5} {_pct(r['win_rate']):>5} {ci:>11} "
-                      f"{_pct(r['lc_win_rate']):>5} {bt:>5} {r['avg_length']:>5.0f} "
+                      f"{_pct(r['lc_win_rate']):>5} {bt:>5} {length:>5} "
                       f"{_pct(r['order_flip_rate']):>5} {_pct(r['longer_wins_rate']):>7}",
                       highlight=False, soft_wrap=True)
     for r in rows:
