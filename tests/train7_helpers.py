@@ -24,10 +24,11 @@ def sums(n: int = 60) -> list[list[dict[str, str]]]:
             for a in range(n // 6) for b in range(6)]
 
 
-def checkpoint(path: Path, seed: int = 0, size: str = "nano", kind: str = "digits") -> Path:
+def checkpoint(path: Path, seed: int = 0, size: str = "nano", kind: str = "digits",
+               texts: list[str] | None = None, vocab: int = 200) -> Path:
     """A random student saved with its tokenizer: a stand-in for a downloaded checkpoint."""
-    texts = [m["content"] for chat in sums() for m in chat] * 3
-    tok = train_tokenizer(texts, kind, 200)
+    texts = texts or [m["content"] for chat in sums() for m in chat] * 3
+    tok = train_tokenizer(texts, kind, vocab)
     cfg = student_config(size, len(tok), 128, tok.pad_token_id, tok.eos_token_id)
     build_student(cfg, seed).save_pretrained(path)
     tok.save_pretrained(path)

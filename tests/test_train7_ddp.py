@@ -1,0 +1,52 @@
+"""Two CPU processes (gloo DDP, launched by torchrun) give one process's loss on the same batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import json, sys
+from pathlib import Path
+from seed.recipe import TrainConfig
+from seed.train import train_student
+config = TrainConfig.model_validate(json.loads(sys.argv[3]))
+train_student(Path(sys.argv[1]), Path(sys.argv[2]), config, seed=0)
+"""
+
+
+def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: dict) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([*launcher, str(script), str(records), str(out), json.dumps(config)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    records = write_chats(tmp_path / "r.jsonl", sums())
+    base = checkpoint(tmp_path / "base")
+    common = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "threads": 1,
+              "lora": None}
+    # One process: 8 rows per step. Two processes: 4 rows each, the same 8 rows per step.
+    _run(tmp_path, [sys.executable], records, tmp_path / "one", {**common, "batch_size": 8})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]
+    _run(tmp_path, torchrun, records, tmp_path / "two", {**common, "batch_size": 4})
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in one] == [m["step"] for m in two] == list(range(1, 7))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"]  # it trained: not equal by standing still
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2

@@ -1,0 +1,76 @@
+"""Checkpoint chat templates: masks without generation markers, a recipe's template, none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from seed.errors import UserError
+from seed.train.data import assistant_mask
+from seed.train.finetune import load_checkpoint_tokenizer
+
+# Qwen2's ChatML template as shipped: no {% generation %} markers, a default system prompt.
+CHATML = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "It is 6."}]
+
+
+def _chatml_tokenizer(template: str | None) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([m["content"] for m in CHAT] * 20 + ["system user assistant"] * 20,
+                            trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                      pad_token="<|im_end|>")
+    wrapped.chat_template = template
+    return wrapped
+
+
+def _turns(tok: PreTrainedTokenizerFast, ids: list[int], mask: list[int]) -> list[str]:
+    """The decoded text of each run of masked tokens."""
+    runs, current = [], []
+    for i, m in zip(ids, mask, strict=True):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tok.decode(r) for r in runs]
+
+
+def test_a_template_without_generation_markers_masks_exactly_the_assistant_turns() -> None:
+    tok = _chatml_tokenizer(CHATML)
+    example = assistant_mask(tok, CHAT)
+    text = tok.apply_chat_template(CHAT, tokenize=False)
+    assert example.ids == tok(text, add_special_tokens=False)["input_ids"]
+    # Each assistant turn's content and its end-of-turn marker; nothing of the prompts.
+    assert _turns(tok, example.ids, example.mask) == ["4<|im_end|>\n", "It is 6.<|im_end|>\n"]
+
+
+def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(tmp_path: Path) -> None:
+    _chatml_tokenizer(None).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"train\.student\.chat_template"):
+        load_checkpoint_tokenizer(tmp_path, None)
+
+
+def test_a_recipe_template_inline_or_from_a_file_fills_the_gap(tmp_path: Path) -> None:
+    _chatml_tokenizer(None).save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "chatml.jinja").write_text(CHATML)
+    from_file = load_checkpoint_tokenizer(tmp_path / "ckpt", str(tmp_path / "chatml.jinja"))
+    inline = load_checkpoint_tokenizer(tmp_path / "ckpt", CHATML)
+    assert from_file.chat_template == inline.chat_template == CHATML
+    example = assistant_mask(from_file, CHAT)
+    assert _turns(from_file, example.ids, example.mask)[1] == "It is 6.<|im_end|>\n"
