@@ -63,7 +63,7 @@ def test_anthropic_has_no_classifier_carve_out() -> None:
 def test_llama_31_needs_the_llama_name_prefix_when_distributed() -> None:
     unnamed = evaluate(records(LLAMA31), Use(distribute=True, student_name="tiny-math"), TERMS)
     assert unnamed.verdict == "block"
-    assert "must start with 'Llama'" in unnamed.findings[0].reasons[0]
+    assert unnamed.findings[0].reasons[0].startswith("The student's name must start with 'Llama'")
     named = evaluate(records(LLAMA31), Use(distribute=True, student_name="Llama-tiny-math"), TERMS)
     assert named.verdict == "allow"
     assert named.notices() == ["Built with Llama"]

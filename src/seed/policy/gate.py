@@ -138,12 +138,13 @@ def _judge_teacher(teacher: Teacher | None, use: Use, terms: Terms, f: Finding) 
     f.entry, f.family = entry.id, entry.family
     raw = entry.verdict_for(use.distribute, use.task)
     verdict: Verdict = use.unknown if raw == "unverified" else raw
-    reason = f"{entry.family}: {entry.clause}"
+    # What decided this use comes first, then the clause it rests on.
+    why: list[str] = []
     if raw == "unverified":
-        reason = f"{reason} (not verified; policy.unknown = {use.unknown})"
+        why.append(f"Terms not verified for {entry.family}; policy.unknown = {use.unknown}.")
     if entry.noncommercial_only and use.commercial:
         verdict = "block"
-        reason = f"{reason} This student is commercial."
+        why.append(f"{entry.family} allows non-commercial use only; this student is commercial.")
     for o in entry.obligations:
         if not _applies(o, use):
             continue
@@ -151,9 +152,8 @@ def _judge_teacher(teacher: Teacher | None, use: Use, terms: Terms, f: Finding) 
             name = use.student_name or ""
             if not name.startswith(o.value):
                 verdict = "block"
-                reason = (f"{reason} The student's name must start with {o.value!r} "
-                          f"(got {name or 'no name'!r}); set --student-name or "
-                          "policy.student_name.")
+                why.append(f"The student's name must start with {o.value!r} (got "
+                           f"{name or 'no name'!r}); set --student-name or policy.student_name.")
             f.obligations.append(f"The model's name starts with {o.value!r}.")
         elif o.kind == "notice":
             f.notices.append(o.value)
@@ -161,7 +161,7 @@ def _judge_teacher(teacher: Teacher | None, use: Use, terms: Terms, f: Finding) 
         else:
             f.obligations.append(o.value)
     f.verdict = _worst(f.verdict, verdict)
-    f.reasons.append(reason)
+    f.reasons.extend([*why, f"{entry.family}: {entry.clause}"])
     f.citations.append(_cite(entry))
     if entry.origin != BUILTIN:
         f.overrides.append(f"{entry.id} from {entry.origin}")
