@@ -131,6 +131,8 @@ def test_summarize_puts_the_baseline_at_1000_and_orders_models():
     assert rows["good"]["win_rate"] == 75.0 and rows["bad"]["win_rate"] == 25.0
     assert rows["good"]["bt_score"] > 1000 > rows["bad"]["bt_score"]
     assert rows["good"]["ci_low"] < 75.0 < rows["good"]["ci_high"]
+    low, high = rows["good"]["bt_ci"]
+    assert low < rows["good"]["bt_score"] < high
 
 
 def run_stats(*args: str) -> subprocess.CompletedProcess:

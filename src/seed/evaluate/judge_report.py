@@ -133,6 +133,9 @@ def _pairwise(judge_dir: Path, results: dict[str, Any], k: int) -> list[str]:
     longer = st.get("longer_wins_rate")
     length = ("No comparison of unequal lengths was decided." if longer is None else
               f"The longer answer won {_pct(longer)} of decided comparisons.")
+    first = st.get("first_position_rate")
+    if first is not None:
+        length += f" The answer shown first won {_pct(first)} of decisive verdicts (50% = no bias)."
     return [f'<div class="cards">{"".join(cards)}</div>',
             f'<div class="plots">{"".join(plots)}</div>',
             f"<p>Each question was judged twice, the answers swapped; orders that disagree count "

@@ -25,7 +25,7 @@ from seed.errors import UserError
 from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import JudgeSettings, judge_pairwise, judge_single
 from seed.evaluate.questions import Question, load_questions
-from seed.evaluate.stats import bootstrap_ci, bradley_terry_ci, summarize
+from seed.evaluate.stats import bootstrap_ci, summarize
 from seed.files import write_json_atomic
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
@@ -157,11 +157,7 @@ def summarize_judgments(out_dir: str | Path, mode: str) -> dict[str, Any]:
     """The statistics of what is on disk in `out_dir` (judgments or grades)."""
     out_dir = Path(out_dir)
     if mode == "pairwise":
-        s = load_annotations(out_dir / JUDGMENTS)
-        [row] = summarize([s])
-        battles = [(s.model, s.baseline, c.preference) for c in s.rows]
-        ci = bradley_terry_ci(battles, anchor=s.baseline) if battles else {}
-        row["bt_ci"] = list(ci.get(s.model, (None, None)))
+        [row] = summarize([load_annotations(out_dir / JUDGMENTS)])
         return row
     lines = (out_dir / GRADES).read_text(encoding="utf-8").splitlines()
     return {"scores": _scores([json.loads(line) for line in lines if line.strip()])}

@@ -195,12 +195,14 @@ def summarize(sets: list[AnnotationSet], bootstrap_rounds: int = 1000) -> list[d
                for c in s.rows]
     anchor = sets[0].baseline if sets else ""
     bt = bradley_terry(battles, anchor) if battles else {}
+    bt_ci = bradley_terry_ci(battles, anchor) if battles else {}
     out = []
     for s in sets:
         if not s.rows:  # every judgment unparseable: nothing to estimate (JSON has no NaN)
             out.append({"name": s.name, "model": s.model, "baseline": s.baseline, "n": 0,
                         "unparseable": s.unparseable, "win_rate": None, "lc_win_rate": None,
                         "ci_low": None, "ci_high": None, "avg_length": None, "bt_score": None,
+                        "bt_ci": [None, None],
                         "categories": {}, "order_flip_rate": None, "first_position_rate": None,
                         "longer_wins_rate": None})
             continue
@@ -210,7 +212,8 @@ def summarize(sets: list[AnnotationSet], bootstrap_rounds: int = 1000) -> list[d
             "unparseable": s.unparseable, "win_rate": win_rate(s),
             "lc_win_rate": lc_win_rate(s, difficulty), "ci_low": low, "ci_high": high,
             "avg_length": float(np.mean([len(c.output) for c in s.rows])),
-            "bt_score": bt.get(s.model), "categories": category_win_rates(s),
+            "bt_score": bt.get(s.model), "bt_ci": list(bt_ci.get(s.model, (None, None))),
+            "categories": category_win_rates(s),
             "order_flip_rate": order_flip_rate(s), "first_position_rate": first_position_rate(s),
             "longer_wins_rate": longer_wins_rate(s),
         })
