@@ -140,7 +140,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
     _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed, check.card_digest()],
            ["data/train.jsonl"], TRAIN_OUT, lambda: _train_and_card(run, recipe, console, check),
            workdir="train")
-    ev = _stage(run, console, "eval", recipe.eval.model_dump(),
+    ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge"}),
                 ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
                 lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
                                        run.path("eval"), recipe.eval,
