@@ -127,3 +127,49 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict | str]:
         if line.startswith("data: "):
             data = line[len("data: "):]
             yield data if data == "[DONE]" else json.loads(data)
+
+
+async def load_test(url: str, *, clients: int, seconds: float, key: str | None = None,
+                    max_tokens: int = 16) -> dict[str, int]:
+    """`clients` concurrent users, each sending chats back to back for `seconds`.
+
+    Half stream, half do not; a 429 makes that user wait its Retry-After. Returns counts by
+    outcome: "200", "429", any other status, or an exception's type name.
+    """
+    import asyncio
+    import collections
+
+    outcomes: collections.Counter[str] = collections.Counter()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+    deadline = time.monotonic() + seconds
+
+    async def user(i: int, client: httpx.AsyncClient) -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            body = {"model": "tiny", "max_tokens": max_tokens, "temperature": 0.7,
+                    "messages": [{"role": "user", "content": f"user {i} message {n} " * (i % 5)
+                                  + "hello"}]}
+            try:
+                if i % 2:
+                    body["stream"] = True
+                    async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                                             headers=headers) as r:
+                        lines = [line async for line in r.aiter_lines() if line]
+                        ok = r.status_code != 200 or lines[-1] == "data: [DONE]"
+                        outcomes[str(r.status_code) if ok else "truncated-stream"] += 1
+                        retry = r.headers.get("retry-after")
+                else:
+                    r = await client.post(url + "/v1/chat/completions", json=body, headers=headers)
+                    ok = r.status_code != 200 or r.json()["choices"][0]["finish_reason"]
+                    outcomes[str(r.status_code) if ok else "bad-body"] += 1
+                    retry = r.headers.get("retry-after")
+                if r.status_code == 429:
+                    await asyncio.sleep(float(retry or 1))
+            except Exception as e:  # counted, not raised: the test asserts there are none
+                outcomes[type(e).__name__] += 1
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await asyncio.gather(*[user(i, client) for i in range(clients)])
+    return dict(outcomes)

@@ -59,7 +59,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
         (429, "Queue full; retry after Retry-After seconds")]}
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# Each server-sent event: `data` holds one JSON chunk, or `[DONE]` at the end.
+_STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
 
 
 def create_app(backend: Backend, *, keys: list[str] | None = None,

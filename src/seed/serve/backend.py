@@ -95,7 +95,6 @@ class LocalBackend:
     # -- requests ---------------------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, http: Request, rec: RequestRecord) -> Response:
-        self._check_common(req)
         if req.model != self.model_name:
             raise model_not_found(req.model)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -127,7 +126,6 @@ class LocalBackend:
 
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response:
-        self._check_common(req)
         if req.model != self.model_name:
             raise model_not_found(req.model)
         if req.echo and req.logprobs is not None:
@@ -172,14 +170,6 @@ class LocalBackend:
 
     # -- parameters -------------------------------------------------------------------------------
 
-    def _check_common(self, req: ChatCompletionRequest | CompletionRequest) -> None:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(req, name):
-                raise bad_request(f"{name} is not supported by seed serve; leave it at 0.", name)
-        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise bad_request("stop takes at most 4 non-empty strings.", "stop")
-
     def _grammar(self, req: ChatCompletionRequest) -> str | None:
         fmt = req.response_format
         if fmt is None or fmt.type == "text":
@@ -222,7 +212,9 @@ class LocalBackend:
             out.append(SamplingParams(
                 max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0,
                 stop=tuple(stops), seed=None if req.seed is None else req.seed + i,
-                logprobs=logprobs, top_logprobs=top, constraint=constraint))
+                logprobs=logprobs, top_logprobs=top, constraint=constraint,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0))
         return out
 
     # -- response shapes --------------------------------------------------------------------------

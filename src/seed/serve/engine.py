@@ -46,6 +46,8 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     constraint: Constraint | None = None
 
 
@@ -245,6 +247,11 @@ class Engine:
         if any(s.params.logprobs for s in rows):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for j, s in enumerate(rows):
+            p = s.params
+            if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
+                counts = torch.bincount(torch.tensor(s.out_ids), minlength=logits.shape[-1])
+                counts = counts[:logits.shape[-1]].to(logits.device, logits.dtype)
+                logits[j] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
             if s.params.constraint is not None:
                 allowed = s.params.constraint.allowed_tokens(logits.shape[-1])
                 logits[j, ~torch.from_numpy(allowed)] = float("-inf")

@@ -32,4 +32,7 @@ def run_server(model_dir: Path | None, *, upstream: str | None = None, host: str
     app = create_app(backend, keys=keys, usage_log=usage_log)
     print(f"seed serve: {backend.model_name} on http://{host}:{port} "
           f"({'keys required' if keys else 'no keys'})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # A long keep-alive: clients (openai, httpx) reuse idle connections, and one the server closes
+    # just as a request goes out is a failed request for the user.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                timeout_keep_alive=75, backlog=4096)
