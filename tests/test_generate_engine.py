@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from seed.endpoints.openai import OpenAIEndpoint, infer_route
@@ -193,4 +192,3 @@ def test_an_unreachable_base_url_is_one_clear_error() -> None:
     ep = OpenAIEndpoint("http://127.0.0.1:9/v1", "m")
     with pytest.raises(UserError, match="cannot reach the teacher"):
         asyncio.run(ep.check_reachable())
-    assert isinstance(ep._client, httpx.AsyncClient)

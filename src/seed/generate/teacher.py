@@ -37,7 +37,7 @@ from seed.generate.engine import Limits, Request, Result, Stats, complete_all, r
 from seed.generate.filters import PromptFilter, is_refusal, length_ok
 from seed.generate.progress import live, summary
 from seed.recipe import GenerateConfig
-from seed.records import Provenance, Record, Source, read_records, repair_torn_tail
+from seed.records import Provenance, Record, Source, Teacher, read_records, repair_torn_tail
 from seed.runs import now_iso
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
@@ -105,22 +105,22 @@ class Output:
         self._failed.close()
 
 
-def _records(prompt: sources.Prompt, result: Result, endpoint: OpenAIEndpoint,
-             config: GenerateConfig, turns: list[dict[str, str]] | None = None,
+def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
+             turns: list[dict[str, str]] | None = None,
              logprobs: list[Any] | None = None) -> list[Record]:
+    """One record per completion; `teacher` already holds the route, host, model and params."""
     out = []
     for i, c in enumerate(result.completions):
-        teacher = endpoint.teacher().model_copy(update={
+        answered_by = teacher.model_copy(update={
             "model_returned": c.model, "system_fingerprint": c.system_fingerprint,
-            "params": request_params(config), "requested_at": result.requested_at,
-            "responded_at": result.responded_at})
-        meta: dict[str, Any] = {"prompt_key": prompt.key, "job": job_key(endpoint, config),
-                                "sample": i, "finish_reason": c.finish_reason}
+            "requested_at": result.requested_at, "responded_at": result.responded_at})
+        meta: dict[str, Any] = {"prompt_key": prompt.key, "job": job, "sample": i,
+                                "finish_reason": c.finish_reason}
         lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
         if lps:
             meta["logprobs"] = lps
         messages = [*(turns or prompt.messages), {"role": "assistant", "content": c.text}]
-        out.append(Record.new(messages, Provenance(teacher=teacher, source=prompt.source,
+        out.append(Record.new(messages, Provenance(teacher=answered_by, source=prompt.source,
                                                    purpose="train"), meta))
     return out
 
@@ -161,6 +161,9 @@ class Generation:
         self.filter = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
                                    f.max_prompt_chars, f.embedding_model, f.embedding_threshold)
         self.endpoint = make_endpoint(config)
+        self.teacher = self.endpoint.teacher().model_copy(
+            update={"params": request_params(config)})
+        self.job = job_key(self.endpoint, config)
         self.limits = make_limits(config)
         self.budget = Budget(config.teacher.model or "", config.prices or None, config.max_cost,
                              config.max_tokens)
@@ -219,7 +222,7 @@ class Generation:
         if not result.ok:
             self.out.fail(prompt.key, prompt.messages, result.error or "failed", result.attempts)
             return
-        kept = [r for r in _records(prompt, result, self.endpoint, self.config)
+        kept = [r for r in _records(prompt, result, self.teacher, self.job)
                 if _answer_kept(r.messages[-1].content, self.config)]
         if kept:
             self.out.write(kept)
@@ -265,7 +268,7 @@ class Generation:
     def _save_turns(self, p: sources.Prompt, r: Result, msgs: list[dict[str, str]],
                     lps: list[Any]) -> None:
         logprobs = lps if any(x is not None for x in lps) else None
-        records = _records(p, r, self.endpoint, self.config, turns=msgs, logprobs=logprobs)
+        records = _records(p, r, self.teacher, self.job, turns=msgs, logprobs=logprobs)
         kept = [x for x in records if _answer_kept(x.messages[-1].content, self.config)]
         if kept:
             self.out.write(kept)
@@ -289,7 +292,7 @@ class Generation:
             await self.endpoint.aclose()
 
     def run(self) -> dict[str, Any]:
-        self.out = Output(self.out_dir, job_key(self.endpoint, self.config))
+        self.out = Output(self.out_dir, self.job)
         self.cache = RequestCache(self.out_dir / CACHE)
         already = len(self.out.done)
         self.stats.total = (self.total if self.limit is None else min(self.total, self.limit)) \
