@@ -223,3 +223,16 @@ def test_summarize_run_reads_the_recorded_decision(tmp_path: Path) -> None:
 def test_a_local_gpt_named_model_is_not_taken_for_openai() -> None:
     assert TERMS.match(Teacher(route="local", model_requested="gpt-j-6b")).id == "unknown"
     assert TERMS.match(Teacher(route="direct", model_requested="gpt-j-6b")).id == "openai-api"
+
+
+def test_a_platform_route_is_judged_on_top_of_the_model_terms() -> None:
+    bedrock_llama = Teacher(route="bedrock", model_requested="meta.llama3-1-70b-instruct-v1:0")
+    result = evaluate(records(bedrock_llama), Use(distribute=True, student_name="Llama-x"), TERMS)
+    [f] = result.findings
+    assert (f.entry, f.route_terms) == ("llama-3.1+", ["bedrock-platform"])
+    assert f.verdict == "warn"  # Meta allows it; AWS's no-competing-models clause warns
+    assert any("aws.amazon.com/service-terms" in c for c in f.citations)
+    assert evaluate(records(bedrock_llama), Use(distribute=False), TERMS).verdict == "allow"
+    bedrock_claude = Teacher(route="bedrock", model_requested="anthropic.claude-3-5-sonnet-v2:0")
+    assert evaluate(records(bedrock_claude), Use(), TERMS).verdict == "block"
+    assert [e.id for e in TERMS.route_terms(LLAMA2)] == ["openrouter-platform"]

@@ -58,6 +58,7 @@ class Finding:
     family: str
     obligations: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # "Built with ..." lines the card displays
+    route_terms: list[str] = field(default_factory=list)  # platform entries judged as well
     reasons: list[str] = field(default_factory=list)
     citations: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
@@ -136,6 +137,14 @@ def _applies(o: Obligation, use: Use) -> bool:
 def _judge_teacher(teacher: Teacher | None, use: Use, terms: Terms, f: Finding) -> None:
     entry = terms.match(teacher)
     f.entry, f.family = entry.id, entry.family
+    for e in [entry, *terms.route_terms(teacher)]:
+        _apply(e, use, f)
+        if e.layer == "route":
+            f.route_terms.append(e.id)
+
+
+def _apply(entry: TermsEntry, use: Use, f: Finding) -> None:
+    """One registry entry's verdict, reasons, obligations and citation, folded into `f`."""
     raw = entry.verdict_for(use.distribute, use.task)
     verdict: Verdict = use.unknown if raw == "unverified" else raw
     # What decided this use comes first, then the clause it rests on.

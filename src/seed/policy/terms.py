@@ -60,6 +60,9 @@ class TermsEntry(Cited):
     """One teacher family or route and what its terms allow."""
 
     family: str
+    # "model": the teacher family's terms (first match wins); "route": a platform's own terms
+    # (Bedrock, OpenRouter), judged in addition to the model's, the stricter verdict winning.
+    layer: Literal["model", "route"] = "model"
     routes: list[str] = Field(default_factory=list)
     hosts: list[str] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
@@ -103,12 +106,18 @@ class Terms(BaseModel):
     overrides: list[str] = Field(default_factory=list)
 
     def match(self, teacher: Teacher | None) -> TermsEntry:
-        """The first entry matching the teacher, or the `unknown` entry."""
+        """The first model-layer entry matching the teacher, or the `unknown` entry."""
         if teacher is not None:
             for entry in self.entries:
-                if entry.matches(teacher):
+                if entry.layer == "model" and entry.matches(teacher):
                     return entry
         return self.unknown
+
+    def route_terms(self, teacher: Teacher | None) -> list[TermsEntry]:
+        """The platform (route-layer) entries that also apply to this teacher, first match only."""
+        if teacher is None:
+            return []
+        return [e for e in self.entries if e.layer == "route" and e.matches(teacher)][:1]
 
     @property
     def unknown(self) -> TermsEntry:
