@@ -189,3 +189,14 @@ def test_the_api_key_appears_in_no_file_and_no_log_line(tmp_path: Path, monkeypa
                  caplog.text, *(rec.getMessage() for rec in caplog.records)):
         assert "SEEDSECRET" not in text and "sk-WRONG" not in text
     assert caplog.records  # httpx did log the requests, without the key
+
+
+def test_the_example_recipe_loads_and_asks_for_its_key(tmp_path: Path) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "openai_teacher.toml"
+    r, _ = load_recipe(recipe)
+    assert (r.generate.teacher.model, r.generate.max_cost) == ("gpt-4o-mini", 5.0)
+    prompts = write_prompts(tmp_path / "p.jsonl", 2)
+    res = run_cli("generate", str(recipe), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                  env={"OPENAI_API_KEY": ""})
+    _one_line_error(res, "OPENAI_API_KEY is not set")
+    assert not (tmp_path / "o").exists()
