@@ -168,23 +168,33 @@ model = "bench-model"
     return recipe
 
 
-def run_seed(tmp: Path, server: Server, n: int, c: int) -> tuple[int, float, float]:
-    """(requests the server answered, their rate, peak RSS MB of the seed process)."""
+WRAPPER = ("import resource, subprocess, sys; "
+           "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
+           "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "sys.stderr.write(r.stderr.decode()[-3000:]); "
+           "print(u.ru_maxrss, u.ru_utime + u.ru_stime, r.returncode)")
+
+
+def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """Run a command; (peak RSS MB, CPU seconds of it and its children, stderr tail)."""
+    res = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], env=env, cwd=cwd,
+                         capture_output=True, text=True, check=True)
+    rss_kb, cpu, code = res.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {res.stderr}")
+    return int(rss_kb) / 1024, float(cpu), res.stderr
+
+
+def run_seed(tmp: Path, server: Server, n: int, c: int) -> tuple[int, float, float, float]:
+    """(requests the server answered, their rate, peak RSS MB, CPU ms per request)."""
     recipe = write_inputs(tmp, n, server.root, c)
     out = tmp / f"seed-out-{n}-{c}"
     server.reset()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    wrapper = ("import resource, subprocess, sys; "
-               "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
-    res = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "seed",
-                          "generate", str(recipe), "--out", str(out)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    rss_kb, code = map(int, res.stdout.split())
-    if code != 0:
-        raise RuntimeError(f"seed generate failed: {res.stderr[-2000:]}")
+    rss, cpu, _ = measured([sys.executable, "-m", "seed", "generate", str(recipe), "--out",
+                            str(out)], env, ROOT)
     count, rate = server.rate()
-    return count, rate, rss_kb / 1024
+    return count, rate, rss, cpu / count * 1000
 
 
 DISTILABEL_SCRIPT = """
@@ -220,17 +230,19 @@ def distilabel_python(given: str | None) -> str:
     return str(py)
 
 
-def run_distilabel(tmp: Path, server: Server, py: str, n: int, c: int) -> tuple[int, float]:
+def run_distilabel(tmp: Path, server: Server, py: str, n: int, c: int
+                   ) -> tuple[int, float, float]:
+    """(requests the server answered, their rate, CPU ms per request)."""
     script = tmp / "distilabel_bench.py"
     script.write_text(DISTILABEL_SCRIPT)
     server.reset()
     env = {**os.environ, "DISTILABEL_LOG_LEVEL": "WARNING", "HOME": str(tmp)}
     env.pop("PYTHONPATH", None)
-    res = subprocess.run([py, str(script), f"{server.root}/v1", str(n), str(c)], env=env,
-                         capture_output=True, text=True, cwd=tmp)
-    if "ROWS" not in res.stdout:
-        raise RuntimeError(f"distilabel failed: {res.stderr[-3000:]}")
-    return server.rate()
+    _, cpu, _ = measured([py, str(script), f"{server.root}/v1", str(n), str(c)], env, tmp)
+    count, rate = server.rate()
+    if count != n:
+        raise RuntimeError(f"distilabel sent {count} requests for {n} prompts")
+    return count, rate, cpu / count * 1000
 
 
 def main() -> None:
@@ -252,27 +264,27 @@ def main() -> None:
         try:
             for c in (32, 64):
                 limit = c / args.latency
-                count, rate, _ = run_seed(tmp, server, args.n, c)
+                count, rate, _, cpu = run_seed(tmp, server, args.n, c)
                 assert count == args.n, f"seed sent {count} requests for {args.n} prompts"
-                dcount, drate = run_distilabel(tmp, server, py, args.n, c)
+                _, drate, dcpu = run_distilabel(tmp, server, py, args.n, c)
                 results[f"frac_limit_c{c}"] = rate / limit
                 results[f"vs_distilabel_c{c}"] = rate / drate
                 print(f"c={c}: limit {limit:.0f} req/s | seed {rate:.1f} req/s "
-                      f"({rate / limit:.1%} of limit) | distilabel {drate:.1f} req/s "
-                      f"({drate / limit:.1%}, {dcount} requests) | seed/distilabel "
-                      f"{rate / drate:.2f}x", flush=True)
+                      f"({rate / limit:.1%} of limit, {cpu:.2f} CPU ms/request) | distilabel "
+                      f"{drate:.1f} req/s ({drate / limit:.1%}, {dcpu:.2f} CPU ms/request) | "
+                      f"seed/distilabel {rate / drate:.2f}x", flush=True)
         finally:
             server.close()
         if args.rss_n:
             fast = Server(0.01)
             try:
-                count, rate, rss = run_seed(tmp, fast, args.rss_n, 64)
+                count, rate, rss, cpu = run_seed(tmp, fast, args.rss_n, 64)
             finally:
                 fast.close()
             assert count == args.rss_n
             results["rss_mb_100k"] = rss
             print(f"{args.rss_n} prompts at concurrency 64: peak RSS {rss:.0f} MB, "
-                  f"{rate:.0f} req/s", flush=True)
+                  f"{rate:.0f} req/s, {cpu:.2f} CPU ms/request", flush=True)
     print("RESULT " + " ".join(f"{k}={v:.3f}" if k != "rss_mb_100k" else f"{k}={v:.0f}"
                                for k, v in results.items()
                                if k in ("frac_limit_c32", "frac_limit_c64", "vs_distilabel_c64",
