@@ -31,12 +31,17 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def hash_path(path: str | Path) -> str | None:
-    """SHA-256 of a file, or of a directory's files (names and contents, sorted); None if missing."""
+    """SHA-256 of a file, or of a directory's files (names and contents, sorted); None if missing.
+
+    In a directory, `README.md` is left out: it is a card that describes the content (a model
+    card), rewritten as results arrive, and must not make the content look changed.
+    """
     path = Path(path)
     if not path.exists():
         return None
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = ([path] if path.is_file() else
+             sorted(p for p in path.rglob("*") if p.is_file() and p.name != "README.md"))
     for p in files:
         if path.is_dir():
             h.update(str(p.relative_to(path)).encode() + b"\0")

@@ -1,4 +1,4 @@
-"""`seed run`: a recipe's stages in order (generate -> train -> eval -> report) inside a run directory.
+"""`seed run`: a recipe's stages in order (generate -> train -> eval -> report) in a run directory.
 
 Each stage is skipped when its inputs (its config and the files it reads) and its outputs are
 unchanged since it last finished, so a rerun resumes after a crash and a complete run costs seconds.
@@ -83,18 +83,21 @@ def _terms_gate(run: Run, recipe: Recipe, console: Console,
     return check
 
 
-def _train_and_card(run: Run, recipe: Recipe, console: Console, check: Any) -> dict[str, Any]:
-    """Train, then write the model card into the model directory inside the same stage."""
-    from seed.policy.commands import write_cards
-    from seed.train import train_student
+def _model_card(run: Run, recipe: Recipe, check: Any, train: dict[str, Any],
+                ev: dict[str, Any]) -> None:
+    """The model card, with the terms decision and this run's eval results.
 
-    info = train_student(run.path("data/train.jsonl"), run.path("train"), recipe.train,
-                         recipe.seed, console=console)
+    A card is documentation about the weights, not part of them: it is rewritten on every run
+    (cheap) and `hash_path` leaves README.md out, so a new card never makes a stage stale.
+    """
+    from seed.policy.commands import write_cards
+
     write_cards(check, recipe.policy, model_dir=run.path("train/model"),
                 model_name=recipe.policy.student_name or recipe.name,
                 base_model=recipe.train.student.checkpoint,
-                training={k: info[k] for k in ("steps", "tokens", "params") if k in info})
-    return info
+                training={k: train[k] for k in ("steps", "tokens", "params") if k in train},
+                eval_results={k: ev[k] for k in ("accuracy", "baseline_accuracy")
+                              if ev.get(k) is not None})
 
 
 def _judge_stage(run: Run, recipe: Recipe, console: Console) -> None:
@@ -136,16 +139,20 @@ def run_recipe(path: str | Path, console: Console | None = None,
         console.print(f"generate: {gen['train_records']} training records, "
                       f"{gen['eval_records']} held-out prompts")
     check = _terms_gate(run, recipe, console, accept_terms_risk)
-    # The model card is written inside the train stage, so what it says is part of its inputs.
-    _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed, check.card_digest()],
-           ["data/train.jsonl"], TRAIN_OUT, lambda: _train_and_card(run, recipe, console, check),
-           workdir="train")
+    from seed.train import train_student
+
+    tr = _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed],
+                ["data/train.jsonl"], TRAIN_OUT,
+                lambda: train_student(run.path("data/train.jsonl"), run.path("train"),
+                                      recipe.train, recipe.seed, console=console),
+                workdir="train")
     ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge"}),
                 ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
                 lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
                                        run.path("eval"), recipe.eval,
                                        baseline_dir=run.path("train/initial")),
                 workdir="eval")
+    _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
         _judge_stage(run, recipe, console)
     _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl",

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
 from seed.files import write_text_atomic
-from seed.records import read_records
 
 CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;
+background:#f6f7f9}
 main{max-width:1000px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:1px solid #d8dde3;padding-bottom:4px}
 .sub{color:#57606a}.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
@@ -32,6 +31,9 @@ th{background:#eef1f4}.ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-
 border:1px solid #d8dde3;border-radius:8px;padding:8px}pre{white-space:pre-wrap;margin:0}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px}
 """
+
+
+_VERDICT_CLASS = {"allow": "ok", "warn": "sub", "block": "bad"}
 
 
 def _svg(fig: Any) -> str:
@@ -64,7 +66,8 @@ def _plots(metrics: list[dict[str, Any]], results: dict[str, Any] | None) -> str
         ax.bar_label(bars, fmt="%.1f%%")
         ax.set_ylim(0, 105)
         ax.set_ylabel("held-out accuracy (%)")
-        out.append(f"<figure>{_svg(fig)}<figcaption>Accuracy before and after</figcaption></figure>")
+        out.append(f"<figure>{_svg(fig)}<figcaption>Accuracy before and after</figcaption>"
+                   "</figure>")
         plt.close(fig)
     return f'<div class="plots">{"".join(out)}</div>' if out else ""
 
@@ -88,25 +91,30 @@ def _samples(samples: list[dict[str, Any]], k: int) -> str:
     picked = (wrong[: k // 2] + right)[:k]
     rows = []
     for s in picked:
-        verdict = '<span class="ok">correct</span>' if s["correct"] else '<span class="bad">wrong</span>'
-        rows.append([f"<pre>{escape(s['prompt'])}</pre>", f"<pre>{escape(str(s['teacher']))}</pre>",
-                     f"<pre>{escape(s['student'])}</pre>", verdict])
+        verdict = ('<span class="ok">correct</span>' if s["correct"]
+                   else '<span class="bad">wrong</span>')
+        rows.append([f"<pre>{escape(s[k] if k != 'teacher' else str(s[k]))}</pre>"
+                     for k in ("prompt", "teacher", "student")] + [verdict])
     return _table(["prompt", "teacher answer", "student answer", "verdict"], rows)
 
 
-def _provenance(records_path: Path) -> str:
-    if not records_path.exists():
+def _provenance(run_dir: Path) -> str:
+    """Per teacher and source: records, the terms verdict for this use, and the obligations."""
+    if not (run_dir / "data" / "train.jsonl").exists():
         return "<p>No training records.</p>"
-    counts: Counter[tuple[str, ...]] = Counter()
-    for r in read_records(records_path):
-        t, s = r.provenance.teacher, r.provenance.source
-        counts[(
-            f"{t.route}: {t.model_returned or t.model_requested}" if t else "unknown",
-            f"{s.kind}: {s.name}" if s else "unknown",
-            (s.license or "unknown") if s else "unknown",
-        )] += 1
-    rows = [[escape(a), escape(b), escape(c), str(n)] for (a, b, c), n in counts.most_common()]
-    return _table(["teacher", "prompt source", "source license", "records"], rows)
+    from seed.policy.gate import summarize_run
+
+    decision = summarize_run(run_dir)
+    rows = [[escape(f["teacher"]), escape(f["source"]), str(f["records"]),
+             f'<span class="{_VERDICT_CLASS[f["verdict"]]}">{escape(f["verdict"])}</span>',
+             escape("; ".join(f["obligations"]) or "none")]
+            for f in decision["findings"]]
+    note = ""
+    if decision.get("accepted_risk"):
+        note = (f'<p class="warn">Trained on forbidden records at the user\'s risk: '
+                f'{escape(decision["accepted_risk"])}</p>')
+    return note + _table(["teacher", "prompt source", "records", "terms verdict", "obligations"],
+                         rows)
 
 
 def _timings(manifest: dict[str, Any]) -> str:
@@ -160,7 +168,7 @@ def render_report(run_dir: Path) -> str:
     body += judge_section(run_dir / "judge")  # the judged evaluation, when the recipe asks for it
     body += [
         "<h2>Where the data came from</h2>",
-        _provenance(run_dir / "data" / "train.jsonl"),
+        _provenance(run_dir),
         "<h2>Timings</h2>",
         _timings(manifest),
     ]

@@ -95,12 +95,6 @@ class CheckResult:
     def notices(self) -> list[str]:
         return list(dict.fromkeys(n for f in self.findings for n in f.notices))
 
-    def card_digest(self) -> dict[str, Any]:
-        """What the model card says about terms: a stage that writes the card hashes this."""
-        return {"use": self.use.model_dump(), "accepted_risk": self.accepted_risk,
-                "overrides": self.overrides, "obligations": self.obligations(),
-                "findings": [(f.teacher, f.source, f.entry, f.verdict) for f in self.findings]}
-
     def to_dict(self) -> dict[str, Any]:
         return {"use": self.use.model_dump(), "verdict": self.verdict, "records": self.records,
                 "blocked_records": self.blocked, "overrides": self.overrides,
