@@ -55,7 +55,6 @@ def _plots(metrics: list[dict[str, Any]], results: dict[str, Any] | None) -> str
         ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="#0969da")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss (assistant tokens)")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         out.append(f"<figure>{_svg(fig)}<figcaption>Loss curve</figcaption></figure>")
         plt.close(fig)
@@ -88,7 +87,8 @@ def _samples(samples: list[dict[str, Any]], k: int) -> str:
     # Show the misses first: they say more than a page of correct answers.
     wrong = [s for s in samples if not s["correct"]]
     right = [s for s in samples if s["correct"]]
-    picked = (wrong[: k // 2] + right)[:k]
+    shown_wrong = wrong[: max(k // 2, k - len(right))]
+    picked = shown_wrong + right[: k - len(shown_wrong)]
     rows = []
     for s in picked:
         verdict = ('<span class="ok">correct</span>' if s["correct"]
@@ -119,7 +119,7 @@ def _provenance(run_dir: Path) -> str:
 
 def _timings(manifest: dict[str, Any]) -> str:
     rows = [[escape(name), escape(st.get("status", "")), f"{st.get('seconds', 0):.1f}"]
-            for name, st in manifest.get("stages", {}).items()]
+            for name, st in manifest.get("stages", {}).items() if name != "report"]
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
     return _table(["stage", "status", "seconds"], rows) + f'<p class="sub">{escape(versions)}</p>'
 
