@@ -20,6 +20,9 @@ from seed.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting stall torch on a CPU shared with other work: passive
+# waiting trained 5-25x faster with 2 threads at load ~6-8 on 2 cores (docs/LOG.md, Quickstart).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
     name="seed",
