@@ -341,20 +341,23 @@ class _Run:
         Engine.cancel(self.seqs)
 
     async def events(self) -> AsyncIterator[Event]:
-        """Events until every sequence has finished."""
+        """Events until every sequence has finished; a slow reader gets them merged per choice."""
         open_ = len(self.seqs)
         while open_:
-            ev = await self.queue.get()
-            if ev.token_ids:
-                self.rec.first_token()
-                self.completion_tokens += len(ev.token_ids)
-                self.rec.completion_tokens += len(ev.token_ids)
-            if ev.finish_reason and ev.finish_reason.startswith("error"):
-                self.error = f"Generation failed ({ev.finish_reason}); please retry."
-                return
-            yield ev
-            if ev.finish_reason:
-                open_ -= 1
+            pending = [await self.queue.get()]
+            while not self.queue.empty():
+                pending.append(self.queue.get_nowait())
+            for ev in _coalesce(pending):
+                if ev.token_ids:
+                    self.rec.first_token()
+                    self.completion_tokens += len(ev.token_ids)
+                    self.rec.completion_tokens += len(ev.token_ids)
+                if ev.finish_reason and ev.finish_reason.startswith("error"):
+                    self.error = f"Generation failed ({ev.finish_reason}); please retry."
+                    return
+                yield ev
+                if ev.finish_reason:
+                    open_ -= 1
 
     async def collect(self, http: Request) -> list[dict[str, Any]]:
         """Every sequence's text, logprobs and finish reason; cancels if the client leaves."""
@@ -399,6 +402,22 @@ def _byte_level_table() -> dict[str, int]:
 
 
 _UNICODE_TO_BYTE = _byte_level_table()
+
+
+def _coalesce(events: list[Event]) -> list[Event]:
+    """Merge consecutive events of the same choice (in order), so a backlog is one chunk each."""
+    merged: dict[int, Event] = {}
+    for ev in events:
+        m = merged.get(ev.index)
+        if m is None:  # a copy: the engine's event objects are not ours to change
+            merged[ev.index] = Event(ev.index, ev.text, list(ev.token_ids), list(ev.logprobs),
+                                     ev.finish_reason)
+            continue
+        m.text += ev.text
+        m.token_ids += ev.token_ids
+        m.logprobs += ev.logprobs
+        m.finish_reason = ev.finish_reason
+    return list(merged.values())
 
 
 def _sum_usage(usages: list[dict[str, int]]) -> dict[str, int]:

@@ -85,6 +85,7 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
+    finished: bool = False  # done, but its row may stay in the batch until the next compaction
     generator: torch.Generator | None = None
     submitted_at: float = field(default_factory=time.monotonic)
 
@@ -131,7 +132,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return sum(not s.finished for s in self._running)
 
     def submit(self, prompt_ids: list[int], params: list[SamplingParams],
                queue: asyncio.Queue) -> list[Sequence]:
@@ -172,6 +173,9 @@ class Engine:
             with torch.inference_mode():
                 try:
                     if admitted:
+                        dead = [i for i, s in enumerate(self._running) if s.finished]
+                        if dead:  # the merge rebuilds the cache anyway: drop finished rows first
+                            self._drop(dead)
                         self._prefill(admitted)
                     if self._running:
                         self._decode()
@@ -184,7 +188,7 @@ class Engine:
     def _take_waiting(self) -> list[Sequence]:
         taken: list[Sequence] = []
         width = 0
-        while self._waiting and len(self._running) + len(taken) < self.max_running:
+        while self._waiting and self.running + len(taken) < self.max_running:
             s = self._waiting[0]
             if s.cancelled:
                 self._waiting.popleft()
@@ -197,6 +201,17 @@ class Engine:
         return taken
 
     def _prefill(self, seqs: list[Sequence]) -> None:
+        """Prefill new sequences in groups of similar length, so padding stays a small share."""
+        group: list[Sequence] = []
+        for s in sorted(seqs, key=lambda s: len(s.prompt_ids)):
+            real = sum(len(g.prompt_ids) for g in group) + len(s.prompt_ids)
+            if group and len(s.prompt_ids) * (len(group) + 1) > 1.25 * real:
+                self._prefill_group(group)
+                group = []
+            group.append(s)
+        self._prefill_group(group)
+
+    def _prefill_group(self, seqs: list[Sequence]) -> None:
         width = max(len(s.prompt_ids) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs])
@@ -247,6 +262,8 @@ class Engine:
         if any(s.params.logprobs for s in rows):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for j, s in enumerate(rows):
+            if s.finished:
+                continue
             p = s.params
             if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
                 counts = torch.bincount(torch.tensor(s.out_ids), minlength=logits.shape[-1])
@@ -259,6 +276,8 @@ class Engine:
         posts = []
         finished = []
         for j, (s, tok) in enumerate(zip(rows, tokens, strict=True)):
+            if s.finished:
+                continue
             self._last[first_row + j] = tok
             reason = self._advance(s, tok, raw_logprobs[j] if raw_logprobs is not None else None)
             event = self._event(s, reason)
@@ -267,15 +286,20 @@ class Engine:
             if reason is not None or s.cancelled:
                 finished.append(first_row + j)
         self._post(posts)
-        if finished:
-            self._drop(finished)
+        for i in finished:
+            self._running[i].finished = True
+        dead = sum(s.finished for s in self._running)
+        # Compacting copies the whole cache, so finished rows ride along (their compute is nearly
+        # free at these batch sizes) until they are a quarter of the batch.
+        if dead and dead * 4 >= len(self._running):
+            self._drop([i for i, s in enumerate(self._running) if s.finished])
 
     def _pick(self, logits: torch.Tensor, rows: list[Sequence]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
         picked = []
         for j, s in enumerate(rows):
             t = s.params.temperature
-            if t <= 0:
+            if t <= 0 or s.finished:
                 picked.append(greedy[j])
                 continue
             probs = torch.softmax(logits[j] / t, dim=-1)
