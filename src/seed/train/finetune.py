@@ -51,7 +51,8 @@ def needs_finetune(config: TrainConfig) -> bool:
     """Whether the config asks for anything beyond the plain SFT loop of loop.py."""
     return (config.mode != "sft" or config.lora is not None or config.compile
             or config.grad_checkpointing or config.eval_fraction > 0 or config.dtype != "auto"
-            or config.student.chat_template is not None or torch.cuda.is_available()
+            or config.student.chat_template is not None or config.peak_flops is not None
+            or torch.cuda.is_available()
             or int(os.environ.get("WORLD_SIZE", "1")) > 1)
 
 
