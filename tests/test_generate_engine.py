@@ -16,7 +16,7 @@ from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, TokenBucket, parse_reset, run_sync
 from servers.helpers import FaultServer, fault_server
 
-FAST = Limits(concurrency=8, max_attempts=4, timeout=2.0, backoff_base=0.01, backoff_max=0.05)
+FAST = Limits(concurrency=8, max_attempts=4, timeout=1.0, backoff_base=0.01, backoff_max=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def requests_for(server: FaultServer, text: str) -> list[dict]:
     return [r for r in server.requests() if r["user"] == text]
 
 
-@pytest.mark.parametrize("fault", ["429:0.05", "500", "timeout:5", "drop", "truncated", "slow:6"])
+@pytest.mark.parametrize("fault", ["429:0.05", "500", "timeout:3", "drop", "truncated", "slow:3"])
 def test_each_transient_fault_is_retried_and_the_answer_is_correct(server: FaultServer,
                                                                    fault: str) -> None:
     text = f"transient {fault}"

@@ -51,7 +51,7 @@ def test_bad_prompt_files_name_the_line_and_the_fix(tmp_path: Path, text: str, k
                                                     column: str | None, needle: str) -> None:
     path = tmp_path / "b.jsonl"
     path.write_text(text)
-    with pytest.raises(UserError, match="") as err:
+    with pytest.raises(UserError) as err:
         check_prompts(path, kind=kind, column=column)
     assert needle in str(err.value)
 
