@@ -192,3 +192,26 @@ def test_an_unreachable_base_url_is_one_clear_error() -> None:
     ep = OpenAIEndpoint("http://127.0.0.1:9/v1", "m")
     with pytest.raises(UserError, match="cannot reach the teacher"):
         asyncio.run(ep.check_reachable())
+
+
+def test_azure_deployments_get_api_version_and_the_api_key_header(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("SEED_AZURE_KEY", "az-secret")
+    with fault_server(tmp_path, key="az-secret") as s:
+        ep = OpenAIEndpoint(s.base_url.removesuffix("/v1"), "fault-model", route="azure",
+                            api_version="2024-10-21", api_key_env="SEED_AZURE_KEY")
+        got: list[Result] = []
+        run_sync([Request("a", [{"role": "user", "content": "from azure"}])], ep, FAST,
+                 on_result=got.append)
+    assert got[0].completions[0].text == "echo: from azure"
+    assert ep.teacher().route == "azure" and "az-secret" not in ep.teacher().model_dump_json()
+    with pytest.raises(UserError, match="api_version"):
+        OpenAIEndpoint("https://x.openai.azure.com", "dep")
+
+
+def test_max_tokens_cap_stops_the_run(server: FaultServer) -> None:
+    budget = Budget("fault-model", max_tokens=50)  # 5 tokens a request: 10 requests
+    got = answer(server, [f"capped {i}" for i in range(60)], Limits(concurrency=1), budget=budget)
+    assert len(got) == 10 and budget.tokens == 50
+    assert budget.exhausted().startswith("token cap")
+    assert budget.cost is None  # no price for this model, and none needed without --max-cost

@@ -115,12 +115,29 @@ async def models() -> dict[str, Any]:
     return {"object": "list", "data": [{"id": STATE["model"], "object": "model"}]}
 
 
+@app.post("/openai/deployments/{deployment}/chat/completions")
+async def azure_chat(deployment: str, request: Request) -> Response:
+    """Azure OpenAI's shape: the deployment in the path, `api-version`, an `api-key` header."""
+    key = os.environ.get("FAULT_SERVER_KEY")
+    if key and request.headers.get("api-key") != key:
+        return JSONResponse({"error": {"message": "Access denied due to invalid key."}}, 401)
+    if not request.query_params.get("api-version"):
+        return JSONResponse({"error": {"message": "Missing api-version"}}, 404)
+    body = await request.json()
+    if "model" in body:
+        return JSONResponse({"error": {"message": "model goes in the path on Azure"}}, 400)
+    return await _chat(request, {**body, "model": deployment})
+
+
 @app.post("/v1/chat/completions")
 async def chat(request: Request) -> Response:
     key = os.environ.get("FAULT_SERVER_KEY")
     if key and request.headers.get("authorization") != f"Bearer {key}":
         return JSONResponse({"error": {"message": "Incorrect API key provided."}}, 401)
-    body = await request.json()
+    return await _chat(request, await request.json())
+
+
+async def _chat(request: Request, body: dict[str, Any]) -> Response:
     if body.get("model") != STATE["model"]:
         return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not "
                                                   "exist or you do not have access to it."}}, 404)
