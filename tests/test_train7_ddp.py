@@ -32,17 +32,40 @@ def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: 
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _recipe(path: Path, base: Path, batch_size: int) -> Path:
+    path.write_text(f'''name = "ddp"
+[generate.teacher]
+kind = "tasks"
+[train]
+seq_len = {SMALL["seq_len"]}
+batch_size = {batch_size}
+max_steps = 6
+warmup_steps = 2
+lr = {SMALL["lr"]}
+log_every = 1
+threads = 1
+[train.student]
+checkpoint = "{base}"
+''')
+    return path
+
+
 @pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())
     base = checkpoint(tmp_path / "base")
-    common = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "threads": 1,
-              "lora": None}
     # One process: 8 rows per step. Two processes: 4 rows each, the same 8 rows per step.
-    _run(tmp_path, [sys.executable], records, tmp_path / "one", {**common, "batch_size": 8})
+    one = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "batch_size": 8}
+    _run(tmp_path, [sys.executable], records, tmp_path / "one", one)
+    # The two processes run the real command: `torchrun -m seed train`.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2"]
-    _run(tmp_path, torchrun, records, tmp_path / "two", {**common, "batch_size": 4})
+                "--nproc-per-node", "2", "-m", "seed", "train", str(records), "-o",
+                str(tmp_path / "two"), "--recipe", str(_recipe(tmp_path / "r.toml", base, 4)),
+                "--internal"]
+    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in one] == [m["step"] for m in two] == list(range(1, 7))
     for a, b in zip(one, two, strict=True):
@@ -50,3 +73,4 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: 
     assert one[-1]["loss"] < one[0]["loss"]  # it trained: not equal by standing still
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2
+    assert (tmp_path / "two" / "model" / "README.md").is_file()  # the model card, written once
