@@ -71,3 +71,14 @@ def test_lora_run_resumes_from_its_checkpoint_to_the_same_weights(lora_run) -> N
     assert first.keys() == again.keys()
     assert all(torch.allclose(first[k], again[k], atol=1e-6) for k in first)
     assert [m["step"] for m in metrics(out)] == list(range(1, 17))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_qlora_without_a_gpu_is_a_clear_error_not_a_full_precision_run() -> None:
+    from seed.errors import UserError
+    from seed.recipe import LoraSettings
+    from seed.train.lora import quantized_load_kwargs
+
+    assert quantized_load_kwargs(LoraSettings()) == {}
+    with pytest.raises(UserError, match="needs the bitsandbytes package and a CUDA GPU"):
+        quantized_load_kwargs(LoraSettings(load_in_4bit=True))

@@ -246,8 +246,9 @@ def _layout(mode_records: list[Record], source: str, tokenizer: PreTrainedTokeni
     pad_id = tokenizer.pad_token_id
     if config.mode == "dpo":
         pairs = render_pairs(tokenizer, mode_records, source)
-        reference = reference_logprobs(model.to(dev), pairs, config.seq_len, pad_id,
-                                       config.batch_size) if pairs else torch.zeros(0, 2)
+        with autocast(dev, config.dtype):  # the same precision as the policy's forward
+            reference = reference_logprobs(_on(model, dev), pairs, config.seq_len, pad_id,
+                                           config.batch_size) if pairs else torch.zeros(0, 2)
         return _dpo_layout(pairs, reference.cpu(), config, pad_id, seed)
     examples = render(tokenizer, [r.chat() for r in mode_records])
     targets, teacher = None, None
@@ -263,6 +264,11 @@ def _layout(mode_records: list[Record], source: str, tokenizer: PreTrainedTokeni
     elif config.mode == "online_kd":
         teacher = _teacher(config, tokenizer, dev)
     return _token_layout(examples, config, pad_id, seed, targets, teacher)
+
+
+def _on(model: PreTrainedModel, dev: torch.device) -> PreTrainedModel:
+    """The model on `dev`; a 4-bit model was placed there when loaded and cannot be moved."""
+    return model if getattr(model, "is_loaded_in_4bit", False) else model.to(dev)
 
 
 def _to(rows: Rows, dev: torch.device) -> Rows:
@@ -323,7 +329,7 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     if config.grad_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    model.to(dev)
+    model = _on(model, dev)
     total_steps = config.max_steps or max(
         1, math.ceil(config.epochs * layout.rows_per_epoch / rows_per_step))
 

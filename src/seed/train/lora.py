@@ -28,9 +28,10 @@ def quantized_load_kwargs(settings: LoraSettings) -> dict[str, Any]:
                         "GPU; install bitsandbytes on a GPU machine or set it to false")
     from transformers import BitsAndBytesConfig
 
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16)}
+    return {"device_map": {"": torch.cuda.current_device()},
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)}
 
 
 def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
