@@ -215,3 +215,22 @@ def test_max_tokens_cap_stops_the_run(server: FaultServer) -> None:
     assert len(got) == 10 and budget.tokens == 50
     assert budget.exhausted().startswith("token cap")
     assert budget.cost is None  # no price for this model, and none needed without --max-cost
+
+
+def test_progress_figures_and_summary(server: FaultServer) -> None:
+    from rich.console import Console
+
+    from seed.generate.engine import Stats
+    from seed.generate.progress import figures, live, summary
+
+    budget = Budget("fault-model", {"fault-model": (1.0, 1.0)})
+    stats = Stats(total=20)
+    console = Console(force_terminal=True, record=True, width=200)
+    with live(stats, budget, console):
+        answer(server, [f"progress {i}" for i in range(20)], Limits(concurrency=4),
+               budget=budget, stats=stats)
+    f = figures(stats, budget)
+    assert f["done"] == "20 / 20" and f["failures"] == "0" and f["tokens"] == "100"
+    assert f["cost"] == "$0.0001" and f["projected"] == "$0.0001"
+    assert summary(stats, budget)[-1].startswith("elapsed: ")  # not stopped early
+    assert "done" in console.export_text()

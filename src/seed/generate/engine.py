@@ -31,7 +31,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -209,7 +209,8 @@ def backoff(attempt: int, limits: Limits, retry_after: float | None) -> float:
 
 
 def completions_to_json(completions: list[Completion]) -> list[dict[str, Any]]:
-    return [asdict(c) for c in completions]
+    # A shallow copy: `asdict` deep-copies every logprob entry, which is all this needs to avoid.
+    return [dict(vars(c)) for c in completions]
 
 
 def completions_from_json(data: list[dict[str, Any]]) -> list[Completion]:
@@ -282,18 +283,14 @@ class _Engine:
         return Result(req, error=f"{reason} (after {lim.max_attempts} attempts)",
                       attempts=lim.max_attempts, requested_at=requested_at)
 
-    def _stop_reason(self) -> str | None:
-        if self.fatal is not None:
-            return "fatal"
-        if self.stats.stopped:
-            return self.stats.stopped
+    def _over_budget(self) -> bool:
         if self.budget is not None and (why := self.budget.exhausted()):
             self.stats.stopped = why
-            return why
-        return None
+            return True
+        return False
 
     async def worker(self, pull: Callable[[], Any]) -> None:
-        while self._stop_reason() is None:
+        while self.fatal is None and self.stats.stopped is None:
             req = await pull()
             if req is None:
                 return
@@ -303,6 +300,8 @@ class _Engine:
                                      requested_at=hit.get("requested_at"),
                                      responded_at=hit.get("responded_at")))
                 continue
+            if self._over_budget():
+                return  # this request stays unanswered; a rerun with a higher cap picks it up
             self.stats.in_flight += 1
             try:
                 result = await self._answer(req)
