@@ -242,8 +242,8 @@ class _Engine:
         estimate = estimate_tokens(req.messages, params)
         await self.limiter.acquire(estimate)
         try:
-            comps = await asyncio.wait_for(self.endpoint.complete(req.messages, **params),
-                                           self.limits.timeout)
+            async with asyncio.timeout(self.limits.timeout):  # no extra task, unlike wait_for
+                comps = await self.endpoint.complete(req.messages, **params)
         except TimeoutError:
             raise TransientError("timeout") from None
         usage = comps[0].usage if comps else {}
