@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from servers.helpers import ROOT, fault_server, write_prompts, write_recipe
-
 from seed.records import read_records
+from servers.helpers import ROOT, fault_server, write_prompts, write_recipe
 
 N, SAMPLES = 300, 2
 
