@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seed.recipe import TrainConfig, load_recipe
 from seed.train import train_student
+from seed.train.data import Example
+from seed.train.loop import RowStream
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """name = "t"
@@ -85,6 +88,19 @@ def test_training_writes_a_loadable_student_baseline_metrics_and_summary(arithme
     assert model.generation_config.eos_token_id == tok.eos_token_id
     out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= ids.shape[1] + 5
+
+
+def test_the_data_stream_restarts_at_any_step_across_epochs_of_different_lengths():
+    g = torch.Generator().manual_seed(0)
+    examples = [Example(list(range(1, n + 1)), [1] * n)
+                for n in torch.randint(5, 21, (40,), generator=g).tolist()]
+    stream = RowStream(examples, 32, pad_id=0, seed=5)
+    assert len({len(stream._epoch(e)) for e in range(6)}) > 1  # shuffles pack differently
+    whole = list(itertools.islice(stream.steps(0, 3), 40))
+    for step in (1, 7, 13, 29):
+        again = list(itertools.islice(stream.steps(step * 3, 3), 40 - step))
+        assert all(torch.equal(a.input_ids, b.input_ids) and torch.equal(a.mask, b.mask)
+                   for a, b in zip(again, whole[step:], strict=True))
 
 
 def test_training_is_deterministic_on_cpu(arithmetic_data, tmp_path):

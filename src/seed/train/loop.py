@@ -109,8 +109,11 @@ class RowStream:
 
     def steps(self, start_row: int, rows_per_step: int) -> Iterator[Batch]:
         """Batches of `rows_per_step` rows from row `start_row` on, crossing epochs as needed."""
-        epoch, offset = divmod(start_row, self.rows_per_epoch)
-        current = self._epoch(epoch)
+        # Each epoch's shuffle packs into its own number of rows, so walk them to find the start.
+        epoch, offset, current = 0, start_row, self._epoch(0)
+        while offset >= len(current):
+            epoch, offset = epoch + 1, offset - len(current)
+            current = self._epoch(epoch)
         while True:
             parts, need = [], rows_per_step
             while need:
@@ -220,8 +223,8 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     total_steps = config.max_steps or max(
         1, math.ceil(config.epochs * stream.rows_per_epoch / rows_per_step))
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
