@@ -208,7 +208,10 @@ class LocalBackend:
         top_p = self.default_top_p if req.top_p is None else req.top_p
         out = []
         for i in range(req.n):
-            constraint = self.grammar.constraint(grammar) if grammar else None
+            try:
+                constraint = self.grammar.constraint(grammar) if grammar else None
+            except ValueError as e:
+                raise bad_request(f"response_format: {e}", "response_format") from e
             out.append(SamplingParams(
                 max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0,
                 stop=tuple(stops), seed=None if req.seed is None else req.seed + i,

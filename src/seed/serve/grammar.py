@@ -16,8 +16,6 @@ import llguidance
 import llguidance.hf
 import numpy as np
 
-from seed.errors import UserError
-
 # No free whitespace between JSON tokens: a weak model could otherwise pad forever.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
 
@@ -50,7 +48,7 @@ class Constraint:
         self.matcher = matcher
         self.vocab_size = vocab_size
         if matcher.is_error():
-            raise UserError(f"response_format: {matcher.get_error()}")
+            raise ValueError(matcher.get_error())
 
     def allowed_tokens(self, vocab: int) -> np.ndarray:
         """Boolean vector over `vocab` logits: True where the token keeps the output valid."""
