@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from seed.serve.grammar import Constraint
 
@@ -220,7 +221,7 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True,
-                         logits_to_keep=1)
+                         past_key_values=self._new_cache([]), logits_to_keep=1)
         self._merge(seqs, out.past_key_values, mask.to(self.device))
         self._sample_and_emit(out.logits[:, -1, :], first_row=len(self._running) - len(seqs))
 
@@ -239,7 +240,7 @@ class Engine:
             keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
             values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
             layers.append((keys, values))
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        self._cache = self._new_cache(layers)
         self._mask = torch.cat([torch.nn.functional.pad(self._mask, (width - old_len, 0)),
                                 torch.nn.functional.pad(mask, (width - new_len, 0))])
 
@@ -380,11 +381,56 @@ class Engine:
         self._mask = mask[:, start:]
         layers = [(layer.keys[index, :, start:], layer.values[index, :, start:])
                   for layer in self._cache.layers]
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        self._cache = self._new_cache(layers)
+
+    def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [_GrowingLayer() for _ in cache.layers]
+        for layer, (keys, values) in zip(cache.layers, layers, strict=False):
+            layer.update(keys, values)
+        return cache
 
     def _reset_batch(self) -> None:
         self._running, self._positions, self._last = [], [], []
         self._cache = self._mask = None
+
+
+class _GrowingLayer(DynamicLayer):
+    """A key/value cache layer that writes each step into spare room instead of re-concatenating.
+
+    transformers' DynamicLayer copies the whole cache on every decode step (torch.cat); for a batch
+    of 32 that copy costs as much as the step's matmuls on a CPU. Room doubles when it runs out.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._length = 0
+        self._room_keys: torch.Tensor | None = None
+        self._room_values: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        end = self._length + n
+        if self._room_keys is None or end > self._room_keys.shape[-2]:
+            shape = (*key_states.shape[:-2], max(64, 2 * end), key_states.shape[-1])
+            keys = key_states.new_empty(shape)
+            values = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
+            if self._length:
+                keys[..., :self._length, :] = self._room_keys[..., :self._length, :]
+                values[..., :self._length, :] = self._room_values[..., :self._length, :]
+            self._room_keys, self._room_values = keys, values
+        self._room_keys[..., self._length:end, :] = key_states
+        self._room_values[..., self._length:end, :] = value_states
+        self._length = end
+        self.keys = self._room_keys[..., :end, :]
+        self.values = self._room_values[..., :end, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._length
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
