@@ -8,8 +8,9 @@ requests of mixed prompt and reply lengths, greedy, all in this one run:
 - transformers serve: the same 32 concurrent streaming requests, with and without its
   `--continuous-batching` flag; the faster of the two is the comparison.
 
-Output tokens/s is total completion tokens over wall time from the first request to the last byte,
-best of --repeats runs for every contender alike (the machine is shared; slow runs are noise).
+Output tokens/s is total completion tokens over wall time from the first request to the last byte.
+The machine is shared, so contenders are measured in turns within each round (all servers up,
+idle ones asleep) and the ratios are medians of per-round ratios.
 Time to first token and inter-token latency (gaps between streamed chunks): p50/p99 per server.
 Every process gets the same CPU thread count (--threads). Ends with one `RESULT` line.
 
@@ -20,14 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -64,30 +68,37 @@ def percentile(values: list[float], q: float) -> float:
     return values[k]
 
 
-def run_sequential(model_dir: Path, requests: list[dict], threads: int, repeats: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class Sequential:
+    """The baseline: one `model.generate` call per request, one after another, in this process."""
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    encoded = [tok.apply_chat_template(r["messages"], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True) for r in requests]
-    with torch.inference_mode():
-        model.generate(**encoded[0], max_new_tokens=4, do_sample=False)  # warm-up
-        wall = float("inf")
-        for _ in range(repeats):
+    def __init__(self, model_dir: Path, requests: list[dict], threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        self.requests = requests
+        self.encoded = [self.tok.apply_chat_template(r["messages"], add_generation_prompt=True,
+                                                     return_tensors="pt", return_dict=True)
+                        for r in requests]
+        self.model.generate(**self.encoded[0], max_new_tokens=4, do_sample=False)  # warm-up
+
+    def run(self) -> dict:
+        import torch
+
+        with torch.inference_mode():
             start = time.perf_counter()
             tokens = 0
-            for enc, r in zip(encoded, requests, strict=True):
-                out = model.generate(**enc, max_new_tokens=r["max_tokens"], do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+            for enc, r in zip(self.encoded, self.requests, strict=True):
+                out = self.model.generate(**enc, max_new_tokens=r["max_tokens"], do_sample=False,
+                                          pad_token_id=self.tok.pad_token_id)
                 tokens += out.shape[1] - enc["input_ids"].shape[1]
-            wall = min(wall, time.perf_counter() - start)
-    return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
+            wall = time.perf_counter() - start
+        return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
 
 
-async def stream_all(url: str, model: str, requests: list[dict], repeats: int) -> dict:
+async def stream_all(url: str, model: str, requests: list[dict]) -> dict:
     """Send every request at once (streaming); measure tokens, TTFT and inter-token gaps."""
     limits = httpx.Limits(max_connections=len(requests) + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -113,15 +124,9 @@ async def stream_all(url: str, model: str, requests: list[dict], repeats: int) -
                     "gaps": [b - a for a, b in itertools.pairwise(stamps)],
                     "tokens": tokens}
 
-        await one({**requests[0], "max_tokens": 4})  # warm-up (loads a lazy model)
-        best = None
-        for _ in range(repeats):  # best of N: the machine is shared, slow runs are noise
-            start = time.perf_counter()
-            results = await asyncio.gather(*[one(r) for r in requests])
-            wall = time.perf_counter() - start
-            if best is None or wall < best[0]:
-                best = (wall, results)
-        wall, results = best
+        start = time.perf_counter()
+        results = await asyncio.gather(*[one(r) for r in requests])
+        wall = time.perf_counter() - start
     tokens = sum(r["tokens"] for r in results)
     ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
     gaps = [g for r in results for g in r["gaps"]]
@@ -131,7 +136,9 @@ async def stream_all(url: str, model: str, requests: list[dict], repeats: int) -
             "itl_p50_ms": 1000 * percentile(gaps, 50), "itl_p99_ms": 1000 * percentile(gaps, 99)}
 
 
-def with_server(cmd: list[str], env: dict, health: str, fn) -> dict:
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict, url: str) -> Iterator[str]:
+    """Start a server, wait for /health, yield its URL; stop it afterwards."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -140,14 +147,14 @@ def with_server(cmd: list[str], env: dict, health: str, fn) -> dict:
             if proc.poll() is not None:
                 raise RuntimeError(f"{cmd[:3]} exited: {proc.stderr.read()[-2000:]}")
             try:
-                if httpx.get(health, timeout=2).status_code == 200:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{cmd[:3]} did not start")
             time.sleep(0.5)
-        return fn()
+        yield url
     finally:
         proc.terminate()
         try:
@@ -162,7 +169,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for every contender")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N runs per contender")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; ratios are per-round medians")
     ap.add_argument("--skip-transformers-serve", action="store_true")
     args = ap.parse_args()
 
@@ -177,48 +184,59 @@ def main() -> None:
     print(f"model: Llama hidden={args.hidden} layers={args.layers} (random weights), "
           f"{len(requests)} requests, max_tokens mixed 16-128, threads={args.threads}")
 
-    rows = {}
-    rows["sequential generate"] = run_sequential(model_dir, requests, args.threads, args.repeats)
-
+    seq = Sequential(model_dir, requests, args.threads)
+    tf = str(Path(sys.executable).with_name("transformers"))
+    contenders: dict[str, tuple[list[str], str]] = {}
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    rows["seed serve"] = with_server(
-        [sys.executable, "-m", "seed", "serve", str(model_dir), "--port", str(port),
-         "--model-name", "small", "--threads", str(args.threads)],
-        env, url + "/health", lambda: asyncio.run(stream_all(url, "small", requests, args.repeats)))
-
+    contenders["seed serve"] = ([sys.executable, "-m", "seed", "serve", str(model_dir), "--port",
+                                 str(port), "--model-name", "small", "--threads",
+                                 str(args.threads)], f"http://127.0.0.1:{port}")
     if not args.skip_transformers_serve:
-        tf = str(Path(sys.executable).with_name("transformers"))
         for label, flags in [("transformers serve", []),
                              ("transformers serve --continuous-batching",
                               ["--continuous-batching"])]:
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            try:
-                rows[label] = with_server(
-                    [tf, "serve", str(model_dir), "--port", str(port), "--host", "127.0.0.1",
-                     "--device", "cpu", *flags],
-                    env, url + "/health",
-                    lambda url=url: asyncio.run(stream_all(url, str(model_dir), requests,
-                                                           args.repeats)))
-            except Exception as e:  # reported, not hidden: a contender that fails gets no figure
-                print(f"{label}: failed: {e!r}"[:600])
+            contenders[label] = ([tf, "serve", str(model_dir), "--port", str(port), "--host",
+                                  "127.0.0.1", "--device", "cpu", *flags],
+                                 f"http://127.0.0.1:{port}")
 
-    print(f"{'contender':42} {'tokens':>7} {'wall s':>8} {'tok/s':>8} {'TTFT p50/p99 ms':>18} "
-          f"{'ITL p50/p99 ms':>16}")
-    for name, r in rows.items():
-        lat = ""
-        if "ttft_p50_ms" in r:
-            lat = (f"{r['ttft_p50_ms']:8.0f}/{r['ttft_p99_ms']:<8.0f} "
-                   f"{r['itl_p50_ms']:7.1f}/{r['itl_p99_ms']:<7.1f}")
-        print(f"{name:42} {r['tokens']:7d} {r['wall_s']:8.2f} {r['tok_s']:8.1f} {lat}")
+    # All servers up at once (idle ones sleep), measured in turns within each round, so a burst
+    # of load from other users of the machine hits every contender of a round alike.
+    rounds: list[dict[str, dict]] = []
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(server(cmd, env, url))
+                for name, (cmd, url) in contenders.items()}
+        names = {name: ("small" if name == "seed serve" else str(model_dir)) for name in urls}
+        for name, url in urls.items():  # warm-up (transformers serve loads lazily)
+            asyncio.run(stream_all(url, names[name], [{**requests[0], "max_tokens": 4}]))
+        for _ in range(args.rounds):
+            row = {"sequential generate": seq.run()}
+            for name, url in urls.items():
+                row[name] = asyncio.run(stream_all(url, names[name], requests))
+            rounds.append(row)
 
-    seed = rows["seed serve"]
-    vs_seq = seed["tok_s"] / rows["sequential generate"]["tok_s"]
-    tf_rows = [r for k, r in rows.items() if k.startswith("transformers serve")]
-    vs_tf = seed["tok_s"] / max(r["tok_s"] for r in tf_rows) if tf_rows else float("nan")
+    print(f"{'round':>5} {'contender':42} {'tokens':>7} {'wall s':>8} {'tok/s':>8} "
+          f"{'TTFT p50/p99 ms':>18} {'ITL p50/p99 ms':>16}")
+    ratios_seq, ratios_tf = [], []
+    for i, row in enumerate(rounds, 1):
+        for name, r in row.items():
+            lat = ""
+            if "ttft_p50_ms" in r:
+                lat = (f"{r['ttft_p50_ms']:8.0f}/{r['ttft_p99_ms']:<8.0f} "
+                       f"{r['itl_p50_ms']:7.1f}/{r['itl_p99_ms']:<7.1f}")
+            print(f"{i:5d} {name:42} {r['tokens']:7d} {r['wall_s']:8.2f} {r['tok_s']:8.1f} {lat}")
+        ratios_seq.append(row["seed serve"]["tok_s"] / row["sequential generate"]["tok_s"])
+        tf_best = [r["tok_s"] for k, r in row.items() if k.startswith("transformers serve")]
+        if tf_best:
+            ratios_tf.append(row["seed serve"]["tok_s"] / max(tf_best))
+    seed_rows = [row["seed serve"] for row in rounds]
+    vs_seq = statistics.median(ratios_seq)
+    vs_tf = statistics.median(ratios_tf) if ratios_tf else float("nan")
+    print(f"per-round seed/sequential: {[round(x, 2) for x in ratios_seq]}; seed/best "
+          f"transformers serve: {[round(x, 2) for x in ratios_tf]} (medians below)")
     print(f"RESULT vs_sequential={vs_seq:.2f} vs_transformers_serve={vs_tf:.2f} "
-          f"ttft_p50_ms={seed['ttft_p50_ms']:.0f} itl_p50_ms={seed['itl_p50_ms']:.1f}")
+          f"ttft_p50_ms={statistics.median(r['ttft_p50_ms'] for r in seed_rows):.0f} "
+          f"itl_p50_ms={statistics.median(r['itl_p50_ms'] for r in seed_rows):.1f}")
 
 
 if __name__ == "__main__":
