@@ -31,7 +31,6 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,4 +1,4 @@
-"""Bad input: one line naming the input, exit code 2, no traceback, and the run directory untouched."""
+"""Bad input: one line naming the input, exit code 2, no traceback, the run directory untouched."""
 
 import os
 import subprocess
@@ -77,7 +77,7 @@ def test_records_file_with_a_broken_line(workdir):
 
 
 @pytest.mark.parametrize("command", [["chat", "no/such/model"],
-                                     ["eval", "no/such/model", "e.jsonl", "--out", "runs/bad/eval"]])
+                                     ["eval", "no/such/model", "e.jsonl", "-o", "runs/bad/eval"]])
 def test_model_directory_that_does_not_exist(workdir, command):
     (workdir / "e.jsonl").write_text("")
     before = snapshot(workdir / "runs")

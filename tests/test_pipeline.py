@@ -1,4 +1,4 @@
-"""`seed run` end to end on a tiny recipe: every stage's outputs, then a rerun that skips them all."""
+"""`seed run` end to end on a tiny recipe: every stage's outputs, then a rerun that skips them."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Recipes name the path of a bad key; runs skip a stage only when inputs and outputs are unchanged."""
+"""Recipes name a bad key's path; a stage is skipped only while inputs and outputs are unchanged."""
 
 import pytest
 

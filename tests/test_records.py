@@ -9,7 +9,8 @@ from seed.records import Provenance, Record, RecordWriter, Teacher, read_records
 
 
 def _rec(i: int) -> Record:
-    return Record.new([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+    return Record.new([{"role": "user", "content": f"q{i}"},
+                       {"role": "assistant", "content": f"a{i}"}],
                       provenance=Provenance(teacher=Teacher(route="tasks")))
 
 

@@ -1,4 +1,4 @@
-"""`seed chat`: a terminal conversation with a model directory; the reply streams as it is generated.
+"""`seed chat`: a terminal conversation with a model directory; replies stream as they are made.
 
 Lines typed are user turns; `/reset` starts over and `/exit` (or end of input) quits. It reads
 standard input line by line, so it works the same at a terminal and in a pipe.

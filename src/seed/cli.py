@@ -50,7 +50,7 @@ def run(
 @app.command()
 def generate(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (its [generate] section).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train.jsonl, eval.jsonl.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the records.")],
     prompts: Annotated[list[Path] | None, typer.Option(
         "--prompts", help="Prompts file (JSONL, CSV with a `prompt` column, or text lines); "
         "repeatable; added to the recipe's.")] = None,
@@ -86,8 +86,8 @@ def generate(
 @app.command()
 def train(
     records: Annotated[Path, typer.Argument(help="Training records (JSONL).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, checkpoints/).")],
-    recipe: Annotated[Path | None, typer.Option(help="Recipe whose [train] section to use.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (model/, ...).")],
+    recipe: Annotated[Path | None, typer.Option(help="Recipe with the [train] section.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: the recipe's).")] = None,
     student_name: Annotated[str | None, typer.Option(help="The student's name (terms may "
                                                      "require a prefix).")] = None,

@@ -2,4 +2,4 @@
 
 
 class UserError(Exception):
-    """Bad input from the user (a file, a flag, a recipe key): one sentence naming it and the fix."""
+    """Bad input (a file, a flag, a recipe key): one sentence naming it and the fix."""

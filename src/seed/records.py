@@ -39,7 +39,7 @@ class Message(BaseModel):
 
 
 class Teacher(BaseModel):
-    """Who wrote the assistant turns: enough to hold them against the teacher's terms. Never a key."""
+    """Who wrote the assistant turns: enough to hold them against the teacher's terms; no key."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,7 +55,7 @@ class Teacher(BaseModel):
 
 
 class Source(BaseModel):
-    """Where the prompt came from: a file and its license, or a generator, its version, config and seed."""
+    """Where the prompt came from: a file and its license, or a generator with version and seed."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -104,7 +104,8 @@ class Record(BaseModel):
 
     def to_line(self) -> str:
         """The record as one JSON line with its newline, ready for a single append."""
-        return json.dumps(self.model_dump(mode="json", exclude_none=True), ensure_ascii=False) + "\n"
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, ensure_ascii=False) + "\n"
 
     def chat(self) -> list[dict[str, str]]:
         """The messages as plain dicts, the shape chat templates and HTTP APIs take."""
@@ -128,7 +129,8 @@ def _parse(line: bytes, path: Path, lineno: int) -> Record:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "line"
         raise UserError(
-            f"{path}:{lineno}: not a valid record ({where}: {first['msg']}); fix or remove that line"
+            f"{path}:{lineno}: not a valid record ({where}: {first['msg']}); "
+            "fix or remove that line"
         ) from None
 
 
@@ -138,9 +140,7 @@ def read_records(path: str | Path) -> Iterator[Record]:
     if not path.is_file():
         raise UserError(f"{path}: no such records file; check the path")
     with path.open("rb") as f:
-        lineno = 0
-        for raw in f:
-            lineno += 1
+        for lineno, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 log.warning("%s:%d: torn last line (%d bytes) skipped; a resumed writer repairs it",
                             path, lineno, len(raw))
@@ -195,7 +195,8 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         removed = repair_torn_tail(self.path)
         if removed:
-            log.warning("%s: removed a torn last line (%d bytes) left by a crash", self.path, removed)
+            log.warning("%s: removed a torn last line (%d bytes) left by a crash",
+                        self.path, removed)
         self._f = self.path.open("ab", buffering=0)
         self._fsync = fsync
 

@@ -1,1 +1,1 @@
-"""Endpoints: anything that answers a list of chat messages (HTTP servers, local models, task generators)."""
+"""Endpoints: anything that answers chat messages (HTTP servers, local models, task generators)."""

@@ -25,14 +25,15 @@ def check_model_dir(path: str | Path) -> Path:
     """The path as a model directory, or a UserError saying what is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such model directory; train one with `seed train` or check the path")
+        raise UserError(f"{path}: no such model directory; train one with `seed train` "
+                        "or check the path")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model directory (no config.json); point at a saved model")
     return path
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The directory's tokenizer; refuses one without a chat template, since chats are all we render."""
+    """The directory's tokenizer; one without a chat template is refused (we only render chats)."""
     tok = AutoTokenizer.from_pretrained(str(path))
     if not getattr(tok, "chat_template", None):
         raise UserError(f"{path}: the tokenizer has no chat template; add chat_template.jinja "
@@ -45,7 +46,8 @@ def load_tokenizer(path: str | Path) -> Any:
 class LocalModel:
     """A model directory that answers chats in process (CPU, or the first GPU when there is one)."""
 
-    def __init__(self, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, path: str | Path, device: str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         self.path = check_model_dir(path)
         self.tokenizer = load_tokenizer(self.path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +62,8 @@ class LocalModel:
                        model_returned=self.path.name, weights_revision=self._revision)
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
