@@ -7,13 +7,15 @@ knows nothing about HTTP; `seed serve` builds its batching engine on the same lo
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
 
 from seed.endpoints.base import Completion
 from seed.errors import UserError
@@ -41,6 +43,37 @@ def load_tokenizer(path: str | Path) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+class _TokenStreamer(BaseStreamer):
+    """Hands each new token's text to a queue as soon as it decodes to whole characters.
+
+    transformers' TextIteratorStreamer waits for a space before it emits a word; a chat should show
+    every token. The first `put` is the prompt and is skipped; None marks the end.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.pieces: queue.Queue[str | None] = queue.Queue()
+        self._ids: list[int] = []
+        self._sent = 0
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+            self.pieces.put(text[self._sent:])
+            self._sent = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
+        if len(text) > self._sent:
+            self.pieces.put(text[self._sent:])
+        self.pieces.put(None)
 
 
 class LocalModel:
@@ -100,19 +133,23 @@ class LocalModel:
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256,
                temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
-        """Yield the reply's text piece by piece as it is generated."""
+        """Yield the reply's text token by token as it is generated."""
         ids = torch.tensor([self._prompt_ids(messages)], device=self.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _TokenStreamer(self.tokenizer)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                       **self._sampling(max_new_tokens, temperature, top_p))
         worker = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
         worker.start()
-        yield from streamer
+        while (piece := streamer.pieces.get()) is not None:
+            yield piece
         worker.join()
 
     @torch.inference_mode()
     def _generate_quietly(self, **kwargs: Any) -> None:
-        self.model.generate(**kwargs)
+        try:
+            self.model.generate(**kwargs)
+        finally:  # an error must not leave the reader waiting for a piece that never comes
+            kwargs["streamer"].pieces.put(None)
 
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
         n = int(params.get("n", 1))

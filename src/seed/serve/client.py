@@ -1,16 +1,17 @@
 """`seed chat URL`: a terminal chat with a running server (`seed serve` or any OpenAI-compatible).
 
-Lines typed are user turns; `/reset` starts over and `/exit` (or end of input) quits. Replies stream
-as they arrive (server-sent events from /v1/chat/completions).
+The conversation loop is `seed.chat.repl`; this module only turns the server's stream
+(server-sent events from /v1/chat/completions) into text pieces.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Iterator
 
 import httpx
 
+from seed.chat import repl
 from seed.errors import UserError
 
 
@@ -31,37 +32,21 @@ def chat_with_server(url: str, *, system: str | None = None, max_tokens: int = 2
         raise UserError(f"{url}: GET /v1/models answered {r.status_code}; is it an OpenAI-"
                         "compatible server?")
     model = r.json()["data"][0]["id"]
-    start = [{"role": "system", "content": system}] if system else []
-    history = list(start)
-    interactive = sys.stdin.isatty()
-    print(f"chatting with {model} at {url} (/reset to start over, /exit to quit)", flush=True)
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line or line.strip() == "/exit":
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/reset":
-            history = list(start)
-            continue
-        history.append({"role": "user", "content": text})
-        reply = _stream_reply(client, {"model": model, "messages": history, "stream": True,
-                                       "max_tokens": max_tokens, "temperature": temperature})
-        history.append({"role": "assistant", "content": reply})
+    repl(f"chatting with {model} at {url}",
+         lambda history: _stream_reply(client, {"model": model, "messages": history,
+                                                "stream": True, "max_tokens": max_tokens,
+                                                "temperature": temperature}),
+         system)
 
 
-def _stream_reply(client: httpx.Client, body: dict) -> str:
-    """Print the reply as it streams; return it whole."""
-    parts: list[str] = []
+def _stream_reply(client: httpx.Client, body: dict) -> Iterator[str]:
+    """The reply's text pieces as the server streams them; an error is one bracketed piece."""
     with client.stream("POST", "/chat/completions", json=body) as r:
         if r.status_code != 200:
             r.read()
             message = r.json().get("error", {}).get("message", r.text)
-            print(f"[error {r.status_code}: {message}]", flush=True)
-            return ""
+            yield f"[error {r.status_code}: {message}]"
+            return
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -69,7 +54,4 @@ def _stream_reply(client: httpx.Client, body: dict) -> str:
             for choice in chunk.get("choices", []):
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
-                    parts.append(piece)
-                    print(piece, end="", flush=True)
-    print(flush=True)
-    return "".join(parts)
+                    yield piece
