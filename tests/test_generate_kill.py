@@ -29,6 +29,13 @@ def _start(recipe: Path, out: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE)
 
 
+def _wait_for_requests(server, count: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the server has seen `count` requests in all, or the run has ended."""
+    deadline = time.monotonic() + 60
+    while len(server.requests()) < count and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _answered(out: Path) -> set[str]:
     path = out / "train.jsonl"
     return {r.messages[0].content for r in read_records(path)} if path.exists() else set()
@@ -62,7 +69,10 @@ def test_kill_9_at_random_points_then_rerun_gives_exact_records(tmp_path: Path) 
             proc = _start(recipe, out)
             final = attempt == 5
             if not final:
-                time.sleep(rng.uniform(0.8, 3.5))
+                # Kill at a random point of the request stream, not of the clock: start-up
+                # time varies a lot on a loaded machine.
+                _wait_for_requests(server, seen_before + rng.randint(5, 40), proc)
+                time.sleep(rng.uniform(0.0, 0.3))
             if not final and proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
