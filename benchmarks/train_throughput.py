@@ -9,8 +9,10 @@ only (TRL: prompt/completion data with `completion_only_loss=True`), and run the
 rows per step, AdamW (betas 0.9/0.95, weight decay 0.1), warmup + cosine to zero, clipping at 1.0.
 
 tokens/s counts real (non-padding) tokens over the training loop's own time (Seed: the summed step
-times; TRL: `train_runtime`). The final loss of each is measured here, the same way for both: mean
-cross-entropy per assistant token on the 64 held-out chats. TRL runs in a subprocess with the
+times; TRL: `train_runtime`), summed over two runs of each in the order Seed, TRL, TRL, Seed, so a
+steady drift in the shared machine's load does not favour either. The final loss of each is
+measured here, the same way for both: mean cross-entropy per assistant token on the 64 held-out
+chats. TRL runs in a subprocess with the
 packages in `--trl-path` (installed there with `pip install --target`, so Seed's pinned venv never
 depends on TRL). On a CUDA machine the same script is meant for ~125M / ~1B configs in bf16 at
 2048 tokens (`--size`), with MFU; those figures are not measured yet.
@@ -26,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def run_trl(args: argparse.Namespace) -> None:
     tok = AutoTokenizer.from_pretrained(work / "initial")
     model = AutoModelForCausalLM.from_pretrained(work / "initial")
     config = SFTConfig(
-        output_dir=str(work / "trl"), max_length=h["seq_len"], packing=True,
+        output_dir=str(work / f"trl{args.run}"), max_length=h["seq_len"], packing=True,
         completion_only_loss=True, per_device_train_batch_size=h["batch_size"],
         gradient_accumulation_steps=1, max_steps=h["max_steps"], learning_rate=h["lr"],
         lr_scheduler_type="cosine", warmup_steps=h["warmup_steps"], weight_decay=0.1,
@@ -74,9 +75,9 @@ def run_trl(args: argparse.Namespace) -> None:
     out = trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
     tokens = int(trainer.state.num_input_tokens_seen) or int(logs[-1].get("num_tokens", 0))
-    trainer.save_model(str(work / "trl" / "model"))
-    tok.save_pretrained(work / "trl" / "model")
-    (work / "trl.json").write_text(json.dumps({
+    trainer.save_model(str(work / f"trl{args.run}" / "model"))
+    tok.save_pretrained(work / f"trl{args.run}" / "model")
+    (work / f"trl{args.run}.json").write_text(json.dumps({
         "seconds": out.metrics["train_runtime"], "tokens": tokens,
         "losses": [r["loss"] for r in logs]}))
 
@@ -112,6 +113,7 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_train_throughput"))
     p.add_argument("--trl-path", default=str(ROOT / ".venv-trl"))
     p.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.trl_worker:
         run_trl(args)
@@ -150,35 +152,47 @@ def main() -> None:
 
     h = hyper(args)
     config = TrainConfig.model_validate({**h, "student": {"checkpoint": str(work / "initial")}})
-    t0 = time.perf_counter()
-    seed = train_student(work / "train.jsonl", work / "seed", config, seed=0,
-                         console=Console(quiet=True))
-    seed_wall = time.perf_counter() - t0
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([args.trl_path, str(ROOT / "src")]),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, __file__, "--trl-worker", "--work", str(work),
-           *[f"--{k}={v}" for k, v in (("steps", args.steps), ("seq-len", args.seq_len),
-                                       ("batch-size", args.batch_size), ("lr", args.lr),
-                                       ("warmup", args.warmup), ("threads", args.threads))]]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    trl_wall = time.perf_counter() - t0
-    trl = json.loads((work / "trl.json").read_text())
+
+    def run_seed(i: int) -> dict:
+        return train_student(work / "train.jsonl", work / f"seed{i}", config, seed=0,
+                             console=Console(quiet=True))
+
+    def run_trl_subprocess(i: int) -> dict:
+        cmd = [sys.executable, __file__, "--trl-worker", "--work", str(work), f"--run={i}",
+               *[f"--{k}={v}" for k, v in (("steps", args.steps), ("seq-len", args.seq_len),
+                                           ("batch-size", args.batch_size), ("lr", args.lr),
+                                           ("warmup", args.warmup), ("threads", args.threads))]]
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads((work / f"trl{i}.json").read_text())
+
+    # A B B A: the shared machine's load drifts, and this order cancels a steady drift.
+    runs = {"seed": [], "trl": []}
+    for side, i in (("seed", 0), ("trl", 0), ("trl", 1), ("seed", 1)):
+        runs[side].append(run_seed(i) if side == "seed" else run_trl_subprocess(i))
+    seed = {"tokens": sum(r["tokens"] for r in runs["seed"]),
+            "seconds": sum(r["seconds"] for r in runs["seed"]),
+            "final_loss": runs["seed"][0]["final_loss"]}
+    trl = {"tokens": sum(r["tokens"] for r in runs["trl"]),
+           "seconds": sum(r["seconds"] for r in runs["trl"]),
+           "losses": runs["trl"][0]["losses"]}
+    for side in ("seed", "trl"):
+        print(side, "runs:", ", ".join(f"{r['tokens'] / r['seconds']:.0f} tok/s"
+                                        for r in runs[side]))
 
     seed_tps = seed["tokens"] / seed["seconds"]
     trl_tps = trl["tokens"] / trl["seconds"]
-    seed_loss = held_out_loss(work / "seed" / "model", held, args.seq_len)
-    trl_loss = held_out_loss(work / "trl" / "model", held, args.seq_len)
+    seed_loss = held_out_loss(work / "seed0" / "model", held, args.seq_len)
+    trl_loss = held_out_loss(work / "trl0" / "model", held, args.seq_len)
     delta = 100 * (seed_loss - trl_loss) / trl_loss
     print(f"student: {params:,} parameters ({args.size}), vocabulary {len(tok)}, "
           f"{len(train)} training chats, {args.steps} steps of {args.batch_size} x "
           f"{args.seq_len} tokens, {torch.get_num_threads()} threads")
-    print(f"{'':8}{'tokens':>10}{'loop s':>9}{'tok/s':>9}{'wall s':>9}{'held-out loss':>15}")
+    print(f"{'':8}{'tokens':>10}{'loop s':>9}{'tok/s':>9}{'held-out loss':>15}  (2 runs each)")
     print(f"{'seed':8}{seed['tokens']:>10}{seed['seconds']:>9.1f}{seed_tps:>9.0f}"
-          f"{seed_wall:>9.1f}{seed_loss:>15.4f}")
-    print(f"{'trl':8}{trl['tokens']:>10}{trl['seconds']:>9.1f}{trl_tps:>9.0f}"
-          f"{trl_wall:>9.1f}{trl_loss:>15.4f}")
+          f"{seed_loss:>15.4f}")
+    print(f"{'trl':8}{trl['tokens']:>10}{trl['seconds']:>9.1f}{trl_tps:>9.0f}{trl_loss:>15.4f}")
     print(f"last train loss: seed {seed['final_loss']:.4f}, trl {trl['losses'][-1]:.4f}")
     if not torch.cuda.is_available():
         print("GPU (125M / 1B, bf16, seq 2048, MFU): not measured, no CUDA device here")
