@@ -38,7 +38,7 @@ from seed.train.data import Example, pack, render
 from seed.train.distill import decoded_vocab, pack_targets, teacher_targets
 from seed.train.dpo import pad_examples, reference_logprobs, render_pairs, sequence_logprobs
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
-from seed.train.losses import dpo_loss, logit_kd_loss, sft_loss, topk_kd_loss
+from seed.train.losses import chunked_sft_loss, dpo_loss, logit_kd_loss, sft_loss, topk_kd_loss
 from seed.train.models import build_student, count_params, load_student, student_config
 from seed.train.speed import autocast, device, flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import train_tokenizer
@@ -50,7 +50,8 @@ Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
 def needs_finetune(config: TrainConfig) -> bool:
     """Whether the config asks for anything beyond the plain SFT loop of loop.py."""
     return (config.mode != "sft" or config.lora is not None or config.compile
-            or config.grad_checkpointing or config.eval_fraction > 0 or config.dtype != "auto"
+            or config.grad_checkpointing or bool(config.loss_chunk) or config.eval_fraction > 0
+            or config.dtype != "auto"
             or config.student.chat_template is not None or config.peak_flops is not None
             or torch.cuda.is_available()
             or int(os.environ.get("WORLD_SIZE", "1")) > 1)
@@ -167,8 +168,19 @@ def _forward(model: torch.nn.Module, rows: Rows) -> torch.Tensor:
                  use_cache=False).logits
 
 
+def _chunked_sft(model: torch.nn.Module, head: torch.nn.Module, rows: Rows,
+                 chunk: int) -> tuple[torch.Tensor, int]:
+    """SFT loss without whole-batch logits: the model projects no position, the loss chunks."""
+    ids = rows["input_ids"]
+    none = torch.zeros(0, dtype=torch.long, device=ids.device)
+    out = model(input_ids=ids, position_ids=rows["position_ids"], use_cache=False,
+                output_hidden_states=True, logits_to_keep=none)
+    return chunked_sft_loss(out.hidden_states[-1], head, ids, rows["mask"], chunk)
+
+
 def _token_layout(examples: list[Example], config: TrainConfig, pad_id: int, seed: int,
-                  targets: list[Any] | None, teacher: PreTrainedModel | None) -> Layout:
+                  targets: list[Any] | None, teacher: PreTrainedModel | None,
+                  head: torch.nn.Module) -> Layout:
     """Packed rows for sft, kd (with teacher top-k tensors) and online_kd."""
     settings = config.distill
     indices = list(range(len(examples)))
@@ -185,6 +197,8 @@ def _token_layout(examples: list[Example], config: TrainConfig, pad_id: int, see
         return rows
 
     def loss(model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
+        if config.mode == "sft" and config.loss_chunk:
+            return _chunked_sft(model, head, rows, config.loss_chunk)
         logits = _forward(model, rows)
         if config.mode == "sft":
             return sft_loss(logits, rows["input_ids"], rows["mask"])
@@ -263,7 +277,8 @@ def _layout(mode_records: list[Record], source: str, tokenizer: PreTrainedTokeni
             targets.append(teacher_targets(tokenizer, ex, r.meta["logprobs"], where, vocab))
     elif config.mode == "online_kd":
         teacher = _teacher(config, tokenizer, dev)
-    return _token_layout(examples, config, pad_id, seed, targets, teacher)
+    return _token_layout(examples, config, pad_id, seed, targets, teacher,
+                         model.get_output_embeddings())
 
 
 def _on(model: PreTrainedModel, dev: torch.device) -> PreTrainedModel:

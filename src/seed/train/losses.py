@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from seed.errors import UserError
 
@@ -31,6 +32,30 @@ def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                                 reduction="none")
     return (per_token * weights.flatten()).sum(), int(mask[:, 1:].sum())
+
+
+def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_sft_loss(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor,
+                     mask: torch.Tensor, chunk: int) -> tuple[torch.Tensor, int]:
+    """`sft_loss` from the final hidden states, projecting `chunk` positions at a time.
+
+    hidden: (rows, seq_len, d), the output of the last norm; head: the lm head (a module, so its
+    hooks and adapters apply). Only positions whose next token counts are projected, `chunk` at a
+    time, and each chunk runs under activation checkpointing: backward recomputes that chunk's
+    logits rather than keeping them, so at most one chunk's (chunk, vocab) logits live at once,
+    forward or backward, instead of the whole (rows * seq_len, vocab).
+    """
+    keep = mask[:, 1:].bool()
+    h = hidden[:, :-1][keep]
+    targets = input_ids[:, 1:][keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), chunk):
+        total = total + checkpoint(_chunk_ce, head, h[start:start + chunk],
+                                   targets[start:start + chunk], use_reentrant=False)
+    return total, int(keep.sum())
 
 
 def topk_kd_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
