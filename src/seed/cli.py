@@ -74,11 +74,9 @@ def generate(
         if info["stopped"]:
             console.print(f"stopped: {info['stopped']}; rerun with a higher cap to finish")
         return
-    from seed.generate import generate_from_tasks
     from seed.pipeline import preflight
 
-    preflight(r)
-    info = generate_from_tasks(r.generate, r.seed, out)
+    info = preflight(r, out, console)()
     console.print(f"{info['train_records']} training records, {info['eval_records']} held-out "
                   f"prompts in {out}")
 

@@ -8,6 +8,8 @@ Everything a user can get wrong is checked before the run directory is touched.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from rich.console import Console
 
 from seed.errors import UserError
 from seed.recipe import Recipe, load_recipe
+from seed.records import count_records
 from seed.runs import Run
 
 GENERATE_OUT = ["data/train.jsonl", "data/eval.jsonl"]
@@ -24,16 +27,30 @@ REPORT_OUT = ["report.html"]
 JUDGE_OUT = "judge/judge_results.json"
 
 
-def preflight(recipe: Recipe) -> None:
-    """Fail on bad input before anything is written."""
-    teacher = recipe.generate.teacher
+def preflight(recipe: Recipe, data_dir: Path | None = None,
+              console: Console | None = None) -> Callable[[], dict[str, Any]]:
+    """Fail on bad input before anything is written; return the generate stage's work."""
+    teacher, data = recipe.generate.teacher, data_dir or Path("data")
     if teacher.kind == "tasks":
         from seed.endpoints.tasks import TasksEndpoint
+        from seed.generate import generate_from_tasks
 
         TasksEndpoint(teacher.tasks)
+        work = partial(generate_from_tasks, recipe.generate, recipe.seed, data)
+    elif teacher.kind == "openai":
+        from seed.generate.teacher import Generation
+
+        # Building it checks the prompt files, the key and the endpoint; nothing is written yet.
+        work = partial(_generate_http, Generation(recipe.generate, recipe.seed, data,
+                                                  console or Console()))
+        judge = recipe.eval.judge
+        if judge is not None and not judge.questions:
+            raise UserError("eval.judge.questions: an HTTP teacher gives no held-out prompts; "
+                            "name a questions file (records or MT-Bench question.jsonl)")
     else:
-        raise UserError(f"generate.teacher.kind = {teacher.kind!r}: `seed run` supports the "
-                        "tasks teacher for now; use `seed generate` for HTTP teachers")
+        raise UserError("generate.teacher.kind = \"local\": `seed run` takes a tasks or an "
+                        "openai teacher; serve the model with `seed serve` and point an openai "
+                        "teacher at it")
     ckpt = recipe.train.student.checkpoint
     if ckpt and not Path(ckpt).is_dir():
         raise UserError(f"train.student.checkpoint: {ckpt}: no such model directory")
@@ -41,6 +58,18 @@ def preflight(recipe: Recipe) -> None:
         from seed.policy.terms import load_terms
 
         load_terms(recipe.policy.overrides)
+    return work
+
+
+def _generate_http(generation: Any) -> dict[str, Any]:
+    """An HTTP teacher's records; a budget stop keeps them and stops the run before training."""
+    info = generation.run()
+    if info["stopped"]:
+        raise UserError(f"generation stopped ({info['stopped']}); the records so far are kept "
+                        "in data/, raise the cap and run again to finish")
+    return {"train_records": count_records(generation.out_dir / "train.jsonl"),
+            "eval_records": 0, **{k: info[k] for k in ("requests_paid", "answers_from_cache",
+                                                       "failed", "cost")}}
 
 
 def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
@@ -124,17 +153,17 @@ def run_recipe(path: str | Path, console: Console | None = None,
     """Run every stage of a recipe; return the run directory."""
     console = console or Console()
     recipe, text = load_recipe(path)
-    preflight(recipe)
     run = Run(Path(recipe.runs_dir) / recipe.name)
+    generate = preflight(recipe, run.path("data"), console)
     run.begin(recipe.name, text, recipe.model_dump(mode="json"), recipe.seed)
 
     from seed.evaluate.report import write_report
     from seed.evaluate.verify import evaluate_tasks
-    from seed.generate import generate_from_tasks
 
+    # Only a procedural teacher gives verifiable held-out prompts (data/eval.jsonl).
+    verifiable = recipe.generate.teacher.kind == "tasks"
     gen = _stage(run, console, "generate", [recipe.generate.model_dump(), recipe.seed], [],
-                 GENERATE_OUT,
-                 lambda: generate_from_tasks(recipe.generate, recipe.seed, run.path("data")))
+                 GENERATE_OUT if verifiable else GENERATE_OUT[:1], generate)
     if gen:
         console.print(f"generate: {gen['train_records']} training records, "
                       f"{gen['eval_records']} held-out prompts")
@@ -146,22 +175,25 @@ def run_recipe(path: str | Path, console: Console | None = None,
                 lambda: train_student(run.path("data/train.jsonl"), run.path("train"),
                                       recipe.train, recipe.seed, console=console),
                 workdir="train")
-    ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge"}),
-                ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
-                lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
-                                       run.path("eval"), recipe.eval,
-                                       baseline_dir=run.path("train/initial")),
-                workdir="eval")
+    ev: dict[str, Any] = {}
+    if verifiable:
+        ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge"}),
+                    ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
+                    lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
+                                           run.path("eval"), recipe.eval,
+                                           baseline_dir=run.path("train/initial")),
+                    workdir="eval")
     _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
         _judge_stage(run, recipe, console)
     _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl",
                                           JUDGE_OUT], REPORT_OUT,
            lambda: {"path": str(write_report(run.root))})
-    console.print(
-        f"[bold green]held-out accuracy: {ev['accuracy']:.1%}[/bold green] "
-        f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"
-    )
+    if ev:
+        console.print(
+            f"[bold green]held-out accuracy: {ev['accuracy']:.1%}[/bold green] "
+            f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"
+        )
     console.print(f"report: {run.path('report.html')}")
     console.print(f"chat with the student: seed chat {run.path('train/model')}")
     return run.root

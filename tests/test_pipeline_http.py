@@ -1,0 +1,71 @@
+"""`seed run` with an HTTP teacher: generate through the engine, gate, train, judge-free report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from servers.helpers import fault_server, write_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = """name = "http"
+seed = 3
+[generate]
+[generate.teacher]
+kind = "openai"
+base_url = "{base_url}"
+model = "fault-model"
+[[generate.prompts]]
+path = "{prompts}"
+license = "CC0-1.0"
+[train]
+max_steps = 3
+batch_size = 2
+seq_len = 64
+warmup_steps = 1
+[train.student]
+size = "nano"
+[train.tokenizer]
+kind = "chars"
+[policy]
+distribute = false
+"""
+
+
+def seed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_with_an_http_teacher_generates_trains_and_reports(tmp_path):
+    with fault_server(tmp_path) as server:
+        prompts = write_prompts(tmp_path / "p.jsonl", 12)
+        (tmp_path / "r.toml").write_text(RECIPE.format(base_url=server.base_url, prompts=prompts))
+        first = seed("run", "r.toml", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        asked = len(server.requests())
+        second = seed("run", "r.toml", cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+        assert len(server.requests()) == asked  # nothing asked again
+    run = tmp_path / "runs" / "http"
+    records = [json.loads(line) for line in (run / "data/train.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    teacher = records[0]["provenance"]["teacher"]
+    assert teacher["model_requested"] == "fault-model" and teacher["host"] == "127.0.0.1"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["generate", "train", "report"]  # no verifiable eval
+    assert manifest["stages"]["train"]["info"]["steps"] == 3
+    assert "fault-model" in (run / "report.html").read_text()
+    assert second.stdout.count("up to date, skipped") == 3
+
+
+def test_run_with_an_http_teacher_and_a_missing_prompts_file_writes_nothing(tmp_path):
+    (tmp_path / "r.toml").write_text(RECIPE.format(base_url="http://127.0.0.1:9/v1",
+                                                   prompts=tmp_path / "nope.jsonl"))
+    proc = seed("run", "r.toml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
