@@ -174,6 +174,7 @@ class TrainConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on a CUDA GPU
     compile: bool = False  # torch.compile; rows are fixed-length, so packing never recompiles
     grad_checkpointing: bool = False
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (ddp) or shard (fsdp)
     loss_chunk: int | None = Field(None, ge=0)  # SFT loss this many tokens at a time; 0: off
     eval_fraction: float = Field(0.0, ge=0, lt=1)  # records held out for eval loss
     eval_every: int = Field(100, gt=0)

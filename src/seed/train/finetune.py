@@ -40,6 +40,7 @@ from seed.train.dpo import pad_examples, reference_logprobs, render_pairs, seque
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
 from seed.train.losses import chunked_sft_loss, dpo_loss, logit_kd_loss, sft_loss, topk_kd_loss
 from seed.train.models import build_student, count_params, load_student, student_config
+from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import autocast, device, flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import train_tokenizer
 
@@ -345,6 +346,12 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model = _on(model, dev)
+    fsdp = world > 1 and config.distributed == "fsdp"
+    if fsdp:
+        if config.lora:
+            raise UserError("train.distributed = 'fsdp' does not train LoRA adapters; use "
+                            "'ddp' (the adapters are small) or drop [train.lora]")
+        shard(model)  # before the optimizer, which must see the sharded parameters
     total_steps = config.max_steps or max(
         1, math.ceil(config.epochs * layout.rows_per_epoch / rows_per_step))
 
@@ -358,8 +365,11 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     step, tokens, elapsed = 0, 0, 0.0
     if ckpts := loop._checkpoints(out_dir):
         state = torch.load(ckpts[-1] / "state.pt", weights_only=False, map_location=dev)
-        model.load_state_dict(state["model"], strict=not config.lora)
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            load_full_state(model, optimizer, state["model"], state["optimizer"])
+        else:
+            model.load_state_dict(state["model"], strict=not config.lora)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
@@ -370,7 +380,7 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
         loop._keep_metrics_until(metrics_path, step)
 
     base = model
-    if world > 1:
+    if world > 1 and not fsdp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if config.compile:
@@ -402,7 +412,7 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
                 micro = _to({k: v[start:start + config.batch_size] for k, v in share.items()}, dev)
                 with autocast(dev, config.dtype):
                     loss, _ = layout.loss(model, micro)
-                # DDP averages gradients over ranks; scaling by world makes that the global sum.
+                # DDP and FSDP average gradients over ranks; scaling by world gives the global sum.
                 (loss * world / count).backward()
                 loss_sum += loss.detach()
             if world > 1:
@@ -433,12 +443,15 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
                     line["eval_loss"] = round(eval_value, 6)
                 metrics.write(json.dumps(line) + "\n")
                 metrics.flush()
-            if rank == 0 and step % config.checkpoint_every == 0 and step < total_steps:
-                loop._save_checkpoint(out_dir, {
-                    "step": step, "tokens": tokens, "elapsed_s": elapsed,
-                    "model": _trainable_state(base, config.lora is not None),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()})
+            if step % config.checkpoint_every == 0 and step < total_steps:
+                model_state, optimizer_state = (
+                    full_state(base, optimizer) if fsdp
+                    else (_trainable_state(base, config.lora is not None), optimizer.state_dict()))
+                if rank == 0:
+                    loop._save_checkpoint(out_dir, {
+                        "step": step, "tokens": tokens, "elapsed_s": elapsed,
+                        "model": model_state, "optimizer": optimizer_state,
+                        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
     finally:
         if metrics:
             metrics.close()
@@ -452,6 +465,11 @@ def train_finetune(records: Path, out_dir: Path, config: TrainConfig, seed: int,
                "tokenizer": config.tokenizer.kind}
     if (m := mfu(summary["tokens_per_s"], per_token, peak, world)) is not None:
         summary["mfu"] = round(m, 4)
+    if fsdp:
+        whole, _ = full_state(base, optimizer)
+        if rank == 0:
+            base = load_student(out_dir / "initial")
+            base.load_state_dict(whole)
     if rank == 0:
         if config.lora:
             loop._save_dir_atomic(out_dir / "adapter", lambda tmp: save_adapter(base, tmp))

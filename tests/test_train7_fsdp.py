@@ -1,0 +1,80 @@
+"""Two CPU processes (gloo FSDP2, launched by torchrun) give one process's losses and weights."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(path: Path, base: Path, batch_size: int, distributed: str) -> Path:
+    path.write_text(f'''name = "fsdp"
+[generate.teacher]
+kind = "tasks"
+[train]
+seq_len = {SMALL["seq_len"]}
+batch_size = {batch_size}
+max_steps = 6
+warmup_steps = 2
+lr = {SMALL["lr"]}
+log_every = 1
+checkpoint_every = 3
+threads = 1
+distributed = "{distributed}"
+[train.student]
+checkpoint = "{base}"
+''')
+    return path
+
+
+def _train(tmp_path: Path, name: str, records: Path, recipe: Path, processes: int) -> str:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc-per-node", str(processes)] if processes > 1 else [sys.executable])
+    done = subprocess.run([*launcher, "-m", "seed", "train", str(records), "-o",
+                           str(tmp_path / name), "--recipe", str(recipe), "--internal"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    records = write_chats(tmp_path / "r.jsonl", sums())
+    base = checkpoint(tmp_path / "base")
+    # One process: 8 rows per step. Two sharded processes: 4 rows each, the same 8 rows per step.
+    _train(tmp_path, "one", records, _recipe(tmp_path / "one.toml", base, 8, "ddp"), 1)
+    _train(tmp_path, "two", records, _recipe(tmp_path / "two.toml", base, 4, "fsdp"), 2)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == list(range(1, 7))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"]
+    # The saved model (gathered from the shards) and the step-3 checkpoint are whole.
+    w1 = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
+    w2 = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
+    state = torch.load(next((tmp_path / "two").glob("checkpoints/*/state.pt")), weights_only=False)
+    assert {k: v.shape for k, v in state["model"].items()} == {
+        k: v.shape for k, v in w1.items() if k in state["model"]}
+    # A rerun without the final model resumes the sharded run from that checkpoint, the same way.
+    shutil.rmtree(tmp_path / "two" / "model")
+    (tmp_path / "two" / "summary.json").unlink()
+    assert "resuming from step 3" in _train(tmp_path, "two", records, tmp_path / "two.toml", 2)
+    assert [m["loss"] for m in metrics(tmp_path / "two")] == pytest.approx(
+        [m["loss"] for m in two], rel=1e-5)
+    w3 = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
+    for k in w2:
+        torch.testing.assert_close(w3[k], w2[k], rtol=1e-4, atol=1e-5)
