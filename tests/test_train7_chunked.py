@@ -50,13 +50,15 @@ def test_chunked_loss_and_gradients_equal_the_plain_loss(tmp_path: Path) -> None
     assert seen[0] == 16 * vocab  # one chunk at a time, forward and the backward's recompute
 
 
-def test_training_with_chunked_loss_gives_the_same_losses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"lora": {"rank": 4}, "grad_checkpointing": True}],
+                         ids=["full", "lora"])
+def test_training_with_chunked_loss_gives_the_same_losses(tmp_path: Path, extra: dict) -> None:
     base, records = checkpoint(tmp_path / "base"), write_chats(tmp_path / "r.jsonl", sums())
     runs = {}
     for name, chunk in (("plain", None), ("chunked", 32)):
         config = TrainConfig.model_validate({**SMALL, "max_steps": 4, "eval_fraction": 0.1,
                                              "student": {"checkpoint": str(base)},
-                                             "loss_chunk": chunk})
+                                             "loss_chunk": chunk, **extra})
         train_student(records, tmp_path / name, config, seed=0)
         runs[name] = metrics(tmp_path / name)
     assert [m["loss"] for m in runs["chunked"]] == pytest.approx(

@@ -169,19 +169,33 @@ def _forward(model: torch.nn.Module, rows: Rows) -> torch.Tensor:
                  use_cache=False).logits
 
 
-def _chunked_sft(model: torch.nn.Module, head: torch.nn.Module, rows: Rows,
-                 chunk: int) -> tuple[torch.Tensor, int]:
-    """SFT loss without whole-batch logits: the model projects no position, the loss chunks."""
-    ids = rows["input_ids"]
-    none = torch.zeros(0, dtype=torch.long, device=ids.device)
-    out = model(input_ids=ids, position_ids=rows["position_ids"], use_cache=False,
-                output_hidden_states=True, logits_to_keep=none)
-    return chunked_sft_loss(out.hidden_states[-1], head, ids, rows["mask"], chunk)
+class _ChunkedSft:
+    """SFT loss without whole-batch logits: the model projects no position, the loss chunks.
+
+    The final hidden state comes from a forward hook on the decoder rather than from
+    `output_hidden_states`, whose capture hooks transformers installs per call and torch.compile
+    cannot trace.
+    """
+
+    def __init__(self, model: PreTrainedModel, chunk: int) -> None:
+        self.head, self.chunk, self.hidden = model.get_output_embeddings(), chunk, []
+        model.get_decoder().register_forward_hook(self._keep)
+
+    def _keep(self, _module: torch.nn.Module, _args: object, out: Any) -> None:
+        self.hidden.append(out.last_hidden_state)
+
+    def __call__(self, model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
+        ids = rows["input_ids"]
+        none = torch.zeros(0, dtype=torch.long, device=ids.device)
+        self.hidden.clear()
+        model(input_ids=ids, position_ids=rows["position_ids"], use_cache=False,
+              logits_to_keep=none)
+        return chunked_sft_loss(self.hidden.pop(), self.head, ids, rows["mask"], self.chunk)
 
 
 def _token_layout(examples: list[Example], config: TrainConfig, pad_id: int, seed: int,
                   targets: list[Any] | None, teacher: PreTrainedModel | None,
-                  head: torch.nn.Module) -> Layout:
+                  chunked: _ChunkedSft | None) -> Layout:
     """Packed rows for sft, kd (with teacher top-k tensors) and online_kd."""
     settings = config.distill
     indices = list(range(len(examples)))
@@ -198,8 +212,8 @@ def _token_layout(examples: list[Example], config: TrainConfig, pad_id: int, see
         return rows
 
     def loss(model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
-        if config.mode == "sft" and config.loss_chunk:
-            return _chunked_sft(model, head, rows, config.loss_chunk)
+        if chunked is not None:
+            return chunked(model, rows)
         logits = _forward(model, rows)
         if config.mode == "sft":
             return sft_loss(logits, rows["input_ids"], rows["mask"])
@@ -278,8 +292,9 @@ def _layout(mode_records: list[Record], source: str, tokenizer: PreTrainedTokeni
             targets.append(teacher_targets(tokenizer, ex, r.meta["logprobs"], where, vocab))
     elif config.mode == "online_kd":
         teacher = _teacher(config, tokenizer, dev)
-    return _token_layout(examples, config, pad_id, seed, targets, teacher,
-                         model.get_output_embeddings())
+    chunked = (_ChunkedSft(model, config.loss_chunk)
+               if config.mode == "sft" and config.loss_chunk else None)
+    return _token_layout(examples, config, pad_id, seed, targets, teacher, chunked)
 
 
 def _on(model: PreTrainedModel, dev: torch.device) -> PreTrainedModel:
