@@ -27,9 +27,13 @@ REPORT_OUT = ["report.html"]
 JUDGE_OUT = "judge/judge_results.json"
 
 
-def preflight(recipe: Recipe, data_dir: Path | None = None,
-              console: Console | None = None) -> Callable[[], dict[str, Any]]:
-    """Fail on bad input before anything is written; return the generate stage's work."""
+def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | None = None,
+              check_teacher: bool = True) -> Callable[[], dict[str, Any]]:
+    """Fail on bad input before anything is written; return the generate stage's work.
+
+    `check_teacher=False` (generation already done) skips what only generating needs, such as an
+    HTTP teacher's key, so a finished run can be rerun without it.
+    """
     teacher, data = recipe.generate.teacher, data_dir or Path("data")
     if teacher.kind == "tasks":
         from seed.endpoints.tasks import TasksEndpoint
@@ -40,9 +44,12 @@ def preflight(recipe: Recipe, data_dir: Path | None = None,
     elif teacher.kind == "openai":
         from seed.generate.teacher import Generation
 
-        # Building it checks the prompt files, the key and the endpoint; nothing is written yet.
-        work = partial(_generate_http, Generation(recipe.generate, recipe.seed, data,
-                                                  console or Console()))
+        def build() -> Generation:
+            # Building it checks the prompt files, the key and the endpoint; nothing is written.
+            return Generation(recipe.generate, recipe.seed, data, console or Console())
+
+        generation = build() if check_teacher else None
+        work = partial(_generate_http, generation or build)
         judge = recipe.eval.judge
         if judge is not None and not judge.questions:
             raise UserError("eval.judge.questions: an HTTP teacher gives no held-out prompts; "
@@ -62,7 +69,12 @@ def preflight(recipe: Recipe, data_dir: Path | None = None,
 
 
 def _generate_http(generation: Any) -> dict[str, Any]:
-    """An HTTP teacher's records; a budget stop keeps them and stops the run before training."""
+    """An HTTP teacher's records; a budget stop keeps them and stops the run before training.
+
+    `generation` is a built `Generation`, or a function that builds one (when preflight skipped it).
+    """
+    if callable(generation):
+        generation = generation()
     info = generation.run()
     if info["stopped"]:
         raise UserError(f"generation stopped ({info['stopped']}); the records so far are kept "
@@ -154,7 +166,9 @@ def run_recipe(path: str | Path, console: Console | None = None,
     console = console or Console()
     recipe, text = load_recipe(path)
     run = Run(Path(recipe.runs_dir) / recipe.name)
-    generate = preflight(recipe, run.path("data"), console)
+    gen_config = [recipe.generate.model_dump(), recipe.seed]
+    generated = run.is_fresh("generate", run.inputs_hash(gen_config, []))
+    generate = preflight(recipe, run.path("data"), console, check_teacher=not generated)
     run.begin(recipe.name, text, recipe.model_dump(mode="json"), recipe.seed)
 
     from seed.evaluate.report import write_report
@@ -162,7 +176,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
 
     # Only a procedural teacher gives verifiable held-out prompts (data/eval.jsonl).
     verifiable = recipe.generate.teacher.kind == "tasks"
-    gen = _stage(run, console, "generate", [recipe.generate.model_dump(), recipe.seed], [],
+    gen = _stage(run, console, "generate", gen_config, [],
                  GENERATE_OUT if verifiable else GENERATE_OUT[:1], generate)
     if gen:
         console.print(f"generate: {gen['train_records']} training records, "
