@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from seed.endpoints.base import Completion
 from seed.errors import UserError
+from seed.recipe import EndpointConfig
 from seed.records import Teacher
 
 FATAL_STATUS = {400, 401, 403, 404, 422}
@@ -160,17 +161,18 @@ class OpenAIEndpoint:
         route: str | None = None,
         timeout: float = 120.0,
         max_connections: int = 256,
+        what: str = "generate.teacher",
     ) -> None:
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UserError(f"generate.teacher.base_url = {base_url!r} is not an http(s) URL; "
+            raise UserError(f"{what}.base_url = {base_url!r} is not an http(s) URL; "
                             "give one like https://api.openai.com/v1")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.route = route or infer_route(base_url)
         self.api_version = api_version
         if self.route == "azure" and not api_version:
-            raise UserError("an Azure OpenAI teacher needs generate.teacher.api_version, "
+            raise UserError(f"an Azure OpenAI endpoint needs {what}.api_version, "
                             "e.g. \"2024-10-21\"")
         key = read_api_key(api_key_env, api_key_file)
         sent = {"Content-Type": "application/json", **(headers or {})}
@@ -190,6 +192,17 @@ class OpenAIEndpoint:
             limits=httpx.Limits(max_connections=4 * SHARD, max_keepalive_connections=4 * SHARD),
         ) for _ in range(shards)]
         self._busy = [0] * shards
+
+    @classmethod
+    def from_config(cls, cfg: EndpointConfig, what: str, timeout: float,
+                    max_connections: int) -> OpenAIEndpoint:
+        """The endpoint a recipe section describes; `what` names the section in errors."""
+        if not cfg.base_url or not cfg.model:
+            raise UserError(f"{what} needs base_url and model for kind = \"openai\"")
+        return cls(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
+                   api_key_file=cfg.api_key_file, headers=cfg.headers,
+                   api_version=cfg.api_version, route=cfg.route, timeout=timeout,
+                   max_connections=max_connections, what=what)
 
     def teacher(self) -> Teacher:
         return Teacher(route=self.route, host=urlparse(self.base_url).hostname,

@@ -40,12 +40,7 @@ def make_endpoint(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
     if cfg.kind == "openai":
         from seed.endpoints.openai import OpenAIEndpoint
 
-        if not cfg.base_url or not cfg.model:
-            raise UserError(f"{what} needs base_url and model for kind = \"openai\"")
-        return OpenAIEndpoint(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                              api_key_file=cfg.api_key_file, headers=cfg.headers,
-                              api_version=cfg.api_version, route=cfg.route,
-                              timeout=limits.timeout, max_connections=limits.concurrency * 2)
+        return OpenAIEndpoint.from_config(cfg, what, limits.timeout, limits.concurrency * 2)
     if cfg.kind == "local":
         from seed.endpoints.local import LocalModel
 

@@ -44,15 +44,8 @@ RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite",
 
 
 def make_endpoint(config: GenerateConfig) -> OpenAIEndpoint:
-    t = config.teacher
-    if not t.base_url or not t.model:
-        raise UserError("an openai teacher needs generate.teacher.base_url and "
-                        "generate.teacher.model")
-    return OpenAIEndpoint(t.base_url, t.model, api_key_env=t.api_key_env,
-                          api_key_file=t.api_key_file, headers=t.headers,
-                          api_version=t.api_version, route=t.route,
-                          timeout=config.limits.timeout,
-                          max_connections=config.limits.concurrency * 2)
+    return OpenAIEndpoint.from_config(config.teacher, "generate.teacher", config.limits.timeout,
+                                      config.limits.concurrency * 2)
 
 
 def make_limits(config: GenerateConfig) -> Limits:
