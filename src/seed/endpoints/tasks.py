@@ -9,7 +9,9 @@ quickstart run offline.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from functools import lru_cache
 from importlib.metadata import version
 from typing import Any
 
@@ -112,8 +114,14 @@ def score(record: Record, answer: str) -> float:
     src = record.provenance.source
     if src is None or src.kind != "tasks":
         raise UserError(f"record {record.id} has no task provenance; it cannot be verified")
-    ds = reasoning_gym.create_dataset(src.name, size=1, seed=src.seed or 0, **src.config)
-    return float(ds.score_answer(answer, record.meta["entry"]))
+    verifier = _verifier(src.name, src.seed or 0, json.dumps(src.config, sort_keys=True))
+    return float(verifier.score_answer(answer, record.meta["entry"]))
+
+
+@lru_cache(maxsize=64)
+def _verifier(name: str, seed: int, config_json: str) -> Any:
+    """One dataset object per family and config: every held-out record of it shares the scorer."""
+    return reasoning_gym.create_dataset(name, size=1, seed=seed, **json.loads(config_json))
 
 
 def _jsonable(x: Any) -> Any:
