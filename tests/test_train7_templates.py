@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from seed.errors import UserError
 from seed.train.data import assistant_mask
-from seed.train.finetune import load_checkpoint_tokenizer
+from seed.train.tokenizer import load_checkpoint_tokenizer
 
 # Qwen2's ChatML template as shipped: no {% generation %} markers, a default system prompt.
 CHATML = (

@@ -42,7 +42,7 @@ from seed.train.losses import chunked_sft_loss, dpo_loss, logit_kd_loss, sft_los
 from seed.train.models import build_student, count_params, load_student, student_config
 from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import autocast, device, flops_per_token, mfu, peak_flops
-from seed.train.tokenizer import train_tokenizer
+from seed.train.tokenizer import load_checkpoint_tokenizer, train_tokenizer
 
 Rows = dict[str, torch.Tensor]
 Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
@@ -56,20 +56,6 @@ def needs_finetune(config: TrainConfig) -> bool:
             or config.student.chat_template is not None or config.peak_flops is not None
             or torch.cuda.is_available()
             or int(os.environ.get("WORLD_SIZE", "1")) > 1)
-
-
-def load_checkpoint_tokenizer(path: str | Path, template: str | None) -> PreTrainedTokenizerBase:
-    """A checkpoint's tokenizer with its chat template, or the recipe's (inline Jinja or a file)."""
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if template:
-        file = Path(template)
-        tok.chat_template = file.read_text() if "{" not in template and file.is_file() else template
-    if not tok.chat_template:
-        raise UserError(f"{path}: the checkpoint's tokenizer has no chat template; set "
-                        "train.student.chat_template to a Jinja template or a file holding one")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConfig,

@@ -32,7 +32,7 @@ from seed.records import read_records
 from seed.train.data import Batch, check_trainable, pack, render
 from seed.train.losses import sft_loss
 from seed.train.models import build_student, count_params, load_student, student_config
-from seed.train.tokenizer import load_tokenizer, train_tokenizer
+from seed.train.tokenizer import load_checkpoint_tokenizer, load_tokenizer, train_tokenizer
 
 KEEP_CHECKPOINTS = 2
 
@@ -70,8 +70,9 @@ def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConf
     if (initial / "config.json").is_file():
         return load_student(initial), load_tokenizer(initial)
     if config.student.checkpoint:
-        model, tokenizer = load_student(config.student.checkpoint), load_tokenizer(
-            config.student.checkpoint)
+        model = load_student(config.student.checkpoint)
+        tokenizer = load_checkpoint_tokenizer(config.student.checkpoint,
+                                              config.student.chat_template)
     else:
         texts = (m["content"] for chat in chats for m in chat)
         tokenizer = train_tokenizer(texts, config.tokenizer.kind, config.tokenizer.vocab_size)

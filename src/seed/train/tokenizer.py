@@ -73,3 +73,17 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if tok.chat_template is None:
         raise UserError(f"{path}: the tokenizer has no chat template; add one to train on chats")
     return tok
+
+
+def load_checkpoint_tokenizer(path: str | Path, template: str | None) -> PreTrainedTokenizerBase:
+    """A checkpoint's tokenizer with its chat template, or the recipe's (inline Jinja or a file)."""
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if template:
+        file = Path(template)
+        tok.chat_template = file.read_text() if "{" not in template and file.is_file() else template
+    if not tok.chat_template:
+        raise UserError(f"{path}: the checkpoint's tokenizer has no chat template; set "
+                        "train.student.chat_template to a Jinja template or a file holding one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
