@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +75,15 @@ class Event:
 
 @dataclass
 class Sequence:
-    """One sequence being generated; `queue` receives its Events on the caller's event loop."""
+    """One sequence being generated; `queue` receives its Events on the caller's event loop
+    (or the engine's `on_events` sink gets them, with `tag` to route them by)."""
 
     index: int
     prompt_ids: list[int]
     params: SamplingParams
-    queue: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    tag: Any = None
     out_ids: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of decoded text already handed out
     pending_ids: list[int] = field(default_factory=list)
@@ -95,13 +98,15 @@ class Engine:
     """Runs sequences for a model and tokenizer with at most `max_running` in one batch."""
 
     def __init__(self, model: Any, tokenizer: Any, *, eos_ids: set[int], max_running: int = 32,
-                 max_waiting: int = 256, max_prefill_tokens: int = 8192):
+                 max_waiting: int = 256, max_prefill_tokens: int = 8192,
+                 on_events: Callable[[list[tuple[Sequence, Event]]], None] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
+        self.on_events = on_events  # called on the engine thread with each step's events
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.get_text_config().vocab_size
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -136,16 +141,19 @@ class Engine:
         return sum(not s.finished for s in self._running)
 
     def submit(self, prompt_ids: list[int], params: list[SamplingParams],
-               queue: asyncio.Queue) -> list[Sequence]:
-        """Queue one sequence per params (n > 1 gives several); raises QueueFull at the bound."""
-        loop = asyncio.get_running_loop()
+               queue: asyncio.Queue | None = None, tag: Any = None) -> list[Sequence]:
+        """Queue one sequence per params (n > 1 gives several); raises QueueFull at the bound.
+
+        Events go to `queue` on the calling event loop, or to `on_events` when there is no queue.
+        """
+        loop = asyncio.get_running_loop() if queue is not None else None
         seqs = []
         for i, p in enumerate(params):
             gen = None
             if p.seed is not None:
                 gen = torch.Generator(device="cpu").manual_seed(p.seed)
             seqs.append(Sequence(index=i, prompt_ids=prompt_ids, params=p, queue=queue, loop=loop,
-                                 generator=gen))
+                                 tag=tag, generator=gen))
         with self._cond:
             if len(self._waiting) + len(seqs) > self.max_waiting:
                 raise QueueFull
@@ -357,6 +365,11 @@ class Engine:
         return event
 
     def _post(self, posts: list[tuple[Sequence, Event]]) -> None:
+        if self.on_events is not None:
+            live = [(s, e) for s, e in posts if not s.cancelled]
+            if live:
+                self.on_events(live)
+            return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
         for s, e in posts:
             if not s.cancelled:
