@@ -1,15 +1,16 @@
 """Continuous batching over a `transformers` causal LM: many sequences share one forward pass.
 
-One thread owns the model. Each step it admits waiting sequences (prefilled together, left-padded),
-merges their key/value cache into the running batch, runs one decode step for every running
-sequence, samples per sequence (its own temperature, top-p, seed and JSON-schema constraint), and
-hands each sequence's new text to the asyncio side. Finished or cancelled sequences leave the batch
-at once, so a short reply never waits for a long one.
+One thread owns the model. Each step it admits waiting sequences into free slots (rows of the
+batch; prefilled together in groups of similar length), runs one decode step for every slot,
+samples per sequence (its own temperature, top-p, seed and JSON-schema constraint), and hands each
+sequence's new text to the caller (an asyncio queue, or the `on_events` sink). A finished or
+cancelled sequence frees its slot at once, so a short reply never waits for a long one. The cache
+and the forward pass live in `forward.py`.
 
 Why our own scheduler: transformers' `generate_batch` / ContinuousBatchingManager reached 2.6x a
 sequential loop on this CPU (docs/LOG.md) but takes no per-request logits processor, seed or
 logprobs, which the OpenAI API needs. This module knows nothing about HTTP or the OpenAI wire
-format; it supports models whose cache is plain per-layer key/value tensors (Llama-like).
+format.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from seed.serve.forward import make_runner
 from seed.serve.grammar import Constraint
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.get_text_config().vocab_size
         self._waiting: collections.deque[Sequence] = collections.deque()
-        self._running: list[Sequence] = []
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # [batch, cached length]; 0 marks left padding
-        self._positions: list[int] = []
-        self._last: list[int] = []
+        self.runner = make_runner(model, max_running)
+        self._slots: list[Sequence | None] = []  # the batch: each running sequence keeps a row
+        self._last: list[int] = []  # each slot's latest token, the next step's input
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="seed-engine", daemon=True)
@@ -138,7 +136,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return sum(not s.finished for s in self._running)
+        return sum(s is not None for s in self._slots)
 
     def submit(self, prompt_ids: list[int], params: list[SamplingParams],
                queue: asyncio.Queue | None = None, tag: Any = None) -> list[Sequence]:
@@ -174,7 +172,7 @@ class Engine:
         torch.set_num_threads(self.threads)
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._running:
+                while not self._stopping and not self._waiting and not self._slots:
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -182,16 +180,13 @@ class Engine:
             with torch.inference_mode():
                 try:
                     if admitted:
-                        dead = [i for i, s in enumerate(self._running) if s.finished]
-                        if dead:  # the merge rebuilds the cache anyway: drop finished rows first
-                            self._drop(dead)
                         self._prefill(admitted)
-                    if self._running:
+                    if self._slots:
                         self._decode()
                 except Exception as e:  # a bug must not hang the clients: fail their sequences
                     log.exception("generation step failed")
                     self._post([(s, Event(s.index, "", [], [], f"error: {e}"))
-                                for s in {id(s): s for s in admitted + self._running}.values()])
+                                for s in {id(s): s for s in admitted + self._slots if s}.values()])
                     self._reset_batch()
 
     def _take_waiting(self) -> list[Sequence]:
@@ -221,57 +216,48 @@ class Engine:
         self._prefill_group(group)
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
-        width = max(len(s.prompt_ids) for s in seqs)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs])
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids)
-                             for s in seqs])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), use_cache=True,
-                         past_key_values=self._new_cache([]), logits_to_keep=1)
-        self._merge(seqs, out.past_key_values, mask.to(self.device))
-        self._sample_and_emit(out.logits[:, -1, :], first_row=len(self._running) - len(seqs))
-
-    def _merge(self, seqs: list[Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append freshly prefilled rows to the running batch, left-padding the shorter side."""
-        self._positions += [len(s.prompt_ids) for s in seqs]
-        self._last += [0] * len(seqs)
-        self._running += seqs
-        if self._cache is None:
-            self._cache, self._mask = cache, mask
-            return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-        layers = []
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
-            values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
-            layers.append((keys, values))
-        self._cache = self._new_cache(layers)
-        self._mask = torch.cat([torch.nn.functional.pad(self._mask, (width - old_len, 0)),
-                                torch.nn.functional.pad(mask, (width - new_len, 0))])
+        slots = []
+        for s in seqs:
+            slot = next((i for i, x in enumerate(self._slots) if x is None), len(self._slots))
+            if slot == len(self._slots):
+                self._slots.append(None)
+                self._last.append(0)
+            self._slots[slot] = s
+            slots.append(slot)
+        logits = self.runner.add(slots, [s.prompt_ids for s in seqs])
+        self._sample_and_emit(logits, slots)
 
     def _decode(self) -> None:
-        ids = torch.tensor(self._last, device=self.device)[:, None]
-        self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)
-        positions = torch.tensor(self._positions, device=self.device)[:, None]
-        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                         past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
-        self._positions = [p + 1 for p in self._positions]
+        # Close holes: the highest sequence moves down into the lowest free slot (one row's cache
+        # is copied), so finished rows are not computed again; then shed the free top.
+        while self._slots and self._slots[-1] is None:
+            self._slots.pop()
+            self._last.pop()
+        hole = next((i for i, s in enumerate(self._slots) if s is None), None)
+        while hole is not None:
+            top = len(self._slots) - 1
+            self.runner.move(top, hole)
+            self._slots[hole], self._last[hole] = self._slots[top], self._last[top]
+            self._slots.pop()
+            self._last.pop()
+            while self._slots and self._slots[-1] is None:
+                self._slots.pop()
+                self._last.pop()
+            hole = next((i for i, s in enumerate(self._slots) if s is None), None)
+        live = [s is not None for s in self._slots]
+        logits = self.runner.step(self._last, live)
         self.steps += 1
-        self._sample_and_emit(out.logits[:, -1, :], first_row=0)
+        self._sample_and_emit(logits, list(range(len(self._slots))))
 
-    def _sample_and_emit(self, logits: torch.Tensor, first_row: int) -> None:
-        """Pick a token for rows first_row.. of the batch, hand out text, drop finished rows."""
+    def _sample_and_emit(self, logits: torch.Tensor, slots: list[int]) -> None:
+        """Pick a token for each of `slots` (rows of `logits`), emit text, free finished slots."""
         logits = logits.float()
-        rows = self._running[first_row:]
+        rows = [self._slots[i] for i in slots]
         raw_logprobs = None
-        if any(s.params.logprobs for s in rows):
+        if any(s is not None and s.params.logprobs for s in rows):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for j, s in enumerate(rows):
-            if s.finished:
+            if s is None:
                 continue
             p = s.params
             if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
@@ -283,35 +269,30 @@ class Engine:
                 logits[j, ~torch.from_numpy(allowed)] = float("-inf")
         tokens = self._pick(logits, rows)
         posts = []
-        finished = []
-        for j, (s, tok) in enumerate(zip(rows, tokens, strict=True)):
-            if s.finished:
+        for j, (slot, s, tok) in enumerate(zip(slots, rows, tokens, strict=True)):
+            if s is None:
                 continue
-            self._last[first_row + j] = tok
+            self._last[slot] = tok
             reason = self._advance(s, tok, raw_logprobs[j] if raw_logprobs is not None else None)
             event = self._event(s, reason)
             if event is not None:
                 posts.append((s, event))
             if reason is not None or s.cancelled:
-                finished.append(first_row + j)
+                s.finished = True
+                self._slots[slot] = None
+                self.runner.free(slot)
         self._post(posts)
-        for i in finished:
-            self._running[i].finished = True
-        dead = sum(s.finished for s in self._running)
-        # Compacting copies the whole cache, so finished rows ride along (their compute is nearly
-        # free at these batch sizes) until they are a quarter of the batch.
-        if dead and dead * 4 >= len(self._running):
-            self._drop([i for i, s in enumerate(self._running) if s.finished])
+        if all(s is None for s in self._slots):
+            self._reset_batch()
 
-    def _pick(self, logits: torch.Tensor, rows: list[Sequence]) -> list[int]:
+    def _pick(self, logits: torch.Tensor, rows: list[Sequence | None]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
         picked = []
         for j, s in enumerate(rows):
-            t = s.params.temperature
-            if t <= 0 or s.finished:
+            if s is None or s.params.temperature <= 0:
                 picked.append(greedy[j])
                 continue
-            probs = torch.softmax(logits[j] / t, dim=-1)
+            probs = torch.softmax(logits[j] / s.params.temperature, dim=-1)
             if s.params.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 keep = sorted_p.cumsum(0) - sorted_p < s.params.top_p
@@ -378,76 +359,9 @@ class Engine:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
                 loop.call_soon_threadsafe(_deliver, items)
 
-    def _drop(self, rows: list[int]) -> None:
-        gone = set(rows)
-        keep = [i for i in range(len(self._running)) if i not in gone]
-        self._running = [self._running[i] for i in keep]
-        self._positions = [self._positions[i] for i in keep]
-        self._last = [self._last[i] for i in keep]
-        if not keep:
-            self._reset_batch()
-            return
-        index = torch.tensor(keep, device=self.device)
-        mask = self._mask[index]
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0  # columns that are padding in every row left
-        self._mask = mask[:, start:]
-        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:])
-                  for layer in self._cache.layers]
-        self._cache = self._new_cache(layers)
-
-    def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        cache.layers = [_GrowingLayer() for _ in cache.layers]
-        for layer, (keys, values) in zip(cache.layers, layers, strict=False):
-            layer.update(keys, values)
-        return cache
-
     def _reset_batch(self) -> None:
-        self._running, self._positions, self._last = [], [], []
-        self._cache = self._mask = None
-
-
-class _GrowingLayer(DynamicLayer):
-    """A key/value cache layer that writes each step into spare room instead of re-concatenating.
-
-    transformers' DynamicLayer copies the whole cache on every decode step (torch.cat); for a batch
-    of 32 that copy costs as much as the step's matmuls on a CPU. Room doubles when it runs out.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._length = 0
-        self._room_keys: torch.Tensor | None = None
-        self._room_values: torch.Tensor | None = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = key_states.shape[-2]
-        end = self._length + n
-        if self._room_keys is None or end > self._room_keys.shape[-2]:
-            shape = (*key_states.shape[:-2], max(64, 2 * end), key_states.shape[-1])
-            keys = key_states.new_empty(shape)
-            values = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
-            if self._length:
-                keys[..., :self._length, :] = self._room_keys[..., :self._length, :]
-                values[..., :self._length, :] = self._room_values[..., :self._length, :]
-            self._room_keys, self._room_values = keys, values
-        self._room_keys[..., self._length:end, :] = key_states
-        self._room_values[..., self._length:end, :] = value_states
-        self._length = end
-        self.keys = self._room_keys[..., :end, :]
-        self.values = self._room_values[..., :end, :]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self._length
-
-
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
+        self._slots, self._last = [], []
+        self.runner.reset()
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:

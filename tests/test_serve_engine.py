@@ -1,0 +1,121 @@
+"""The batching engine gives each sequence exactly what `model.generate` gives it alone.
+
+Greedy decoding through `seed.serve.engine.Engine`, with sequences of mixed prompt and reply
+lengths arriving in two waves (the second wave takes the slots the first one's short replies
+free), must produce token for token what a lone `model.generate` call produces, for every runner:
+the Llama-family decode forward (Llama with biases, Qwen2, Qwen3's q/k norms, Mistral) and
+transformers' own forward (GPT-2, and a Mistral whose sliding window rules the fast path out).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from transformers import AutoTokenizer
+
+from seed.serve.engine import Engine, Event, SamplingParams, Sequence
+from seed.serve.forward import HFRunner, LlamaRunner
+from serve_helpers import build_tiny_chat_model
+
+VOCAB = 400
+COMMON = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "max_position_embeddings": 256, "initializer_range": 0.3}
+MODELS = {
+    "llama-bias": ("LlamaConfig", "LlamaForCausalLM", {"attention_bias": True, "mlp_bias": True},
+                   LlamaRunner),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, LlamaRunner),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}, LlamaRunner),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}, LlamaRunner),
+    "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 32}, HFRunner),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4,
+                                              "n_positions": 256}, HFRunner),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    path = build_tiny_chat_model(tmp_path_factory.mktemp("tok"), vocab=VOCAB)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _model(name: str) -> torch.nn.Module:
+    config_cls, model_cls, extra, _ = MODELS[name]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    return getattr(transformers, model_cls)(cfg).eval()
+
+
+def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[int], int]]],
+                eos: int) -> list[list[int]]:
+    """Greedy outputs of every (prompt, max_tokens) pair; a wave starts once the previous one's
+    shortest reply has finished."""
+    outputs: dict[int, list[int]] = {}
+    done: dict[int, threading.Event] = {}
+    lock = threading.Lock()
+
+    def sink(posts: list[tuple[Sequence, Event]]) -> None:
+        with lock:
+            for seq, ev in posts:
+                outputs[seq.tag] += ev.token_ids
+                if ev.finish_reason:
+                    assert not ev.finish_reason.startswith("error"), ev.finish_reason
+                    done[seq.tag].set()
+
+    engine = Engine(model, tokenizer, eos_ids={eos}, max_running=8, on_events=sink)
+    engine.start()
+    try:
+        tag = 0
+        for wave in waves:
+            first = tag
+            for prompt, max_tokens in wave:
+                outputs[tag], done[tag] = [], threading.Event()
+                engine.submit(prompt, [SamplingParams(max_tokens=max_tokens, temperature=0)],
+                              tag=tag)
+                tag += 1
+            shortest = min(range(len(wave)), key=lambda i: wave[i][1])
+            assert done[first + shortest].wait(60)
+        for event in done.values():
+            assert event.wait(60)
+    finally:
+        engine.stop()
+    return [outputs[t] for t in range(len(outputs))]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_engine_matches_generate_alone(name: str, tokenizer) -> None:
+    model = _model(name)
+    assert isinstance(Engine(model, tokenizer, eos_ids={2}).runner, MODELS[name][3])
+    rng = random.Random(1)
+    waves = [[([rng.randrange(3, VOCAB) for _ in range(rng.randrange(2, 40))],
+               rng.choice([3, 8, 20, 30])) for _ in range(6)] for _ in range(2)]
+    eos = 7  # a random model says it now and then: replies end early as well as at max_tokens
+    got = _run_engine(model, tokenizer, waves, eos)
+    want = []
+    with torch.inference_mode():
+        for prompt, max_tokens in [p for wave in waves for p in wave]:
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens,
+                                 do_sample=False, eos_token_id=eos, pad_token_id=0)
+            tokens = out[0, len(prompt):].tolist()
+            want.append(tokens[:-1] if tokens and tokens[-1] == eos else tokens)
+    assert got == want
+    assert sum(map(len, got)) > 50  # the comparison covers real decoding, not only early stops
+
+
+def test_fused_weights_are_views_of_the_model(tmp_path: Path) -> None:
+    """Fusing q/k/v and gate/up leaves the model's own modules working on the same memory."""
+    model = _model("qwen2")
+    ids = torch.tensor([[5, 9, 33, 120, 7]])
+    with torch.inference_mode():
+        before = model(ids).logits
+        runner = LlamaRunner(model, slots=2)
+        after = model(ids).logits
+        layer = runner.layers[0]
+        q = model.model.layers[0].self_attn.q_proj.weight
+        assert q.data_ptr() == layer.qkv_weight.data_ptr()
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
