@@ -58,7 +58,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Bad request (the message names the field)"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
-        (429, "Queue full; retry after Retry-After seconds")]}
+        (429, "Queue full; retry after Retry-After seconds"),
+        (503, "The model's engine process stopped; the server must be restarted")]}
 # Each server-sent event: `data` holds one JSON chunk, or `[DONE]` at the end.
 _STREAM = {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"],
@@ -144,8 +145,12 @@ def create_app(backend: Backend, *, keys: list[str] | None = None,
     async def models(key: str | None = Depends(key_label)) -> Response:
         return JSONResponse(await backend.models())
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: _ERRORS[503]})
     async def health() -> Response:
+        problem = getattr(backend, "problem", lambda: None)()  # a model backend's engine process
+        if problem:
+            return JSONResponse(error_body(problem, "server_error", code="engine_unavailable"),
+                                status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=PlainTextResponse)

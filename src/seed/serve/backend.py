@@ -3,8 +3,13 @@
 It renders chats with the model's chat template, applies `generation_config.json` defaults, refuses
 (400, both lengths stated) a prompt that does not fit the context instead of truncating it, compiles
 `response_format` schemas for constrained decoding, and shapes the engine's events into
-`chat.completion` / `text_completion` objects or server-sent-event chunks. The model itself and the
-batching live in `engine.py`; routes, keys and metrics in `app.py`.
+`chat.completion` / `text_completion` objects or server-sent-event chunks.
+
+This process never loads the weights: it keeps the tokenizer (templates, token texts, grammar
+checks) and reads context length, vocabulary size and end-of-sequence ids from the config files.
+The model and the batching engine run in a second process (`worker.py`, which spawns it), so the
+per-token work here never competes with the engine's Python for one GIL; if that process dies,
+open requests end with an error and new ones get a 503. Routes, keys and metrics are in `app.py`.
 """
 
 from __future__ import annotations
@@ -17,18 +22,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig
 
 from seed.endpoints.local import check_model_dir, load_tokenizer
+from seed.errors import UserError
 from seed.files import hash_path
-from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence
+from seed.serve.engine import Event, QueueFull, SamplingParams
 from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
 from seed.serve.grammar import GrammarTokenizer
 from seed.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
 from seed.serve.usage import RequestRecord
+from seed.serve.worker import EngineDead, EngineProcess, EngineSpec
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -41,22 +47,21 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 class LocalBackend:
-    """A model directory served in process."""
+    """A model directory served by an engine process; returns once the model is loaded there."""
 
     def __init__(self, model_dir: Path, *, model_name: str | None = None, max_running: int = 32,
                  max_queue: int = 256, device: str | None = None, threads: int | None = None):
         path = check_model_dir(model_dir)
-        if threads:
-            torch.set_num_threads(threads)
         self.tokenizer = load_tokenizer(path)  # refuses a model without a chat template
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
+        try:
+            text_cfg = AutoConfig.from_pretrained(str(path)).get_text_config()
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}/config.json cannot be read as a model config ({e}); "
+                            "point at a saved model") from e
         self.model_name = model_name or path.name
         self.created = int(path.stat().st_mtime)
         weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
         self.fingerprint = f"fp_seed_{weights[:10]}"
-        text_cfg = model.config.get_text_config()
         self.context = int(getattr(text_cfg, "max_position_embeddings", 0) or 2048)
         self.vocab_size = int(text_cfg.vocab_size)
         gen = _read_generation_config(path)
@@ -69,9 +74,15 @@ class LocalBackend:
             "do_sample", True) else 0.0
         self.default_top_p = float(gen.get("top_p", 1.0))
         self.default_max_new = gen.get("max_new_tokens")
-        self.engine = Engine(model, self.tokenizer, eos_ids=eos_ids, max_running=max_running,
-                             max_waiting=max_queue)
-        self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
+        self.engine = EngineProcess(EngineSpec(
+            str(path), tuple(sorted(eos_ids)), self.vocab_size, max_running=max_running,
+            max_queue=max_queue, device=device, threads=threads))
+        try:  # the grammar tokenizer is built here while the engine process loads the model
+            self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
+            self.engine.wait_ready()
+        except BaseException:
+            self.engine.stop()
+            raise
         self._token_text: dict[int, str] = {}
         backend_tok = getattr(self.tokenizer, "backend_tokenizer", None)
         self._byte_level = "ByteLevel" in repr(getattr(backend_tok, "decoder", None))
@@ -83,10 +94,14 @@ class LocalBackend:
         self.engine.stop()
 
     def queue_depth(self) -> int:
-        return self.engine.queue_depth
+        return self.engine.waiting
 
     def running(self) -> int:
         return self.engine.running
+
+    def problem(self) -> str | None:
+        """Why the server cannot answer (the engine process stopped), or None when it can."""
+        return self.engine.dead
 
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model",
@@ -105,10 +120,10 @@ class LocalBackend:
             raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
         prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_tokens = req.max_completion_tokens or req.max_tokens
-        constraint_grammar = self._grammar(req)
+        grammar = self._grammar(req)
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
-                              req.top_logprobs or 0, constraint_grammar)
-        stream = _Run(self, prompt_ids, params, rec)
+                              req.top_logprobs or 0, grammar)
+        stream = _Run(self, prompt_ids, params, grammar, rec)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": self.model_name, "system_fingerprint": self.fingerprint}
         if req.stream:
@@ -144,10 +159,10 @@ class LocalBackend:
         started: list[_Run] = []
         try:
             for _, ids, params in runs:
-                started.append(_Run(self, ids, params, rec))
+                started.append(_Run(self, ids, params, None, rec))
         except APIError:
             for run in started:
-                Engine.cancel(run.seqs)
+                run.cancel()
             raise
         echoes = [(p if isinstance(p, str) else self.tokenizer.decode(p)) if req.echo else ""
                   for p, _, _ in runs]
@@ -206,19 +221,16 @@ class LocalBackend:
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         temperature = self.default_temperature if req.temperature is None else req.temperature
         top_p = self.default_top_p if req.top_p is None else req.top_p
-        out = []
-        for i in range(req.n):
+        if grammar:  # the engine process builds one matcher per sequence; refuse here, as a 400
             try:
-                constraint = self.grammar.constraint(grammar) if grammar else None
+                self.grammar.constraint(grammar)
             except ValueError as e:
                 raise bad_request(f"response_format: {e}", "response_format") from e
-            out.append(SamplingParams(
-                max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0,
-                stop=tuple(stops), seed=None if req.seed is None else req.seed + i,
-                logprobs=logprobs, top_logprobs=top, constraint=constraint,
-                presence_penalty=req.presence_penalty or 0.0,
-                frequency_penalty=req.frequency_penalty or 0.0))
-        return out
+        return [SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0, stop=tuple(stops),
+            seed=None if req.seed is None else req.seed + i, logprobs=logprobs, top_logprobs=top,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0) for i in range(req.n)]
 
     # -- response shapes --------------------------------------------------------------------------
 
@@ -261,12 +273,12 @@ class LocalBackend:
             return sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
                                              "finish_reason": finish}], **extra})
         async with run:
-            for i in range(len(run.seqs)):
+            for i in range(len(run.params)):
                 yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
             async for ev in run.events():
                 if ev.text or ev.logprobs:
                     lps = ({"content": self._chat_logprobs(ev.logprobs)}
-                           if run.seqs[ev.index].params.logprobs else None)
+                           if run.params[ev.index].logprobs else None)
                     yield chunk(ev.index, {"content": ev.text}, lps)
                 if ev.finish_reason:
                     yield chunk(ev.index, {}, None, ev.finish_reason)
@@ -291,7 +303,7 @@ class LocalBackend:
                 yield piece
         finally:
             for run in runs:
-                Engine.cancel(run.seqs)
+                run.cancel()
         if errors:
             yield sse(error_body(errors[0], "server_error"))
         elif include_usage:
@@ -308,7 +320,7 @@ class LocalBackend:
             async for ev in run.events():
                 index = k * n + ev.index
                 lps = None
-                if run.seqs[ev.index].params.logprobs:
+                if run.params[ev.index].logprobs:
                     lps = self._completion_logprobs(ev.logprobs, offsets.get(index, 0))
                     offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lps["tokens"])
                 if ev.text or ev.logprobs:
@@ -321,31 +333,37 @@ class LocalBackend:
 
 
 class _Run:
-    """One prompt's sequences in the engine: submitted at once (429 if the queue is full),
-    cancelled when the client goes away, counted in the request's usage record."""
+    """One prompt's sequences in the engine: submitted at once (429 if the queue is full, 503 if
+    the engine process stopped), cancelled when the client goes away, counted in the request's
+    usage record."""
 
     def __init__(self, backend: LocalBackend, prompt_ids: list[int],
-                 params: list[SamplingParams], rec: RequestRecord):
-        self.backend, self.rec = backend, rec
+                 params: list[SamplingParams], grammar: str | None, rec: RequestRecord):
+        self.backend, self.rec, self.params = backend, rec, params
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.error: str | None = None
         try:
-            self.seqs: list[Sequence] = backend.engine.submit(prompt_ids, params, self.queue)
+            self.tag = backend.engine.submit(prompt_ids, params, grammar, self.queue)
         except QueueFull:
             raise overloaded() from None
+        except EngineDead as e:
+            raise APIError(503, str(e), type_="server_error", code="engine_unavailable") from None
         rec.prompt_tokens += self.prompt_tokens
+
+    def cancel(self) -> None:
+        self.backend.engine.cancel(self.tag)
 
     async def __aenter__(self) -> _Run:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        Engine.cancel(self.seqs)
+        self.cancel()
 
     async def events(self) -> AsyncIterator[Event]:
         """Events until every sequence has finished; a slow reader gets them merged per choice."""
-        open_ = len(self.seqs)
+        open_ = len(self.params)
         while open_:
             pending = [await self.queue.get()]
             while not self.queue.empty():
@@ -356,7 +374,8 @@ class _Run:
                     self.completion_tokens += len(ev.token_ids)
                     self.rec.completion_tokens += len(ev.token_ids)
                 if ev.finish_reason and ev.finish_reason.startswith("error"):
-                    self.error = f"Generation failed ({ev.finish_reason}); please retry."
+                    self.error = (self.backend.engine.dead
+                                  or f"Generation failed ({ev.finish_reason}); please retry.")
                     return
                 yield ev
                 if ev.finish_reason:
@@ -364,7 +383,7 @@ class _Run:
 
     async def collect(self, http: Request) -> list[dict[str, Any]]:
         """Every sequence's text, logprobs and finish reason; cancels if the client leaves."""
-        results = [{"text": "", "logprobs": [], "finish_reason": None} for _ in self.seqs]
+        results = [{"text": "", "logprobs": [], "finish_reason": None} for _ in self.params]
         async with self:
             gen = self.events()
             while True:
@@ -412,9 +431,8 @@ def _coalesce(events: list[Event]) -> list[Event]:
     merged: dict[int, Event] = {}
     for ev in events:
         m = merged.get(ev.index)
-        if m is None:  # a copy: the engine's event objects are not ours to change
-            merged[ev.index] = Event(ev.index, ev.text, list(ev.token_ids), list(ev.logprobs),
-                                     ev.finish_reason)
+        if m is None:  # each event was built for this request from the pipe: ours to extend
+            merged[ev.index] = ev
             continue
         m.text += ev.text
         m.token_ids += ev.token_ids

@@ -1,4 +1,8 @@
-"""`seed serve`: build the backend (a model directory or an upstream URL) and run uvicorn on it."""
+"""`seed serve`: build the backend (a model directory or an upstream URL) and run uvicorn on it.
+
+A model directory is served by two processes: this one (HTTP, tokenization, response chunks) and
+the engine process it spawns (`worker.py`); this module makes sure the second never outlives it.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +33,13 @@ def run_server(model_dir: Path | None, *, upstream: str | None = None, host: str
 
         backend = LocalBackend(model_dir, model_name=model_name, max_running=max_running,
                                max_queue=max_queue, threads=threads)
-    app = create_app(backend, keys=keys, usage_log=usage_log)
-    print(f"seed serve: {backend.model_name} on http://{host}:{port} "
-          f"({'keys required' if keys else 'no keys'})", flush=True)
-    # A long keep-alive: clients (openai, httpx) reuse idle connections, and one the server closes
-    # just as a request goes out is a failed request for the user.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
-                timeout_keep_alive=75, backlog=4096)
+    try:  # a model backend owns an engine process: stopped however uvicorn ends
+        app = create_app(backend, keys=keys, usage_log=usage_log)
+        print(f"seed serve: {backend.model_name} on http://{host}:{port} "
+              f"({'keys required' if keys else 'no keys'})", flush=True)
+        # A long keep-alive: clients (openai, httpx) reuse idle connections, and one the server
+        # closes just as a request goes out is a failed request for the user.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                    timeout_keep_alive=75, backlog=4096)
+    finally:
+        backend.stop()

@@ -1,0 +1,343 @@
+"""The batching engine in its own process, and the API process's handle on it.
+
+Why a second process: the engine's thread and the HTTP event loop shared one GIL, so every step
+the loop spent turning ~32 events into SSE chunks was time the engine waited to run its own Python
+(docs/LOG.md, "Serving throughput, profiling pass"). vLLM v1 splits its engine core off the same
+way. The child (`_Core`) loads the model, the tokenizer and the grammar tokenizer, runs `Engine`,
+and sends ONE message per engine step; its main thread blocks on the pipe for commands. The API
+side (`EngineProcess`) reads that pipe inside the asyncio event loop (`loop.add_reader`, no reader
+thread) and puts each event into its request's `asyncio.Queue`.
+
+Messages are plain picklable tuples over one multiprocessing Pipe (a Unix socket pair):
+
+    API -> engine   ("submit", tag, prompt_ids, [SamplingParams fields], grammar or None)
+                    ("cancel", tag)   ("stop",)
+    engine -> API   ("ready",)   ("failed", reason)
+                    ("events", [(tag, index, text, token_ids, logprobs, finish_reason)], running,
+                     waiting), logprobs as (token_id, logprob, [(token_id, logprob)]) tuples
+                    ("counts", running, waiting)
+
+Back-pressure lives on the API side: at most max_running + max_queue sequences are outstanding
+(QueueFull, a 429). If the engine process dies, every open request gets an error event and later
+submits raise EngineDead (a 503); if the API process dies, the engine's pipe closes and it exits.
+This module knows nothing about HTTP or the OpenAI wire format (backend.py) nor how sequences are
+scheduled (engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import signal
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from seed.errors import UserError
+from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # how often a busy engine process re-reports its counts when no step does
+
+
+class EngineDead(Exception):
+    """The engine process has stopped; str(e) is the message for clients."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What the engine process needs to build the model and its engine (picklable)."""
+
+    model_dir: str
+    eos_ids: tuple[int, ...]
+    vocab_size: int
+    max_running: int
+    max_queue: int
+    device: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class _Route:
+    queue: asyncio.Queue
+    open: set[int]  # indices of sequences with no finish event yet
+
+
+class EngineProcess:
+    """The API side: spawns the engine process, submits and cancels, routes events to queues."""
+
+    def __init__(self, spec: EngineSpec):
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has torch threads
+        self.spec = spec
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(target=_engine_main, args=(child_conn, spec),
+                                 name="seed-engine", daemon=True)
+        self._proc.start()
+        child_conn.close()  # else the child's death would not close the pipe on our side
+        self._limit = spec.max_running + spec.max_queue
+        self._routes: dict[int, _Route] = {}
+        self._tags = itertools.count()
+        self._outstanding = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = self._stopped = False
+        self.running = 0
+        self.waiting = 0
+        self.dead: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def wait_ready(self) -> None:
+        """Block until the model is loaded; UserError if it fails to load or the process dies."""
+        where = self.spec.model_dir
+        while not self._conn.poll(0.2):
+            if not self._proc.is_alive():
+                self.stop()
+                raise UserError(f"{where}: the engine process exited while loading the model "
+                                f"({self._how_it_ended()}); check free memory and the model files")
+        try:
+            msg = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(timeout=2)
+            msg = ("failed", f"the engine process exited ({self._how_it_ended()})")
+        if msg[0] != "ready":
+            self.stop()
+            raise UserError(f"{where}: the model failed to load ({msg[1]}); check that the "
+                            "directory holds the model's weights and config")
+        self._ready = True
+
+    def start(self) -> None:
+        """Read the engine's messages on the running event loop from now on."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._conn.fileno(), self._on_readable)
+
+    def stop(self) -> None:
+        """Stop the engine process (politely, then by force); safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._unwatch()
+        if self._ready and self.dead is None:
+            with contextlib.suppress(OSError):
+                self._conn.send(("stop",))
+            self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+
+    def submit(self, prompt_ids: list[int], params: list[SamplingParams], grammar: str | None,
+               queue: asyncio.Queue) -> int:
+        """Queue one sequence per params; their Events go to `queue`. Returns the tag to cancel.
+
+        Raises QueueFull at max_running + max_queue outstanding sequences, EngineDead once the
+        engine process has stopped. `params` carry no constraint: the engine process builds one
+        per sequence from `grammar`.
+        """
+        if self.dead is not None:
+            raise EngineDead(self.dead)
+        if self._outstanding + len(params) > self._limit:
+            raise QueueFull
+        tag = next(self._tags)
+        fields = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p)
+                   if f.name != "constraint"} for p in params]
+        try:
+            self._conn.send(("submit", tag, prompt_ids, fields, grammar))
+        except OSError:
+            self._died()
+            raise EngineDead(self.dead) from None
+        self._routes[tag] = _Route(queue, set(range(len(params))))
+        self._outstanding += len(params)
+        return tag
+
+    def cancel(self, tag: int) -> None:
+        """Stop the tag's unfinished sequences (the client went away); a no-op once all ended."""
+        route = self._routes.pop(tag, None)
+        if route is None or not route.open:
+            return
+        self._outstanding -= len(route.open)
+        with contextlib.suppress(OSError):  # a dead engine is noticed by the reader
+            self._conn.send(("cancel", tag))
+
+    # -- the event loop's reader ------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                msg = self._conn.recv()
+                if msg[0] == "events":
+                    self._route(msg[1])
+                self.running, self.waiting = msg[-2], msg[-1]
+        except (EOFError, OSError):
+            self._died()
+
+    def _route(self, events: list[tuple]) -> None:
+        for tag, index, text, token_ids, logprobs, finish in events:
+            route = self._routes.get(tag)
+            if route is None:  # cancelled while this step ran
+                continue
+            lps = [TokenLogprob(t, lp, top) for t, lp, top in logprobs]
+            route.queue.put_nowait(Event(index, text, token_ids, lps, finish))
+            if finish:
+                route.open.discard(index)
+                self._outstanding -= 1
+                if not route.open:
+                    del self._routes[tag]
+
+    def _died(self) -> None:
+        self._unwatch()
+        self._proc.join(timeout=1)
+        self.dead = (f"The model's engine process stopped ({self._how_it_ended()}); restart "
+                     "`seed serve`.")
+        log.error(self.dead)
+        for route in self._routes.values():
+            for index in sorted(route.open):
+                route.queue.put_nowait(Event(index, "", [], [], "error: engine process stopped"))
+        self._routes.clear()
+        self._outstanding = self.running = self.waiting = 0
+
+    def _unwatch(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._conn.fileno())
+        self._loop = None
+
+    def _how_it_ended(self) -> str:
+        code = self._proc.exitcode
+        if code is None:
+            return "its pipe closed"
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
+# -- the engine process ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Tagged:
+    n: int
+    done: int = 0
+    seqs: list[Sequence] = field(default_factory=list)
+
+
+def _engine_main(conn: Connection, spec: EngineSpec) -> None:
+    """The engine process: load, say ready (or why not), then serve commands until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API process's to handle
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        core = _Core(conn, spec)
+    except Exception as e:  # reported as one line by `seed serve`, not a traceback
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        with contextlib.suppress(OSError):
+            conn.send(("failed", reason))
+        return
+    core.serve()
+
+
+class _Core:
+    """The model, its engine and the pipe, in the engine process."""
+
+    def __init__(self, conn: Connection, spec: EngineSpec):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from seed.endpoints.local import load_tokenizer
+        from seed.serve.grammar import GrammarTokenizer
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        tokenizer = load_tokenizer(spec.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype)
+        model = model.to(device).eval()
+        eos_ids = set(spec.eos_ids)
+        self.grammar = GrammarTokenizer(tokenizer, spec.vocab_size, eos_ids)
+        # The API side bounds what is outstanding; the slack here only absorbs cancelled sequences
+        # that still sit in the engine's waiting queue.
+        self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=spec.max_running,
+                             max_waiting=2 * (spec.max_running + spec.max_queue),
+                             on_events=self._on_events)
+        self.conn = conn
+        self.tags: dict[int, _Tagged] = {}
+        self._send_lock = threading.Lock()
+        self._reported = (0, 0)
+        self._closed = False
+
+    def serve(self) -> None:
+        self.engine.start()
+        self._send(("ready",))
+        try:
+            while True:
+                counts = (self.engine.running, self.engine.queue_depth)
+                if counts != self._reported:
+                    self._send(("counts", *counts), counts)
+                idle = counts == (0, 0) and self._reported == (0, 0)
+                if not self.conn.poll(None if idle else _POLL_S):
+                    continue
+                msg = self.conn.recv()
+                if msg[0] == "stop":
+                    break
+                if msg[0] == "submit":
+                    self._submit(*msg[1:])
+                elif msg[0] == "cancel":
+                    entry = self.tags.pop(msg[1], None)
+                    if entry is not None:
+                        Engine.cancel(entry.seqs)
+        except (EOFError, OSError):
+            pass  # the API process is gone: stop rather than keep a core busy for nobody
+        finally:
+            self.engine.stop()
+
+    def _submit(self, tag: int, prompt_ids: list[int], fields: list[dict[str, Any]],
+                grammar: str | None) -> None:
+        entry = self.tags[tag] = _Tagged(len(fields))
+        try:
+            params = [SamplingParams(**f, constraint=self.grammar.constraint(grammar)
+                                     if grammar else None) for f in fields]
+            entry.seqs = self.engine.submit(prompt_ids, params, tag=tag)
+        except Exception as e:  # QueueFull, or a grammar the API side already checked
+            log.warning("submit failed: %s", e)
+            self.tags.pop(tag, None)
+            reason = "error: the engine's queue is full" if isinstance(e, QueueFull) else (
+                f"error: {e}")
+            self._send(("events", [(tag, i, "", [], [], reason) for i in range(len(fields))],
+                        self.engine.running, self.engine.queue_depth))
+
+    def _on_events(self, posts: list[tuple[Sequence, Event]]) -> None:
+        """The engine's sink, on its thread: this step's events as one message."""
+        out = []
+        for s, e in posts:
+            out.append((s.tag, e.index, e.text, e.token_ids,
+                        [(lp.token_id, lp.logprob, lp.top) for lp in e.logprobs],
+                        e.finish_reason))
+            if e.finish_reason:
+                entry = self.tags.get(s.tag)
+                if entry is not None:
+                    entry.done += 1
+                    if entry.done >= entry.n:
+                        self.tags.pop(s.tag, None)
+        counts = (self.engine.running, self.engine.queue_depth)  # the main loop corrects them
+        self._send(("events", out, *counts), counts)
+
+    def _send(self, msg: tuple, counts: tuple[int, int] | None = None) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            try:
+                self.conn.send(msg)
+            except OSError:  # the API process is gone; the main thread sees EOF and stops
+                self._closed = True
+                return
+            if counts is not None:
+                self._reported = counts
