@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI routes, keys, errors in OpenAI's shape, metrics, and the chat page.
 
-Routes are the same whichever backend answers: a model served in process (`backend.py`) or an
-upstream OpenAI-compatible server (`upstream.py`). This module holds no generation logic.
+Routes are the same whichever backend answers: a local model (`backend.py`, its engine in a
+second process) or an upstream OpenAI-compatible server (`upstream.py`). This module holds no
+generation logic.
 """
 
 from __future__ import annotations
