@@ -90,27 +90,18 @@ class EngineProcess:
         self.waiting = 0
         self.dead: str | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
     def wait_ready(self) -> None:
         """Block until the model is loaded; UserError if it fails to load or the process dies."""
-        where = self.spec.model_dir
-        while not self._conn.poll(0.2):
-            if not self._proc.is_alive():
-                self.stop()
-                raise UserError(f"{where}: the engine process exited while loading the model "
-                                f"({self._how_it_ended()}); check free memory and the model files")
-        try:
+        try:  # a dead child closes its end of the pipe: EOF, never a hang
             msg = self._conn.recv()
         except (EOFError, OSError):
-            self._proc.join(timeout=2)
-            msg = ("failed", f"the engine process exited ({self._how_it_ended()})")
+            self._proc.join(timeout=5)
+            msg = ("failed", f"the engine process exited, {self._how_it_ended()}; check free "
+                   "memory")
         if msg[0] != "ready":
             self.stop()
-            raise UserError(f"{where}: the model failed to load ({msg[1]}); check that the "
-                            "directory holds the model's weights and config")
+            raise UserError(f"{self.spec.model_dir}: the model failed to load ({msg[1]}); check "
+                            "that the directory holds the model's weights and config")
         self._ready = True
 
     def start(self) -> None:
