@@ -56,6 +56,7 @@ def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[i
     """Greedy outputs of every (prompt, max_tokens) pair; a wave starts once the previous one's
     shortest reply has finished."""
     outputs: dict[int, list[int]] = {}
+    texts: dict[int, str] = {}
     done: dict[int, threading.Event] = {}
     lock = threading.Lock()
 
@@ -63,6 +64,7 @@ def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[i
         with lock:
             for seq, ev in posts:
                 outputs[seq.tag] += ev.token_ids
+                texts[seq.tag] = texts.get(seq.tag, "") + ev.text
                 if ev.finish_reason:
                     assert not ev.finish_reason.startswith("error"), ev.finish_reason
                     done[seq.tag].set()
@@ -84,6 +86,8 @@ def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[i
             assert event.wait(60)
     finally:
         engine.stop()
+    for tag, tokens in outputs.items():  # the streamed pieces add up to the whole reply's text
+        assert texts.get(tag, "") == tokenizer.decode(tokens, skip_special_tokens=True)
     return [outputs[t] for t in range(len(outputs))]
 
 

@@ -85,7 +85,10 @@ class Sequence:
     loop: asyncio.AbstractEventLoop | None = None
     tag: Any = None
     out_ids: list[int] = field(default_factory=list)
-    emitted: int = 0  # characters of decoded text already handed out
+    text: str = ""  # out_ids decoded so far, whole characters only
+    emitted: int = 0  # characters of `text` already handed out
+    decode_from: int = 0  # out_ids[decode_from:decoded] is the context window of the next decode
+    decoded: int = 0  # out_ids[:decoded] are in `text`
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
@@ -325,15 +328,13 @@ class Engine:
 
     def _event(self, s: Sequence, reason: str | None) -> Event | None:
         """The text `s` may show now: held back while it could still turn into a stop string."""
-        text = self.tokenizer.decode(s.out_ids, skip_special_tokens=True)
+        text = self._detokenize(s, final=reason is not None)
         end = len(text)
         for stop in s.params.stop:
             at = text.find(stop, max(0, s.emitted - len(stop) + 1))
             if at != -1 and at < end:
                 end, reason = at, "stop"
         if reason is None:
-            if text.endswith("\ufffd"):  # a multi-byte character split across tokens
-                return None
             for stop in s.params.stop:
                 for k in range(min(len(stop) - 1, end - s.emitted), 0, -1):
                     if text.endswith(stop[:k]):
@@ -346,6 +347,21 @@ class Engine:
         event = Event(s.index, piece, s.pending_ids, s.pending_logprobs, reason)
         s.pending_ids, s.pending_logprobs = [], []
         return event
+
+    def _detokenize(self, s: Sequence, final: bool) -> str:
+        """`s.text` with the new tokens added, decoding only a short window (vLLM's incremental
+        detokenizer): the window's text with and without the new tokens differ by their text.
+        A character split across tokens (a trailing U+FFFD) waits for its last byte, unless final.
+        """
+        if s.decoded == len(s.out_ids):
+            return s.text
+        window = s.out_ids[s.decode_from:s.decoded]
+        before = self.tokenizer.decode(window, skip_special_tokens=True) if window else ""
+        after = self.tokenizer.decode(s.out_ids[s.decode_from:], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            s.text += after[len(before):]
+            s.decode_from, s.decoded = s.decoded, len(s.out_ids)
+        return s.text
 
     def _post(self, posts: list[tuple[Sequence, Event]]) -> None:
         if self.on_events is not None:
