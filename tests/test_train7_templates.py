@@ -8,9 +8,12 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
+from seed.recipe import TrainConfig
+from seed.train import train_student
 from seed.train.data import assistant_mask
-from seed.train.tokenizer import load_checkpoint_tokenizer
+from train7_helpers import SMALL, checkpoint, sums, write_chats
 
 # Qwen2's ChatML template as shipped: no {% generation %} markers, a default system prompt.
 CHATML = (
@@ -60,17 +63,27 @@ def test_a_template_without_generation_markers_masks_exactly_the_assistant_turns
     assert _turns(tok, example.ids, example.mask) == ["4<|im_end|>\n", "It is 6.<|im_end|>\n"]
 
 
-def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"eval_fraction": 0.2}], ids=["loop", "finetune"])
+def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(
+        tmp_path: Path, extra: dict) -> None:
+    base = checkpoint(tmp_path / "base")
+    (base / "chat_template.jinja").unlink()
+    config = TrainConfig.model_validate({**SMALL, **extra, "student": {"checkpoint": str(base)}})
+    with pytest.raises(UserError, match=r"no chat template; set train\.student\.chat_template"):
+        train_student(write_chats(tmp_path / "r.jsonl", sums()), tmp_path / "out", config, 0)
+
+
+def test_a_model_directory_without_a_template_is_refused_for_serving(tmp_path: Path) -> None:
     _chatml_tokenizer(None).save_pretrained(tmp_path)
-    with pytest.raises(UserError, match=r"train\.student\.chat_template"):
-        load_checkpoint_tokenizer(tmp_path, None)
+    with pytest.raises(UserError, match=r"no chat template; add chat_template\.jinja"):
+        load_tokenizer(tmp_path)
 
 
 def test_a_recipe_template_inline_or_from_a_file_fills_the_gap(tmp_path: Path) -> None:
     _chatml_tokenizer(None).save_pretrained(tmp_path / "ckpt")
     (tmp_path / "chatml.jinja").write_text(CHATML)
-    from_file = load_checkpoint_tokenizer(tmp_path / "ckpt", str(tmp_path / "chatml.jinja"))
-    inline = load_checkpoint_tokenizer(tmp_path / "ckpt", CHATML)
+    from_file = load_tokenizer(tmp_path / "ckpt", str(tmp_path / "chatml.jinja"))
+    inline = load_tokenizer(tmp_path / "ckpt", CHATML)
     assert from_file.chat_template == inline.chat_template == CHATML
     example = assistant_mask(from_file, CHAT)
     assert _turns(from_file, example.ids, example.mask)[1] == "It is 6.<|im_end|>\n"

@@ -2,7 +2,8 @@
 
 Loads any `AutoModelForCausalLM` directory with its tokenizer and chat template, and answers
 conversations: batched (left-padded) for evaluation, token by token for a terminal chat. This module
-knows nothing about HTTP; `seed serve` builds its batching engine on the same loading code.
+knows nothing about HTTP; `seed serve` builds its batching engine on the same loading code, and
+training loads a checkpoint's tokenizer with `load_tokenizer` (the one tokenizer loader).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from seed.endpoints.base import Completion
@@ -34,12 +35,26 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """The directory's tokenizer; one without a chat template is refused (we only render chats)."""
-    tok = AutoTokenizer.from_pretrained(str(path))
-    if not getattr(tok, "chat_template", None):
-        raise UserError(f"{path}: the tokenizer has no chat template; add chat_template.jinja "
-                        "or give the recipe a template")
+def load_tokenizer(path: str | Path, template: str | None = None, *,
+                   template_setting: str | None = None) -> PreTrainedTokenizerBase:
+    """A local directory's tokenizer, offline, with a chat template and a pad token.
+
+    `template` (inline Jinja, or a file holding one) replaces the directory's own template. A
+    tokenizer left without one is refused, since Seed only renders chats: the error names
+    `template_setting`, the recipe key that could supply one, or asks for chat_template.jinja.
+    A missing pad token becomes the eos token, for left-padded batches.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such tokenizer directory; check the path")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if template:
+        file = Path(template)
+        tok.chat_template = file.read_text() if "{" not in template and file.is_file() else template
+    if not tok.chat_template:
+        fix = (f"set {template_setting} to a Jinja template or a file holding one"
+               if template_setting else "add chat_template.jinja or give the recipe a template")
+        raise UserError(f"{path}: the tokenizer has no chat template; {fix}")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

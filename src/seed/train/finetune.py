@@ -29,6 +29,7 @@ import torch.distributed as dist
 from rich.console import Console
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
 from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
@@ -42,7 +43,7 @@ from seed.train.losses import chunked_sft_loss, dpo_loss, logit_kd_loss, sft_los
 from seed.train.models import build_student, count_params, load_student, student_config
 from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import autocast, device, flops_per_token, mfu, peak_flops
-from seed.train.tokenizer import load_checkpoint_tokenizer, train_tokenizer
+from seed.train.tokenizer import train_tokenizer
 
 Rows = dict[str, torch.Tensor]
 Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
@@ -65,8 +66,8 @@ def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConf
     if not (initial / "config.json").is_file():
         if config.student.checkpoint:
             model = load_student(config.student.checkpoint)
-            tokenizer = load_checkpoint_tokenizer(config.student.checkpoint,
-                                                  config.student.chat_template)
+            tokenizer = load_tokenizer(config.student.checkpoint, config.student.chat_template,
+                                       template_setting=loop.TEMPLATE_SETTING)
         else:
             tokenizer = train_tokenizer((m["content"] for c in chats for m in c),
                                         config.tokenizer.kind, config.tokenizer.vocab_size)
@@ -76,7 +77,7 @@ def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConf
         if _rank() == 0:
             loop._save_model(initial, model, tokenizer)
     _barrier()
-    tokenizer = AutoTokenizer.from_pretrained(initial, local_files_only=True)
+    tokenizer = load_tokenizer(initial, template_setting=loop.TEMPLATE_SETTING)
     model = load_student(initial, **(quantized_load_kwargs(config.lora) if config.lora else {}))
     return model, tokenizer
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
 from seed.files import hash_json, hash_path, write_json_atomic, write_text_atomic
 from seed.recipe import TrainConfig
@@ -32,9 +33,10 @@ from seed.records import read_records
 from seed.train.data import Batch, check_trainable, pack, render
 from seed.train.losses import sft_loss
 from seed.train.models import build_student, count_params, load_student, student_config
-from seed.train.tokenizer import load_checkpoint_tokenizer, load_tokenizer, train_tokenizer
+from seed.train.tokenizer import train_tokenizer
 
 KEEP_CHECKPOINTS = 2
+TEMPLATE_SETTING = "train.student.chat_template"  # named when a tokenizer has no template
 
 
 def _save_dir_atomic(path: Path, write: Any) -> None:
@@ -68,11 +70,11 @@ def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConf
     """The untrained student and its tokenizer, saved once to out_dir/initial (eval baseline)."""
     initial = out_dir / "initial"
     if (initial / "config.json").is_file():
-        return load_student(initial), load_tokenizer(initial)
+        return load_student(initial), load_tokenizer(initial, template_setting=TEMPLATE_SETTING)
     if config.student.checkpoint:
         model = load_student(config.student.checkpoint)
-        tokenizer = load_checkpoint_tokenizer(config.student.checkpoint,
-                                              config.student.chat_template)
+        tokenizer = load_tokenizer(config.student.checkpoint, config.student.chat_template,
+                                   template_setting=TEMPLATE_SETTING)
     else:
         texts = (m["content"] for chat in chats for m in chat)
         tokenizer = train_tokenizer(texts, config.tokenizer.kind, config.tokenizer.vocab_size)

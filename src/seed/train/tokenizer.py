@@ -5,16 +5,16 @@ numbers are read digit by digit, which arithmetic learns far faster), `bpe` (pla
 and `chars` (one token per byte, no merges). All share the special tokens of the chat template
 below; `<|end|>` closes every turn and is the eos token, so generation stops after an assistant
 turn.
-This module knows nothing about models or training; it only turns text into ids and back.
+This module knows nothing about models or training; it only turns text into ids and back. A saved
+tokenizer (ours or a checkpoint's) is loaded with `seed.endpoints.local.load_tokenizer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from seed.errors import UserError
 
@@ -62,28 +62,3 @@ def train_tokenizer(texts: Iterable[str], kind: str = "digits",
                                       additional_special_tokens=SPECIAL_TOKENS[2:])
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """A saved tokenizer (ours or any Hugging Face one) from a local directory, offline."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such tokenizer directory; check the path")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tok.chat_template is None:
-        raise UserError(f"{path}: the tokenizer has no chat template; add one to train on chats")
-    return tok
-
-
-def load_checkpoint_tokenizer(path: str | Path, template: str | None) -> PreTrainedTokenizerBase:
-    """A checkpoint's tokenizer with its chat template, or the recipe's (inline Jinja or a file)."""
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if template:
-        file = Path(template)
-        tok.chat_template = file.read_text() if "{" not in template and file.is_file() else template
-    if not tok.chat_template:
-        raise UserError(f"{path}: the checkpoint's tokenizer has no chat template; set "
-                        "train.student.chat_template to a Jinja template or a file holding one")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
