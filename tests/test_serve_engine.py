@@ -123,3 +123,57 @@ def test_fused_weights_are_views_of_the_model(tmp_path: Path) -> None:
         q = model.model.layers[0].self_attn.q_proj.weight
         assert q.data_ptr() == layer.qkv_weight.data_ptr()
     torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+def test_a_reply_may_fill_the_whole_context(tokenizer) -> None:
+    """Prompt plus reply exactly the context: the cache grows to it and no further."""
+    for name in ("qwen2", "gpt2"):
+        model = _model(name)
+        prompt = [random.Random(2).randrange(3, VOCAB) for _ in range(220)]
+        got = _run_engine(model, tokenizer, [[(prompt, 36), (prompt[:10], 5)]], eos=-1)
+        with torch.inference_mode():
+            want = model.generate(torch.tensor([prompt]), max_new_tokens=36, do_sample=False,
+                                  eos_token_id=None, pad_token_id=0)[0, 220:].tolist()
+        assert got[0] == want and len(want) == 36
+
+
+def test_transformers_runner_cache_stays_narrow_under_steady_traffic(tokenizer) -> None:
+    """Left-padding columns that no live row needs are dropped when newcomers are merged, so the
+    cache of a server that is never idle does not widen with every step it has ever taken."""
+    model = _model("gpt2")
+    engine = Engine(model, tokenizer, eos_ids={-1}, max_running=4)
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, VOCAB) for _ in range(rng.randrange(5, 30))] for _ in range(40)]
+    widths: list[int] = []
+    original = engine.runner.add
+
+    def add(slots: list[int], batch: list[list[int]]) -> torch.Tensor:
+        logits = original(slots, batch)
+        widths.append(engine.runner._mask.shape[1])
+        return logits
+
+    counts = [0] * len(prompts)
+    finished = threading.Event()
+
+    def submit(tag: int) -> None:
+        engine.submit(prompts[tag], [SamplingParams(max_tokens=30, temperature=0)], tag=tag)
+
+    def sink(posts: list[tuple[Sequence, Event]]) -> None:
+        for seq, ev in posts:  # the next request comes when this one is a third done: overlap
+            before, counts[seq.tag] = counts[seq.tag], counts[seq.tag] + len(ev.token_ids)
+            if before < 10 <= counts[seq.tag] and seq.tag + 1 < len(prompts):
+                submit(seq.tag + 1)
+            if ev.finish_reason and seq.tag == len(prompts) - 1:
+                finished.set()
+
+    engine.runner.add, engine.on_events = add, sink
+    engine.start()
+    try:
+        submit(0)
+        assert finished.wait(60)
+    finally:
+        engine.stop()
+    assert counts == [30] * len(prompts) and len(widths) == len(prompts)
+    # Live rows span at most a prompt (< 30) and a reply (30); 40 chained requests took ~420
+    # steps, which is how wide the cache would be without the trimming.
+    assert max(widths) <= 30 + 30
