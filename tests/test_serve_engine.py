@@ -23,6 +23,7 @@ from seed.serve.forward import HFRunner, LlamaRunner
 from serve_helpers import build_tiny_chat_model
 
 VOCAB = 400
+CONTINUED_CHUNKS = [0]  # prefill calls that continued a prompt, counted by _run_engine
 COMMON = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
           "max_position_embeddings": 256, "initializer_range": 0.3}
@@ -52,7 +53,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[int], int]]],
-                eos: int) -> list[list[int]]:
+                eos: int, prefill_budget: int = 2048) -> list[list[int]]:
     """Greedy outputs of every (prompt, max_tokens) pair; a wave starts once the previous one's
     shortest reply has finished."""
     outputs: dict[int, list[int]] = {}
@@ -69,7 +70,15 @@ def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[i
                     assert not ev.finish_reason.startswith("error"), ev.finish_reason
                     done[seq.tag].set()
 
-    engine = Engine(model, tokenizer, eos_ids={eos}, max_running=8, on_events=sink)
+    engine = Engine(model, tokenizer, eos_ids={eos}, max_running=8, on_events=sink,
+                    max_prefill_tokens=prefill_budget)
+    add = engine.runner.add
+
+    def counting_add(slots: list[int], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
+        CONTINUED_CHUNKS[0] += sum(1 for s in starts if s)
+        return add(slots, chunks, starts)
+
+    engine.runner.add = counting_add
     engine.start()
     try:
         tag = 0
@@ -91,15 +100,21 @@ def _run_engine(model: torch.nn.Module, tokenizer, waves: list[list[tuple[list[i
     return [outputs[t] for t in range(len(outputs))]
 
 
+@pytest.mark.parametrize("budget", [2048, 16], ids=["whole-prompts", "chunked-prefill"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_engine_matches_generate_alone(name: str, tokenizer) -> None:
+def test_engine_matches_generate_alone(name: str, budget: int, tokenizer) -> None:
+    """With a budget of 16 prompt tokens per step, the Llama runner prefills prompts of up to 40
+    tokens in pieces between other sequences' decode steps; transformers' runner takes one whole
+    prompt per step."""
     model = _model(name)
     assert isinstance(Engine(model, tokenizer, eos_ids={2}).runner, MODELS[name][3])
     rng = random.Random(1)
     waves = [[([rng.randrange(3, VOCAB) for _ in range(rng.randrange(2, 40))],
                rng.choice([3, 8, 20, 30])) for _ in range(6)] for _ in range(2)]
     eos = 7  # a random model says it now and then: replies end early as well as at max_tokens
-    got = _run_engine(model, tokenizer, waves, eos)
+    CONTINUED_CHUNKS[0] = 0
+    got = _run_engine(model, tokenizer, waves, eos, budget)
+    assert (CONTINUED_CHUNKS[0] > 0) == (budget == 16 and MODELS[name][3] is LlamaRunner)
     want = []
     with torch.inference_mode():
         for prompt, max_tokens in [p for wave in waves for p in wave]:
@@ -147,8 +162,8 @@ def test_transformers_runner_cache_stays_narrow_under_steady_traffic(tokenizer) 
     widths: list[int] = []
     original = engine.runner.add
 
-    def add(slots: list[int], batch: list[list[int]]) -> torch.Tensor:
-        logits = original(slots, batch)
+    def add(slots: list[int], batch: list[list[int]], starts: list[int]) -> torch.Tensor:
+        logits = original(slots, batch, starts)
         widths.append(engine.runner._mask.shape[1])
         return logits
 

@@ -1,7 +1,8 @@
 """Continuous batching over a `transformers` causal LM: many sequences share one forward pass.
 
 One thread owns the model. Each step it admits waiting sequences into free slots (rows of the
-batch; prefilled together in groups of similar length), runs one decode step for every slot,
+batch), prefills at most `max_prefill_tokens` prompt tokens (in groups of similar length; a long
+prompt in chunks over several steps when the runner allows), runs one decode step for every slot,
 samples per sequence (its own temperature, top-p, seed and JSON-schema constraint), and hands each
 sequence's new text to the caller (an asyncio queue, or the `on_events` sink). A finished or
 cancelled sequence frees its slot at once, so a short reply never waits for a long one. The cache
@@ -89,6 +90,7 @@ class Sequence:
     emitted: int = 0  # characters of `text` already handed out
     decode_from: int = 0  # out_ids[decode_from:decoded] is the context window of the next decode
     decoded: int = 0  # out_ids[:decoded] are in `text`
+    prefilled: int = 0  # prompt tokens in the cache; the sequence decodes once all of them are
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
@@ -181,12 +183,15 @@ class Engine:
                     self._cond.wait()
                 if self._stopping:
                     return
-                admitted = self._take_waiting()
+                partial = [s for s in self._slots if s is not None and not _ready(s)]
+                budget = self.max_prefill_tokens - sum(len(s.prompt_ids) - s.prefilled
+                                                       for s in partial)
+                admitted = self._take_waiting(budget)
             with torch.inference_mode():
                 try:
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._slots:
+                    if partial or admitted:
+                        self._prefill(partial, admitted)
+                    if any(s is not None and _ready(s) for s in self._slots):
                         self._decode()
                 except Exception as e:  # a bug must not hang the clients: fail their sequences
                     log.exception("generation step failed")
@@ -194,7 +199,10 @@ class Engine:
                                 for s in {id(s): s for s in admitted + self._slots if s}.values()])
                     self._reset_batch()
 
-    def _take_waiting(self) -> list[Sequence]:
+    def _take_waiting(self, budget: int) -> list[Sequence]:
+        """Waiting sequences for free slots, within `budget` prompt tokens this step (a runner
+        that prefills in chunks takes a newcomer while any budget is left; others take whole
+        prompts, padded to the longest, and at least one)."""
         taken: list[Sequence] = []
         width = 0
         while self._waiting and self.running + len(taken) < self.max_running:
@@ -202,35 +210,66 @@ class Engine:
             if s.cancelled:
                 self._waiting.popleft()
                 continue
-            w = max(width, len(s.prompt_ids))
-            if taken and w * (len(taken) + 1) > self.max_prefill_tokens:
-                break
-            width = w
+            if self.runner.chunked:
+                if budget <= 0:
+                    break
+                budget -= len(s.prompt_ids)
+            else:
+                w = max(width, len(s.prompt_ids))
+                if taken and w * (len(taken) + 1) > budget:
+                    break
+                width = w
             taken.append(self._waiting.popleft())
         return taken
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        """Prefill new sequences in groups of similar length, so padding stays a small share."""
-        group: list[Sequence] = []
-        for s in sorted(seqs, key=lambda s: len(s.prompt_ids)):
-            real = sum(len(g.prompt_ids) for g in group) + len(s.prompt_ids)
-            if group and len(s.prompt_ids) * (len(group) + 1) > 1.25 * real:
-                self._prefill_group(group)
-                group = []
-            group.append(s)
-        self._prefill_group(group)
-
-    def _prefill_group(self, seqs: list[Sequence]) -> None:
-        slots = []
-        for s in seqs:
+    def _prefill(self, partial: list[Sequence], new: list[Sequence]) -> None:
+        """Prefill this step's share of prompts: the unfinished ones first, then newcomers, each
+        a chunk within the step's token budget when the runner allows (so a long prompt does not
+        stall every running sequence), in groups of similar length so padding stays small."""
+        for s in new:
             slot = next((i for i, x in enumerate(self._slots) if x is None), len(self._slots))
             if slot == len(self._slots):
                 self._slots.append(None)
                 self._last.append(0)
             self._slots[slot] = s
-            slots.append(slot)
-        logits = self.runner.add(slots, [s.prompt_ids for s in seqs])
-        self._sample_and_emit(logits, slots)
+        budget = self.max_prefill_tokens
+        work: list[tuple[int, int]] = []  # (slot, tokens to prefill now)
+        for s in partial + new:
+            if s.cancelled:  # the client left before its first token: free the slot now
+                slot = self._slots.index(s)
+                self._slots[slot], s.finished = None, True
+                self.runner.free(slot)
+                continue
+            n = len(s.prompt_ids) - s.prefilled
+            if self.runner.chunked:
+                n = min(n, max(budget, 0))
+                if n == 0:
+                    continue
+            budget -= n
+            work.append((self._slots.index(s), n))
+        group: list[tuple[int, int]] = []
+        for slot, n in sorted(work, key=lambda w: w[1]):
+            real = sum(g[1] for g in group) + n
+            if group and n * (len(group) + 1) > 1.25 * real:
+                self._prefill_group(group)
+                group = []
+            group.append((slot, n))
+        if group:
+            self._prefill_group(group)
+        if all(x is None for x in self._slots):
+            self._reset_batch()
+
+    def _prefill_group(self, group: list[tuple[int, int]]) -> None:
+        seqs = [self._slots[slot] for slot, _ in group]
+        chunks = [s.prompt_ids[s.prefilled:s.prefilled + n] for s, (_, n) in zip(seqs, group,
+                                                                                 strict=True)]
+        starts = [s.prefilled for s in seqs]
+        logits = self.runner.add([slot for slot, _ in group], chunks, starts)
+        for s, chunk in zip(seqs, chunks, strict=True):
+            s.prefilled += len(chunk)
+        done = [j for j, s in enumerate(seqs) if _ready(s)]
+        if done:
+            self._sample_and_emit(logits[done], [group[j][0] for j in done])
 
     def _decode(self) -> None:
         # Close holes: the highest sequence moves down into the lowest free slot (one row's cache
@@ -249,13 +288,16 @@ class Engine:
                 self._slots.pop()
                 self._last.pop()
             hole = next((i for i, s in enumerate(self._slots) if s is None), None)
-        live = [s is not None for s in self._slots]
+        live = [s is not None and _ready(s) for s in self._slots]
         logits = self.runner.step(self._last, live)
         self.steps += 1
-        self._sample_and_emit(logits, list(range(len(self._slots))))
+        self._sample_and_emit(logits, [i for i, ok in enumerate(live) if ok], dense=True)
 
-    def _sample_and_emit(self, logits: torch.Tensor, slots: list[int]) -> None:
-        """Pick a token for each of `slots` (rows of `logits`), emit text, free finished slots."""
+    def _sample_and_emit(self, logits: torch.Tensor, slots: list[int], dense: bool = False) -> None:
+        """Pick a token for each of `slots` (rows of `logits`, or of slot numbers when `dense`),
+        emit text, free finished slots."""
+        if dense:  # a decode step's logits cover every slot; keep the decoding ones
+            logits = logits[slots]
         logits = logits.float()
         rows = [self._slots[i] for i in slots]
         raw_logprobs = None
@@ -380,6 +422,11 @@ class Engine:
     def _reset_batch(self) -> None:
         self._slots, self._last = [], []
         self.runner.reset()
+
+
+def _ready(s: Sequence) -> bool:
+    """The whole prompt is in the cache: the sequence decodes."""
+    return s.prefilled == len(s.prompt_ids)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:

@@ -2,8 +2,9 @@
 
 The engine (`engine.py`) gives every running sequence a *slot*, a row of the batch it keeps until
 it finishes; a new sequence takes a free slot. A runner holds the cache for the slots and offers
-two calls: `add` prefills new prompts into their slots and returns their next-token logits, `step`
-decodes one token for every slot up to the highest one in use and returns its logits.
+two calls: `add` prefills prompts (or, when the runner is `chunked`, the next piece of a prompt)
+into their slots and returns the next-token logits, `step` decodes one token for every slot up to
+the highest one in use and returns its logits; `move` and `free` keep the slots dense.
 
 - `LlamaRunner`, for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3): a decode forward over
   the model's own weights, with per-slot key/value buffers written in place. Each slot's tokens sit
@@ -84,23 +85,30 @@ class LlamaRunner:
                 else:
                     store.append(new)
 
-    def add(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        """Prefill `prompts` into `slots` (right-padded, causal); logits of each last token."""
-        width = max(len(p) for p in prompts)
-        self._grow(width)
-        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=self.device)
-        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
+    chunked = True  # a prompt may be prefilled in pieces, each after the ones before it
+
+    def add(self, slots: list[int], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
+        """Prefill `chunks` into `slots` after the `starts` tokens each slot already holds
+        (right-padded, causal); the logits of each chunk's last token."""
+        width = max(len(c) for c in chunks)
+        self._grow(max(s for s in starts) + width)
+        ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
+        offsets = torch.tensor(starts, device=self.device)
+        positions = offsets[:, None] + torch.arange(width, device=self.device)
         rows = torch.tensor(slots, device=self.device)
-        hidden = self._forward(ids, positions, rows, prefill=True)
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        self.positions[slots] = torch.tensor([len(p) for p in prompts])
-        return self._logits(hidden[torch.arange(len(prompts), device=self.device), last])
+        hidden = self._forward(ids, positions, rows, prefill=True, fresh=not any(starts))
+        last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
+        self.positions[slots] = torch.tensor([s + len(c) for s, c in zip(starts, chunks,
+                                                                          strict=True)])
+        return self._logits(hidden[torch.arange(len(chunks), device=self.device), last])
 
     def step(self, tokens: list[int], live: list[bool]) -> torch.Tensor:
         """One token for slots 0..len(tokens)-1; finished slots ride along. Logits per slot."""
         n = len(tokens)
         alive = torch.tensor(live)
-        positions = torch.where(alive, self.positions[:n], 0)
+        # A row that is free or still prefilling writes its (unused) key at the column its next
+        # token will overwrite, so the step cannot disturb what it holds.
+        positions = self.positions[:n].clone()
         length = int(positions.max()) + 1
         self._grow(length)
         ids = torch.tensor(tokens, device=self.device)[:, None]
@@ -129,11 +137,15 @@ class LlamaRunner:
                                              norm.variance_epsilon))
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None, *,
-                 prefill: bool, length: int = 0) -> torch.Tensor:
+                 prefill: bool, length: int = 0, fresh: bool = True) -> torch.Tensor:
         batch, width = ids.shape
         x = self.model.model.embed_tokens(ids)
         cos, sin = self.model.model.rotary_emb(x, positions)
         cos, sin = cos[:, None], sin[:, None]
+        if prefill and not fresh:  # chunks after a cached prefix: attend to it and causally
+            length = int(positions.max()) + 1
+            span = torch.arange(length, device=self.device)
+            mask = (span[None, None] <= positions[:, :, None])[:, None]  # [rows, 1, width, length]
         if not prefill:
             cols = positions[:, 0]
             slot_ids = torch.arange(batch, device=self.device)
@@ -142,10 +154,16 @@ class LlamaRunner:
             q, k, v = layer.qkv(x, batch, width, self.heads, self.kv_heads, self.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            if prefill:
+            if prefill and fresh:
                 self.keys[i][rows, :, :width] = k
                 self.values[i][rows, :, :width] = v
                 attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            elif prefill:
+                self.keys[i][rows[:, None], :, positions] = k.transpose(1, 2)
+                self.values[i][rows[:, None], :, positions] = v.transpose(1, 2)
+                attn = F.scaled_dot_product_attention(
+                    q, self.keys[i][rows, :, :length], self.values[i][rows, :, :length],
+                    attn_mask=mask, enable_gqa=True)
             else:
                 self.keys[i][slot_ids, :, cols] = k[:, :, 0]
                 self.values[i][slot_ids, :, cols] = v[:, :, 0]
@@ -220,7 +238,10 @@ class HFRunner:
         self._positions: list[int] = []
         self._live: set[int] = set()
 
-    def add(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+    chunked = False  # whole prompts only: the left-padded layout cannot append to one row
+
+    def add(self, slots: list[int], prompts: list[list[int]], starts: list[int]) -> torch.Tensor:
+        assert not any(starts), "HFRunner prefills whole prompts"
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
