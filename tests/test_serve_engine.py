@@ -192,3 +192,21 @@ def test_transformers_runner_cache_stays_narrow_under_steady_traffic(tokenizer) 
     # Live rows span at most a prompt (< 30) and a reply (30); 40 chained requests took ~420
     # steps, which is how wide the cache would be without the trimming.
     assert max(widths) <= 30 + 30
+
+
+def test_a_continued_piece_near_the_context_end_next_to_a_longer_one() -> None:
+    """Pieces are right-padded to the longest in their group, so a short last piece of a prompt
+    that nearly fills the context pads past the context's end: the cache must make room, and the
+    piece's logits must be the model's own for the whole prompt."""
+    model = _model("qwen2")  # context 256
+    rng = random.Random(4)
+    long = [rng.randrange(3, VOCAB) for _ in range(252)]
+    short = [rng.randrange(3, VOCAB) for _ in range(16)]
+    with torch.inference_mode():
+        runner = LlamaRunner(model, slots=2)
+        runner.add([0], [long[:250]], [0])
+        logits = runner.add([0, 1], [long[250:], short], [250, 0])
+        want_long = model(torch.tensor([long])).logits[0, -1]
+        want_short = model(torch.tensor([short])).logits[0, -1]
+    torch.testing.assert_close(logits[0], want_long, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1], want_short, rtol=1e-4, atol=1e-4)

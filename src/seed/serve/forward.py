@@ -70,11 +70,12 @@ class LlamaRunner:
         self._grow(64)
 
     def _grow(self, length: int) -> None:
-        """Make room for `length` columns per slot (doubling, at most the context)."""
+        """Make room for `length` columns per slot (doubling up to the context; a chunk's padding
+        may reach a little past it, so `length` itself always fits)."""
         have = self.keys[0].shape[2] if self.keys else 0
         if length <= have:
             return
-        room = min(self.context, max(length, 2 * have))
+        room = max(length, min(self.context, 2 * have))
         shape = (self.slots, self.kv_heads, room, self.head_dim)
         for i in range(len(self.layers)):
             for store in (self.keys, self.values):
