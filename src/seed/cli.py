@@ -282,6 +282,9 @@ def serve(
                                                    "directory name).")] = None,
     max_running: Annotated[int, typer.Option(help="Most sequences in one batch.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Most waiting sequences before 429.")] = 256,
+    max_prefill_tokens: Annotated[int, typer.Option(
+        min=1, help="Prompt tokens prefilled per step: lower keeps running replies smoother "
+        "when long prompts arrive, higher admits bursts faster.")] = 2048,
     usage_log: Annotated[Path | None, typer.Option(help="Append one JSON line per request.")
                          ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: "
@@ -293,7 +296,8 @@ def serve(
 
     run_server(model, upstream=upstream, host=host, port=port, api_key=api_key,
                keys_file=keys_file, model_name=model_name, max_running=max_running,
-               max_queue=max_queue, usage_log=usage_log, threads=threads)
+               max_queue=max_queue, max_prefill_tokens=max_prefill_tokens,
+               usage_log=usage_log, threads=threads)
 
 
 def main() -> None:

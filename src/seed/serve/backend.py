@@ -50,7 +50,8 @@ class LocalBackend:
     """A model directory served by an engine process; returns once the model is loaded there."""
 
     def __init__(self, model_dir: Path, *, model_name: str | None = None, max_running: int = 32,
-                 max_queue: int = 256, device: str | None = None, threads: int | None = None):
+                 max_queue: int = 256, max_prefill_tokens: int = 2048, device: str | None = None,
+                 threads: int | None = None):
         path = check_model_dir(model_dir)
         self.tokenizer = load_tokenizer(path)  # refuses a model without a chat template
         try:
@@ -76,7 +77,8 @@ class LocalBackend:
         self.default_max_new = gen.get("max_new_tokens")
         self.engine = EngineProcess(EngineSpec(
             str(path), tuple(sorted(eos_ids)), self.vocab_size, max_running=max_running,
-            max_queue=max_queue, device=device, threads=threads))
+            max_queue=max_queue, max_prefill_tokens=max_prefill_tokens, device=device,
+            threads=threads))
         try:  # the grammar tokenizer is built here while the engine process loads the model
             self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
             self.engine.wait_ready()

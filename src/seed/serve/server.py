@@ -15,7 +15,8 @@ from seed.serve.auth import load_keys
 def run_server(model_dir: Path | None, *, upstream: str | None = None, host: str = "127.0.0.1",
                port: int = 8000, api_key: str | None = None, keys_file: Path | None = None,
                model_name: str | None = None, max_running: int = 32, max_queue: int = 256,
-               usage_log: Path | None = None, threads: int | None = None) -> None:
+               max_prefill_tokens: int = 2048, usage_log: Path | None = None,
+               threads: int | None = None) -> None:
     """Serve until interrupted. Binds 127.0.0.1 unless `host` says otherwise."""
     import uvicorn
 
@@ -32,7 +33,8 @@ def run_server(model_dir: Path | None, *, upstream: str | None = None, host: str
         from seed.serve.backend import LocalBackend
 
         backend = LocalBackend(model_dir, model_name=model_name, max_running=max_running,
-                               max_queue=max_queue, threads=threads)
+                               max_queue=max_queue, max_prefill_tokens=max_prefill_tokens,
+                               threads=threads)
     try:  # a model backend owns an engine process: stopped however uvicorn ends
         app = create_app(backend, keys=keys, usage_log=usage_log)
         print(f"seed serve: {backend.model_name} on http://{host}:{port} "

@@ -59,6 +59,7 @@ class EngineSpec:
     vocab_size: int
     max_running: int
     max_queue: int
+    max_prefill_tokens: int = 2048
     device: str | None = None
     threads: int | None = None
 
@@ -258,6 +259,7 @@ class _Core:
         # that still sit in the engine's waiting queue.
         self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=spec.max_running,
                              max_waiting=2 * (spec.max_running + spec.max_queue),
+                             max_prefill_tokens=spec.max_prefill_tokens,
                              on_events=self._on_events)
         self.conn = conn
         self.tags: dict[int, _Tagged] = {}
