@@ -8,10 +8,7 @@ template, so every string (JSON included) can be encoded and nothing is download
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_helpers import cli_env, start_cli
+from servers.helpers import free_port
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -75,28 +73,22 @@ def build_tiny_chat_model(path: Path, *, hidden: int = 64, layers: int = 2, cont
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def seed_env() -> dict[str, str]:
     # One intra-op thread: on a shared 2-core machine, OpenMP threads spinning against other
     # processes make a tiny model ~30x slower per step.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    return env
+    return cli_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
 
 @contextmanager
-def running_server(*args: str, timeout: float = 90.0,
-                   extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `seed serve ARGS --port P` and yield its base URL; stop it afterwards."""
+def serving(*args: str | Path, timeout: float = 90.0, extra_env: dict[str, str] | None = None
+            ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start `seed serve ARGS --port P`; yield its base URL and process once /health answers.
+
+    Stopped afterwards (terminate, then kill after 30 s) unless the test already ended it.
+    """
     port = free_port()
-    cmd = [sys.executable, "-m", "seed", "serve", *args, "--port", str(port)]
-    proc = subprocess.Popen(cmd, env={**seed_env(), **(extra_env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli("serve", *args, "--port", str(port), env={**seed_env(), **(extra_env or {})},
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -111,14 +103,23 @@ def running_server(*args: str, timeout: float = 90.0,
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become healthy in time")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def running_server(*args: str | Path, timeout: float = 90.0,
+                   extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `seed serve ARGS --port P` and yield its base URL; stop it afterwards."""
+    with serving(*args, timeout=timeout, extra_env=extra_env) as (url, _):
+        yield url
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[dict | str]:

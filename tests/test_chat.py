@@ -1,15 +1,10 @@
 """`seed chat MODEL_DIR`: the reply streams token by token and the history carries over."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
+from cli_helpers import run_cli
 from seed.endpoints.local import LocalModel
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_reply_streams_in_pieces_that_join_to_the_batched_answer(tiny_model_dir):
@@ -25,10 +20,8 @@ def test_the_reply_streams_in_pieces_that_join_to_the_batched_answer(tiny_model_
 
 
 def test_seed_chat_answers_each_line_and_resets(tiny_model_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seed", "chat", str(tiny_model_dir),
-                           "--max-new-tokens", "6"], input="hello\n/reset\nCalculate 1 + 2.\n",
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = run_cli("chat", tiny_model_dir, "--max-new-tokens", "6",
+                   input="hello\n/reset\nCalculate 1 + 2.\n")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"chatting with {tiny_model_dir}")

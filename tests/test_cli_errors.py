@@ -1,19 +1,11 @@
 """Bad input: one line naming the input, exit code 2, no traceback, the run directory untouched."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def seed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+from cli_helpers import run_cli
 
 
 def snapshot(d: Path) -> dict[str, bytes]:
@@ -54,7 +46,7 @@ def test_unknown_recipe_key(workdir):
     (workdir / "r.toml").write_text(RECIPE.format(family="basic_arithmetic",
                                                   extra="[train]\nbatch_sise = 4\n"))
     before = snapshot(workdir / "runs")
-    proc = seed("run", "r.toml", cwd=workdir)
+    proc = run_cli("run", "r.toml", cwd=workdir)
     assert_one_line_error(proc, "r.toml", "train.batch_sise: unknown key")
     assert snapshot(workdir / "runs") == before
 
@@ -62,7 +54,7 @@ def test_unknown_recipe_key(workdir):
 def test_unknown_task_family(workdir):
     (workdir / "r.toml").write_text(RECIPE.format(family="arithmagic", extra=""))
     before = snapshot(workdir / "runs")
-    proc = seed("run", "r.toml", cwd=workdir)
+    proc = run_cli("run", "r.toml", cwd=workdir)
     assert_one_line_error(proc, "'arithmagic'", "reasoning-gym")
     assert snapshot(workdir / "runs") == before
 
@@ -71,7 +63,7 @@ def test_records_file_with_a_broken_line(workdir):
     good = ('{"id": "a", "messages": [{"role": "user", "content": "1+1"}, '
             '{"role": "assistant", "content": "2"}]}\n')
     (workdir / "data.jsonl").write_text(good + "{not json}\n" + good)
-    proc = seed("train", "data.jsonl", "--out", "runs/bad/train", cwd=workdir)
+    proc = run_cli("train", "data.jsonl", "--out", "runs/bad/train", cwd=workdir)
     assert_one_line_error(proc, "data.jsonl:2")
     assert not (workdir / "runs" / "bad" / "train").exists()
 
@@ -81,10 +73,10 @@ def test_records_file_with_a_broken_line(workdir):
 def test_model_directory_that_does_not_exist(workdir, command):
     (workdir / "e.jsonl").write_text("")
     before = snapshot(workdir / "runs")
-    proc = seed(*command, cwd=workdir)
+    proc = run_cli(*command, cwd=workdir)
     assert_one_line_error(proc, "no/such/model", "no such model directory")
     assert snapshot(workdir / "runs") == before
 
 
 def test_missing_recipe_file(workdir):
-    assert_one_line_error(seed("run", "nope.toml", cwd=workdir), "nope.toml")
+    assert_one_line_error(run_cli("run", "nope.toml", cwd=workdir), "nope.toml")

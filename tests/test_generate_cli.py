@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from cli_helpers import cli_env, run_cli
 from seed.generate.teacher import generate_from_teacher
 from seed.recipe import load_recipe
 from seed.records import read_records
-from servers.helpers import fault_server, run_cli, write_prompts, write_recipe
+from servers.helpers import fault_server, write_prompts, write_recipe
 
 LIMITS = "[generate.limits]\nmax_attempts = 3\ntimeout = 5\nbackoff_base = 0.05"
 
@@ -169,14 +170,14 @@ def test_the_api_key_appears_in_no_file_and_no_log_line(tmp_path: Path, monkeypa
         recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=LIMITS,
                               teacher_extra='api_key_env = "SEED_TEST_KEY"')
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"),
-                      env={"SEED_TEST_KEY": key})
+                      env=cli_env(SEED_TEST_KEY=key))
         assert res.returncode == 0 and "failures: 1" in res.stdout
         caplog.set_level(logging.DEBUG)
         r, _ = load_recipe(recipe)
         console = Console(record=True, width=200)
         generate_from_teacher(r.generate, r.seed, tmp_path / "out2", console=console)
         bad = run_cli("generate", str(recipe), "--out", str(tmp_path / "out3"),
-                      env={"SEED_TEST_KEY": "sk-WRONG-but-also-secret"})
+                      env=cli_env(SEED_TEST_KEY="sk-WRONG-but-also-secret"))
         assert bad.returncode == 2 and "Incorrect API key" in bad.stderr
     assert len(records(tmp_path / "out")) == 11 and len(records(tmp_path / "out2")) == 11
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "srv" not in p.parts]
@@ -197,6 +198,6 @@ def test_the_example_recipe_loads_and_asks_for_its_key(tmp_path: Path) -> None:
     assert (r.generate.teacher.model, r.generate.max_cost) == ("gpt-4o-mini", 5.0)
     prompts = write_prompts(tmp_path / "p.jsonl", 2)
     res = run_cli("generate", str(recipe), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
-                  env={"OPENAI_API_KEY": ""})
+                  env=cli_env(OPENAI_API_KEY=""))
     _one_line_error(res, "OPENAI_API_KEY is not set")
     assert not (tmp_path / "o").exists()

@@ -7,26 +7,18 @@ records and which answers sit in the cache; the run (killed or not) must never s
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from cli_helpers import start_cli
 from seed.records import read_records
-from servers.helpers import ROOT, fault_server, write_prompts, write_recipe
+from servers.helpers import fault_server, write_prompts, write_recipe
 
 N, SAMPLES = 300, 2
-
-
-def _start(recipe: Path, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "seed", "generate", str(recipe), "--out",
-                             str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
 
 
 def _wait_for_requests(server, count: int, proc: subprocess.Popen[bytes]) -> None:
@@ -66,7 +58,8 @@ def test_kill_9_at_random_points_then_rerun_gives_exact_records(tmp_path: Path) 
         for attempt in range(6):
             answered_before, cached_before = _answered(out), _cached(out)
             seen_before = len(server.requests())
-            proc = _start(recipe, out)
+            proc = start_cli("generate", recipe, "--out", out, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
             final = attempt == 5
             if not final:
                 # Kill at a random point of the request stream, not of the clock: start-up

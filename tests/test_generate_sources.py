@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli
 from seed.errors import UserError
 from seed.generate.filters import (
     EmbeddingDuplicates,
@@ -17,7 +18,7 @@ from seed.generate.filters import (
 )
 from seed.generate.sources import check_prompts, eliminated, read_prompts, seed_tasks
 from seed.records import read_records
-from servers.helpers import fault_server, run_cli, write_prompts, write_recipe
+from servers.helpers import fault_server, write_prompts, write_recipe
 
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared/data/self_instruct/seed_tasks.jsonl"
 needs_seeds = pytest.mark.skipif(not SEEDS.exists(), reason=f"reference data missing: {SEEDS}")

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli_helpers import run_cli
 from seed.records import read_records
-from servers.helpers import free_port, run_cli, write_prompts, write_recipe
+from servers.helpers import free_port, write_prompts, write_recipe
 from servers.tiny_model import build_tiny_chat_model
 
 CLI = shutil.which("transformers", path=str(Path(sys.executable).parent))

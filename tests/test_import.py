@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import cli_env, run_cli
 from seed.errors import UserError
 from seed.policy.gate import Use, check_file
 from seed.policy.importers import import_dataset
@@ -31,10 +30,8 @@ ALPACA_ITEMS = [
 
 
 def seed_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-           "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "seed", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    """`seed ARGS` in a terminal wide enough that the check table does not wrap."""
+    return run_cli(*args, env=cli_env(COLUMNS="200"))
 
 
 @pytest.fixture

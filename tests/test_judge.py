@@ -7,11 +7,8 @@ A containing GARBLE gets a reply with no verdict in it. It answers plain questio
 """
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
+from cli_helpers import run_cli
 from seed.endpoints.openai import OpenAIEndpoint
 from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import (
@@ -271,12 +269,6 @@ def test_judge_request_refused_is_one_clear_error(judge_server, tmp_path):
     assert httpx.get(url.removesuffix("/v1") + "/nope/models").status_code == 404
 
 
-def seed_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("recipe, needle", [
     ('name = "x"\n[generate.teacher]\nkind = "tasks"\n', "no [eval.judge] section"),
     ('name = "x"\n[generate.teacher]\nkind = "tasks"\n[eval.judge]\nquestions = "nope.jsonl"\n'
@@ -287,7 +279,7 @@ def seed_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 ])
 def test_seed_judge_bad_input_is_one_line_exit_2(tmp_path, recipe, needle):
     (tmp_path / "r.toml").write_text(recipe)
-    proc = seed_cli("judge", "model", "--recipe", "r.toml", "--out", "out", cwd=tmp_path)
+    proc = run_cli("judge", "model", "--recipe", "r.toml", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

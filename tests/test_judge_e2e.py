@@ -10,11 +10,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli
 from serve_helpers import build_tiny_chat_model, running_server, seed_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.skipif(not MT_BENCH.is_dir(), reason=f"reference data m
 
 
 def seed(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seed", *args], env=seed_env(),
-                          capture_output=True, text=True, timeout=300)
+    return run_cli(*args, env=seed_env())
 
 
 @pytest.fixture(scope="module")

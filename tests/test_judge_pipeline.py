@@ -5,14 +5,9 @@ is the recipe's procedural teacher, whose answers are the tasks' ground truth.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+from cli_helpers import run_cli
 from test_judge import judge_server  # noqa: F401  (the fixture: a real local judge server)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 RECIPE = """name = "judged"
 seed = 5
@@ -41,17 +36,11 @@ model = "rule-judge"
 """
 
 
-def seed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge_server, tmp_path):  # noqa: F811
     url, log = judge_server
     (tmp_path / "r.toml").write_text(RECIPE.format(url=url))
     start = len(log)
-    first = seed("run", "r.toml", cwd=tmp_path)
+    first = run_cli("run", "r.toml", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "runs" / "judged"
     results = json.loads((run / "judge" / "judge_results.json").read_text())
@@ -67,7 +56,7 @@ def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["judge"]["status"] == "done"
 
-    again = seed("run", "r.toml", cwd=tmp_path)
+    again = run_cli("run", "r.toml", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(log) - start == 12  # the judge stage is up to date: no request
     assert "judge: up to date, skipped" in again.stdout

@@ -1,12 +1,8 @@
 """`seed run` end to end on a tiny recipe: every stage's outputs, then a rerun that skips them."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_helpers import run_cli
 
 RECIPE = """name = "tiny"
 seed = 5
@@ -33,15 +29,9 @@ samples = 4
 """
 
 
-def seed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     (tmp_path / "r.toml").write_text(RECIPE)
-    first = seed("run", "r.toml", cwd=tmp_path)
+    first = run_cli("run", "r.toml", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "runs" / "tiny"
     results = json.loads((run / "eval" / "results.json").read_text())
@@ -58,7 +48,7 @@ def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     assert manifest["stages"]["train"]["info"]["steps"] == 6
     model_mtime = (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns
 
-    second = seed("run", "r.toml", cwd=tmp_path)
+    second = run_cli("run", "r.toml", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("up to date, skipped") == 4
     assert (run / "train" / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime
@@ -67,7 +57,7 @@ def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
 
     # Changing a training key reruns training and what depends on it, not generation.
     (tmp_path / "r.toml").write_text(RECIPE.replace("max_steps = 6", "max_steps = 7"))
-    third = seed("run", "r.toml", cwd=tmp_path)
+    third = run_cli("run", "r.toml", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert third.stdout.count("up to date, skipped") == 1  # generate only
     assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["info"]["steps"] == 7

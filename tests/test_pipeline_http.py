@@ -1,14 +1,11 @@
 """`seed run` with an HTTP teacher: generate through the engine, gate, train, judge-free report."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_helpers import cli_env, run_cli
 from servers.helpers import fault_server, write_prompts
-
-ROOT = Path(__file__).resolve().parents[1]
 
 RECIPE = """name = "http"
 seed = 3
@@ -36,12 +33,11 @@ distribute = false
 
 
 def seed(*args: str, cwd: Path, key: str | None = "sk-test") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    env.pop("SEED_TEST_TEACHER_KEY", None)
-    if key:
-        env["SEED_TEST_TEACHER_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "seed", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """`seed ARGS` with the teacher's key in the environment, or with none (no inherited one)."""
+    env = cli_env(SEED_TEST_TEACHER_KEY=key or "")
+    if not key:
+        del env["SEED_TEST_TEACHER_KEY"]
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 def test_run_with_an_http_teacher_generates_trains_and_reports(tmp_path):

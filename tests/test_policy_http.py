@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from servers.helpers import fault_server, run_cli, write_prompts, write_recipe
+from cli_helpers import cli_env, run_cli
+from servers.helpers import fault_server, write_prompts, write_recipe
 
 
 def generate(tmp_path: Path, model: str, teacher_extra: str = "") -> Path:
@@ -38,7 +39,7 @@ def test_openai_records_are_blocked_for_distribution_and_pass_for_an_internal_cl
 
 def test_a_local_llama_31_server_needs_the_llama_prefix(tmp_path: Path) -> None:
     data = generate(tmp_path, "meta-llama/Llama-3.1-8B-Instruct")
-    unnamed = run_cli("check", str(data), "--student-name", "tiny-chat", env={"COLUMNS": "240"})
+    unnamed = run_cli("check", str(data), "--student-name", "tiny-chat", env=cli_env(COLUMNS="240"))
     assert unnamed.returncode == 1
     assert "The student's name must start with 'Llama' (got 'tiny-chat')" in unnamed.stdout
     named = run_cli("check", str(data), "--student-name", "Llama-tiny-chat", "--json")

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, ModelCard
 
+from cli_helpers import run_cli
 from seed.endpoints.tasks import TasksEndpoint
 from seed.recipe import TaskSpec
 from seed.records import count_records, write_records
-
-ROOT = Path(__file__).resolve().parents[1]
 
 RECIPE = """name = "gated"
 seed = 11
@@ -53,16 +49,10 @@ clause = "Our data policy forbids generated arithmetic in shipped models."
 """
 
 
-def seed(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_seed_run_gates_training_and_writes_both_cards(tmp_path: Path) -> None:
     # A quickstart-shaped recipe (procedural teacher) passes the gate and gets clean cards.
     (tmp_path / "r.toml").write_text(RECIPE)
-    done = seed("run", "r.toml", cwd=tmp_path)
+    done = run_cli("run", "r.toml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "gated"
     n = count_records(run / "data" / "train.jsonl")  # 120 less any overlap with the eval set
@@ -77,19 +67,19 @@ def test_seed_run_gates_training_and_writes_both_cards(tmp_path: Path) -> None:
     assert data_card.data.annotations_creators == ["machine-generated"]
     assert data_card.data.license == "apache-2.0"
     assert json.loads((run / "manifest.json").read_text())["policy"]["verdict"] == "allow"
-    again = seed("run", "r.toml", cwd=tmp_path)
+    again = run_cli("run", "r.toml", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("up to date, skipped") == 4
 
     # Under a terms file that forbids the teacher, training is refused until the risk is accepted.
     (tmp_path / "forbid.toml").write_text(FORBID_TASKS)
     (tmp_path / "r.toml").write_text(RECIPE + 'overrides = "forbid.toml"\n')
-    refused = seed("run", "r.toml", cwd=tmp_path)
+    refused = run_cli("run", "r.toml", cwd=tmp_path)
     assert refused.returncode == 2
     assert f"training refused, {n} of {n} records" in refused.stderr
     assert "Traceback" not in refused.stderr
-    accepted = seed("run", "r.toml", "--accept-terms-risk", "smoke test, never shipped",
-                    cwd=tmp_path)
+    accepted = run_cli("run", "r.toml", "--accept-terms-risk", "smoke test, never shipped",
+                       cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stderr
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["policy"]["accepted_risk"] == "smoke test, never shipped"
@@ -106,12 +96,12 @@ def test_seed_train_runs_the_same_gate(tmp_path: Path) -> None:
     write_records(tmp_path / "train.jsonl", [teacher.answer(r) for r in teacher.prompts(48, 1)])
     (tmp_path / "forbid.toml").write_text(FORBID_TASKS)
     (tmp_path / "r.toml").write_text(RECIPE + 'overrides = "forbid.toml"\n')
-    refused = seed("train", "train.jsonl", "--out", "out", "--recipe", "r.toml", cwd=tmp_path)
+    refused = run_cli("train", "train.jsonl", "--out", "out", "--recipe", "r.toml", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: train.jsonl: training refused, 48 of 48 records")
     assert not (tmp_path / "out").exists()
-    ok = seed("train", "train.jsonl", "--out", "out", "--recipe", "r.toml",
-              "--accept-terms-risk", "checking the loop", cwd=tmp_path)
+    ok = run_cli("train", "train.jsonl", "--out", "out", "--recipe", "r.toml",
+                 "--accept-terms-risk", "checking the loop", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "out" / "policy.json").read_text())["accepted_risk"] \
         == "checking the loop"

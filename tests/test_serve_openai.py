@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,6 +16,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from cli_helpers import run_cli
 from serve_helpers import build_tiny_chat_model, running_server, seed_env
 
 KEY = "sk-test-serve"
@@ -255,8 +254,7 @@ def test_client_disconnect_cancels_generation(client, server):
 
 def test_a_model_without_chat_template_is_refused_at_start(tmp_path):
     path = build_tiny_chat_model(tmp_path / "plain", chat_template=False)
-    r = subprocess.run([sys.executable, "-m", "seed", "serve", str(path)], env=seed_env(),
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("serve", path, env=seed_env())
     assert r.returncode == 2
     assert "chat template" in r.stderr and "Traceback" not in r.stderr
 
@@ -304,8 +302,6 @@ def test_upstream_mode_fronts_another_server(server, model_dir, tmp_path):
 
 def test_seed_chat_talks_to_a_server_url(server):
     env = dict(seed_env(), SEED_API_KEY=KEY)
-    r = subprocess.run([sys.executable, "-m", "seed", "chat", server["url"], "--max-new-tokens",
-                        "5"], input="hello\n/exit\n", env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = run_cli("chat", server["url"], "--max-new-tokens", "5", input="hello\n/exit\n", env=env)
     assert r.returncode == 0, r.stderr
     assert "chatting with tiny" in r.stdout

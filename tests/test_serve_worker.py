@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serve_helpers import build_tiny_chat_model, free_port, seed_env, sse_events
+from cli_helpers import run_cli
+from serve_helpers import build_tiny_chat_model, free_port, seed_env, serving, sse_events
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(),
                                 reason="reads processes from /proc (Linux only)")
@@ -45,36 +42,6 @@ def model_dir(tmp_path_factory) -> Path:
     weights["model.embed_tokens.weight"][eos] = 0
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     return path
-
-
-@contextmanager
-def server(model: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`seed serve MODEL ARGS` on a free port; yields its URL and process, stops it afterwards."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seed", "serve", str(model), "--port",
-                             str(port), *args], env=seed_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def engine_pid(server_pid: int) -> int:
@@ -115,7 +82,7 @@ def wait_for_metric(url: str, text: str, seconds: float = 20) -> str:
 
 
 def test_a_killed_engine_ends_open_requests_with_an_error_and_later_ones_get_503(model_dir):
-    with server(model_dir) as (url, proc):
+    with serving(model_dir) as (url, proc):
         async def scenario() -> tuple[httpx.Response, list]:
             async with httpx.AsyncClient(timeout=60) as client:
                 plain = asyncio.create_task(client.post(url + "/v1/chat/completions", json=LONG))
@@ -157,7 +124,7 @@ async def sse_events_async(lines) -> list:
 
 def test_disconnected_clients_free_their_rows_and_their_places_in_the_queue(model_dir):
     # One running and one waiting sequence at most: a third request is a 429 until one leaves.
-    with server(model_dir, "--max-running", "1", "--max-queue", "1") as (url, _):
+    with serving(model_dir, "--max-running", "1", "--max-queue", "1") as (url, _):
         body = {**LONG, "stream": True}
         with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
             # Each line iterator is kept: a dropped one closes its connection (a disconnect).
@@ -184,7 +151,7 @@ def test_the_api_process_holds_no_weights_and_the_engine_dies_with_it(tmp_path):
     # 48M parameters: ~190 MB of float32 weights, far above both processes' other differences.
     big = build_tiny_chat_model(tmp_path / "big", hidden=1024, layers=6)
     weights = (big / "model.safetensors").stat().st_size
-    with server(big) as (url, proc):
+    with serving(big) as (url, proc):
         r = httpx.post(url + "/v1/chat/completions", json={**LONG, "model": "big",
                                                            "max_tokens": 4})
         assert r.status_code == 200
@@ -205,9 +172,7 @@ def test_the_api_process_holds_no_weights_and_the_engine_dies_with_it(tmp_path):
 def test_a_model_that_fails_to_load_is_one_clear_line(tmp_path):
     broken = build_tiny_chat_model(tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    r = subprocess.run([sys.executable, "-m", "seed", "serve", str(broken), "--port",
-                        str(free_port())], env=seed_env(), capture_output=True, text=True,
-                       timeout=120)
+    r = run_cli("serve", broken, "--port", str(free_port()), env=seed_env())
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert "the model failed to load" in last and str(broken) in last

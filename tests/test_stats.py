@@ -2,14 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_helpers import run_cli
 from seed.evaluate.annotations import AnnotationSet, Comparison, combine_verdicts, load_annotations
 from seed.evaluate.stats import (
     bradley_terry,
@@ -23,8 +20,6 @@ from seed.evaluate.stats import (
     summarize,
     win_rate,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def judgment(i: int, verdicts: list, category: str = "writing", out_len: int = 10) -> dict:
@@ -135,12 +130,6 @@ def test_summarize_puts_the_baseline_at_1000_and_orders_models():
     assert low < rows["good"]["bt_score"] < high
 
 
-def run_stats(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", "stats", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("content, needle", [
     (None, "no such annotation file"),
     ("[{\"instruction\": \"x\"}]", "lacks one of instruction, output_1, output_2, preference"),
@@ -150,7 +139,7 @@ def test_bad_annotation_file_is_one_line_exit_2(tmp_path, content, needle):
     path = tmp_path / "ann.json"
     if content is not None:
         path.write_text(content)
-    proc = run_stats(str(path), "--json")
+    proc = run_cli("stats", str(path), "--json")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert needle in proc.stderr and "Traceback" not in proc.stderr
@@ -160,7 +149,7 @@ def test_seed_file_through_the_cli(tmp_path):
     path = tmp_path / "run1.jsonl"
     path.write_text("".join(json.dumps(judgment(i, v)) + "\n"
                             for i, v in enumerate([[1, 1], [1, 1], [-1, 1], [-2, -1]])))
-    proc = run_stats(str(path), "--json")
+    proc = run_cli("stats", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(proc.stdout)
     assert (row["name"], row["n"], row["win_rate"], row["avg_length"]) == ("run1", 4, 62.5, 10.0)
@@ -170,9 +159,9 @@ def test_a_file_of_unparseable_judgments_gives_nulls_not_nan(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(judgment(0, [None, None])) + "\n")
     for args in ((str(path), "--json"), (str(path),)):
-        proc = run_stats(*args)
+        proc = run_cli("stats", *args)
         assert proc.returncode == 0, proc.stderr
-    [row] = json.loads(run_stats(str(path), "--json").stdout)
+    [row] = json.loads(run_cli("stats", str(path), "--json").stdout)
     assert row == {"name": "broken", "n": 0, "win_rate": None, "lc_win_rate": None,
                    "ci_low": None, "ci_high": None, "avg_length": None}
-    assert "broken: 1 judgments unparseable (left out)" in run_stats(str(path)).stdout
+    assert "broken: 1 judgments unparseable (left out)" in run_cli("stats", str(path)).stdout

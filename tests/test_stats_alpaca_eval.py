@@ -6,12 +6,11 @@ length-controlled win rate is fitted from these twelve files alone, not AlpacaEv
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_eval"
@@ -19,16 +18,10 @@ DATA = ROOT.parent / "shared" / "data" / "alpaca_eval"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data missing: {DATA}")
 
 
-def seed_stats(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "seed", "stats", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def stats() -> dict[str, dict]:
     files = sorted(str(p) for p in (DATA / "annotations").glob("*.json.gz"))
-    proc = seed_stats(*files, "--json")
+    proc = run_cli("stats", *files, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows] == [Path(f).name.removesuffix(".json.gz") for f in files]
@@ -111,7 +104,7 @@ def test_bootstrap_interval_shrinks_as_the_sample_grows(tmp_path):
 
 def test_table_output_names_every_file():
     files = [DATA / "annotations" / f"{m}.json.gz" for m in ("alpaca-7b", "claude-2.1")]
-    proc = seed_stats(*map(str, files))
+    proc = run_cli("stats", *map(str, files))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["name", "n", "win%"]

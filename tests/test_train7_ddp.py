@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import ROOT, cli_env, run_cli, torchrun
 from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -27,8 +27,7 @@ def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: 
     script.write_text(SCRIPT)
     done = subprocess.run([*launcher, str(script), str(records), str(out), json.dumps(config)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          env=cli_env(inherit=False, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -58,13 +57,9 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: 
     one = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "batch_size": 8}
     _run(tmp_path, [sys.executable], records, tmp_path / "one", one)
     # The two processes run the real command: `torchrun -m seed train`.
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "seed", "train", str(records), "-o",
-                str(tmp_path / "two"), "--recipe", str(_recipe(tmp_path / "r.toml", base, 4)),
-                "--internal"]
-    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    done = run_cli("train", records, "-o", tmp_path / "two", "--recipe",
+                   _recipe(tmp_path / "r.toml", base, 4), "--internal", launcher=torchrun(2),
+                   env=cli_env(inherit=False, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in one] == [m["step"] for m in two] == list(range(1, 7))

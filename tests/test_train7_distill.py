@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from cli_helpers import cli_env, run_cli
 from seed.errors import UserError
 from seed.recipe import TrainConfig
 from seed.train import train_student
 from seed.train.data import render
 from seed.train.distill import decoded_vocab, teacher_targets
 from train7_helpers import SMALL, checkpoint, metrics, sums, teacher_logprobs, write_chats
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +54,8 @@ def test_teacher_with_another_tokenizer_is_a_clear_error(teacher: Path, tmp_path
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'name = "kd"\n[generate.teacher]\nkind = "tasks"\n[train]\nmode = "kd"\n'
                       f'max_steps = 2\n[train.student]\ncheckpoint = "{teacher}"\n')
-    done = subprocess.run([sys.executable, "-m", "seed", "train", str(records), "-o",
-                           str(tmp_path / "out"), "--recipe", str(recipe), "--internal"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-                               "PATH": "/usr/bin:/bin"})
+    done = run_cli("train", records, "-o", tmp_path / "out", "--recipe", recipe, "--internal",
+                   env=cli_env(inherit=False))
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]  # after model-loading progress bars
     assert "tokenizer differs" in last and "Traceback" not in done.stderr

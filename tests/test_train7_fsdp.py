@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from cli_helpers import cli_env, run_cli, torchrun
 from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe(path: Path, base: Path, batch_size: int, distributed: str) -> Path:
@@ -37,13 +35,9 @@ checkpoint = "{base}"
 
 
 def _train(tmp_path: Path, name: str, records: Path, recipe: Path, processes: int) -> str:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 "--nproc-per-node", str(processes)] if processes > 1 else [sys.executable])
-    done = subprocess.run([*launcher, "-m", "seed", "train", str(records), "-o",
-                           str(tmp_path / name), "--recipe", str(recipe), "--internal"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-                               "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    done = run_cli("train", records, "-o", tmp_path / name, "--recipe", recipe, "--internal",
+                   launcher=torchrun(processes) if processes > 1 else [sys.executable],
+                   env=cli_env(inherit=False, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 

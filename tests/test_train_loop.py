@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cli_helpers import run_cli, start_cli
 from seed.recipe import TrainConfig, load_recipe
 from seed.train import train_student
 from seed.train.data import Example
 from seed.train.loop import RowStream
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """name = "t"
 seed = 7
 
@@ -128,11 +126,8 @@ def test_a_finished_run_is_not_retrained_and_a_changed_config_starts_over(arithm
 
 
 def _seed_train(records: Path, out: Path, recipe: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "seed", "train", str(records), "--out", str(out),
-         "--recipe", str(recipe)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli("train", records, "--out", out, "--recipe", recipe,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_killed_training_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run(
@@ -172,9 +167,7 @@ def test_cli_rejects_a_records_file_with_a_broken_line_without_writing(arithmeti
     lines = (arithmetic_data / "train.jsonl").read_text().splitlines(keepends=True)
     bad.write_text("".join(lines[:3]) + "{not json}\n" + "".join(lines[3:6]))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seed", "train", str(bad), "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_cli("train", bad, "--out", out)
     assert proc.returncode == 2
     assert f"{bad}:4" in proc.stderr
     assert "Traceback" not in proc.stderr

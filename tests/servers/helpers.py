@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVER = Path(__file__).with_name("fault_server.py")
 
 
@@ -78,13 +77,6 @@ def write_recipe(path: Path, base_url: str, prompts: Path | None = None, *,
         lines += ["[[generate.prompts]]", f'path = "{prompts}"', 'license = "CC0-1.0"', ""]
     path.write_text("\n".join(lines))
     return path
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "seed", *args], capture_output=True, text=True,
-                          env=full, cwd=ROOT, timeout=timeout)
 
 
 def write_prompts(path: Path, n: int, prefix: str = "question") -> Path:
