@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from serve_helpers import build_tiny_chat_model, free_port  # noqa: E402
+from servers.helpers import wait_until_up  # noqa: E402
 
 SEED_TASKS = ROOT.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
 
@@ -142,18 +143,7 @@ def server(cmd: list[str], env: dict, url: str) -> Iterator[str]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:3]} exited: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[:3]} did not start")
-            time.sleep(0.5)
+        wait_until_up(proc, url + "/health", 300, " ".join(map(str, cmd[:3])))
         yield url
     finally:
         proc.terminate()

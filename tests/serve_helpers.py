@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from cli_helpers import cli_env, start_cli
-from servers.helpers import free_port
+from servers.helpers import free_port, wait_until_up
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -91,18 +91,7 @@ def serving(*args: str | Path, timeout: float = 90.0, extra_env: dict[str, str] 
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy in time")
-            time.sleep(0.2)
+        wait_until_up(proc, url + "/health", timeout, "seed serve")
         yield url, proc
     finally:
         if proc.poll() is None:

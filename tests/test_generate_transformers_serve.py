@@ -6,16 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cli_helpers import run_cli
 from seed.records import read_records
-from servers.helpers import free_port, write_prompts, write_recipe
+from servers.helpers import free_port, wait_until_up, write_prompts, write_recipe
 from servers.tiny_model import build_tiny_chat_model
 
 CLI = shutil.which("transformers", path=str(Path(sys.executable).parent))
@@ -34,14 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://localhost:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"http://localhost:{port}/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no server"
-                time.sleep(0.5)
+        wait_until_up(proc, f"http://localhost:{port}/health", 120, "transformers serve")
         yield base, model
     finally:
         proc.terminate()

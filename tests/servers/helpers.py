@@ -1,4 +1,5 @@
-"""Test helpers: the fault server in a subprocess on a free port, and `seed generate` recipes."""
+"""Test helpers: the fault server in a subprocess on a free port, waiting for a server to come
+up, and `seed generate` recipes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, timeout: float, what: str = "the server"
+                  ) -> None:
+    """Poll GET `url` until it answers 2xx; RuntimeError, with the process's captured output, if
+    it exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            stream = proc.stdout or proc.stderr
+            output = stream.read()[-4000:] if stream else ""
+            raise RuntimeError(f"{what} exited before it answered:\n{output}")
+        try:
+            if httpx.get(url, timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 @dataclass
@@ -53,15 +74,7 @@ def fault_server(tmp: Path, latency: float = 0.0, key: str | None = None,
                              str(latency), "--log", str(log), "--model", model], env=env)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/models", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the fault server did not start") from None
-                time.sleep(0.1)
+        wait_until_up(proc, f"{base}/models", 30, "the fault server")
         yield FaultServer(base, log)
     finally:
         proc.terminate()
