@@ -94,7 +94,6 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
-    finished: bool = False  # done, but its row may stay in the batch until the next compaction
     generator: torch.Generator | None = None
     submitted_at: float = field(default_factory=time.monotonic)
 
@@ -237,7 +236,7 @@ class Engine:
         for s in partial + new:
             if s.cancelled:  # the client left before its first token: free the slot now
                 slot = self._slots.index(s)
-                self._slots[slot], s.finished = None, True
+                self._slots[slot] = None
                 self.runner.free(slot)
                 continue
             n = len(s.prompt_ids) - s.prefilled
@@ -325,7 +324,6 @@ class Engine:
             if event is not None:
                 posts.append((s, event))
             if reason is not None or s.cancelled:
-                s.finished = True
                 self._slots[slot] = None
                 self.runner.free(slot)
         self._post(posts)
