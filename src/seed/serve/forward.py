@@ -40,6 +40,8 @@ def make_runner(model: Any, slots: int) -> LlamaRunner | HFRunner:
 class LlamaRunner:
     """Decode and prefill for Llama-family models over per-slot key/value buffers."""
 
+    chunked = True  # a prompt may be prefilled in pieces, each after the ones before it
+
     @staticmethod
     def supports(model: Any) -> bool:
         """True for a Llama-family model with full attention everywhere and SiLU MLPs."""
@@ -85,8 +87,6 @@ class LlamaRunner:
                     store[i] = new
                 else:
                     store.append(new)
-
-    chunked = True  # a prompt may be prefilled in pieces, each after the ones before it
 
     def add(self, slots: list[int], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
         """Prefill `chunks` into `slots` after the `starts` tokens each slot already holds
@@ -230,6 +230,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class HFRunner:
     """transformers' own forward over a left-padded cache whose rows are the engine's slots."""
 
+    chunked = False  # whole prompts only: the left-padded layout cannot append to one row
+
     def __init__(self, model: Any, slots: int):
         self.model = model
         self.device = next(model.parameters()).device
@@ -238,8 +240,6 @@ class HFRunner:
         self._mask: torch.Tensor | None = None  # [rows, cached length]; 0 marks left padding
         self._positions: list[int] = []
         self._live: set[int] = set()
-
-    chunked = False  # whole prompts only: the left-padded layout cannot append to one row
 
     def add(self, slots: list[int], prompts: list[list[int]], starts: list[int]) -> torch.Tensor:
         assert not any(starts), "HFRunner prefills whole prompts"
