@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import ROOT, cli_env, run_cli, torchrun
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
+from train7_helpers import SMALL, checkpoint, metrics, multiprocess_recipe, sums, write_chats
 
 SCRIPT = """
 import json, sys
@@ -31,24 +31,6 @@ def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: 
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _recipe(path: Path, base: Path, batch_size: int) -> Path:
-    path.write_text(f'''name = "ddp"
-[generate.teacher]
-kind = "tasks"
-[train]
-seq_len = {SMALL["seq_len"]}
-batch_size = {batch_size}
-max_steps = 6
-warmup_steps = 2
-lr = {SMALL["lr"]}
-log_every = 1
-threads = 1
-[train.student]
-checkpoint = "{base}"
-''')
-    return path
-
-
 @pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())
@@ -57,8 +39,9 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: 
     one = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "batch_size": 8}
     _run(tmp_path, [sys.executable], records, tmp_path / "one", one)
     # The two processes run the real command: `torchrun -m seed train`.
-    done = run_cli("train", records, "-o", tmp_path / "two", "--recipe",
-                   _recipe(tmp_path / "r.toml", base, 4), "--internal", launcher=torchrun(2),
+    recipe = multiprocess_recipe(tmp_path / "r.toml", "ddp", base, 4)
+    done = run_cli("train", records, "-o", tmp_path / "two", "--recipe", recipe, "--internal",
+                   launcher=torchrun(2),
                    env=cli_env(inherit=False, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")

@@ -11,27 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cli_helpers import cli_env, run_cli, torchrun
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
-
-
-def _recipe(path: Path, base: Path, batch_size: int, distributed: str) -> Path:
-    path.write_text(f'''name = "fsdp"
-[generate.teacher]
-kind = "tasks"
-[train]
-seq_len = {SMALL["seq_len"]}
-batch_size = {batch_size}
-max_steps = 6
-warmup_steps = 2
-lr = {SMALL["lr"]}
-log_every = 1
-checkpoint_every = 3
-threads = 1
-distributed = "{distributed}"
-[train.student]
-checkpoint = "{base}"
-''')
-    return path
+from train7_helpers import checkpoint, metrics, multiprocess_recipe, sums, write_chats
 
 
 def _train(tmp_path: Path, name: str, records: Path, recipe: Path, processes: int) -> str:
@@ -47,8 +27,10 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path:
     records = write_chats(tmp_path / "r.jsonl", sums())
     base = checkpoint(tmp_path / "base")
     # One process: 8 rows per step. Two sharded processes: 4 rows each, the same 8 rows per step.
-    _train(tmp_path, "one", records, _recipe(tmp_path / "one.toml", base, 8, "ddp"), 1)
-    _train(tmp_path, "two", records, _recipe(tmp_path / "two.toml", base, 4, "fsdp"), 2)
+    for name, rows, mode, processes in [("one", 8, "ddp", 1), ("two", 4, "fsdp", 2)]:
+        recipe = multiprocess_recipe(tmp_path / f"{name}.toml", "fsdp", base, rows,
+                                     f'checkpoint_every = 3\ndistributed = "{mode}"')
+        _train(tmp_path, name, records, recipe, processes)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in two] == list(range(1, 7))
     for a, b in zip(one, two, strict=True):

@@ -72,3 +72,25 @@ def teacher_logprobs(teacher_dir: Path, chats: list[list[dict[str, str]]],
 
 def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def multiprocess_recipe(path: Path, name: str, base: Path, batch_size: int,
+                        extra: str = "") -> Path:
+    """A 6-step fine-tuning recipe of `base` for the one- vs many-process tests; `extra` adds
+    [train] lines (checkpointing, the sharding mode)."""
+    path.write_text(f'''name = "{name}"
+[generate.teacher]
+kind = "tasks"
+[train]
+seq_len = {SMALL["seq_len"]}
+batch_size = {batch_size}
+max_steps = 6
+warmup_steps = 2
+lr = {SMALL["lr"]}
+log_every = 1
+threads = 1
+{extra}
+[train.student]
+checkpoint = "{base}"
+''')
+    return path
