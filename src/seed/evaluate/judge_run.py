@@ -26,7 +26,7 @@ from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import JudgeSettings, judge_pairwise, judge_single
 from seed.evaluate.questions import Question, load_questions
 from seed.evaluate.stats import bootstrap_ci, summarize
-from seed.files import write_json_atomic
+from seed.files import load_jsonl, write_json_atomic
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
 from seed.recipe import EndpointConfig, JudgeConfig
@@ -154,8 +154,7 @@ def summarize_judgments(out_dir: str | Path, mode: str) -> dict[str, Any]:
     if mode == "pairwise":
         [row] = summarize([load_annotations(out_dir / JUDGMENTS)])
         return row
-    lines = (out_dir / GRADES).read_text(encoding="utf-8").splitlines()
-    return {"scores": _scores([json.loads(line) for line in lines if line.strip()])}
+    return {"scores": _scores(load_jsonl(out_dir / GRADES))}
 
 
 def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
