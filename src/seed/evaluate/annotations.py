@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
+from seed.files import read_jsonl
 
 
 @dataclass
@@ -93,7 +94,7 @@ def load_annotations(path: str | Path) -> AnnotationSet:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); "
                             "pass an AlpacaEval annotations.json") from e
         return _from_alpaca_eval(path, items)
-    return _from_seed_lines(path, text)
+    return _from_seed_lines(path)
 
 
 def _from_alpaca_eval(path: Path, items: list[Any]) -> AnnotationSet:
@@ -125,20 +126,15 @@ def _alpaca_preference(value: Any) -> float | None:
     return 0.5 if p == 0 else min(max(p - 1.0, 0.0), 1.0)
 
 
-def _from_seed_lines(path: Path, text: str) -> AnnotationSet:
+def _from_seed_lines(path: Path) -> AnnotationSet:
     rows, dropped, models, baselines = [], 0, set(), set()
-    lines = text.splitlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    # A torn last line from a crash mid-write is skipped by read_jsonl; the judge redoes it.
+    for lineno, item in read_jsonl(path):
         try:
-            item = json.loads(line)
             verdicts = item["verdicts"]
             models.add(item["model"])
             baselines.add(item["baseline"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            if lineno == len(lines) and not text.endswith("\n"):
-                continue  # a torn last line from a crash mid-write; the judge redoes it on resume
+        except (KeyError, TypeError) as e:
             raise UserError(f"{path}:{lineno}: not a Seed judgment line ({e}); pass a "
                             "judgments.jsonl written by `seed eval`") from e
         pref = combine_verdicts(*verdicts)

@@ -33,6 +33,7 @@ from typing import Any
 from seed.endpoints.base import Endpoint
 from seed.errors import UserError
 from seed.evaluate.questions import Question
+from seed.files import read_jsonl
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
 from seed.records import repair_torn_tail
@@ -153,8 +154,7 @@ def _done(path: Path, key: Any) -> set:
     repair_torn_tail(path)
     if not path.exists():
         return set()
-    return {key(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()}
+    return {key(row) for _, row in read_jsonl(path)}
 
 
 def _append(f: Any, row: dict[str, Any]) -> None:

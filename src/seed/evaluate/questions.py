@@ -8,11 +8,11 @@ It does not answer or judge anything.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from seed.errors import UserError
+from seed.files import read_jsonl
 
 
 @dataclass
@@ -33,13 +33,10 @@ def load_questions(path: str | Path, references: str | Path | None = None,
         raise UserError(f"{path}: no such questions file; give a records JSONL or an MT-Bench "
                         "question.jsonl")
     out: list[Question] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, item in read_jsonl(path):
         try:
-            item = json.loads(line)
             out.append(_question(item))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}:{lineno}: not a question ({e}); each line needs `turns` "
                             "(MT-Bench) or `messages` with a user turn (a Seed record)") from e
         if limit is not None and len(out) >= limit:
@@ -72,8 +69,10 @@ def _references(path: Path) -> dict[str, list[str]]:
         raise UserError(f"{path}: no such reference answers file; give an MT-Bench "
                         "reference_answer/*.jsonl")
     refs = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
+    for lineno, item in read_jsonl(path):
+        try:
             refs[str(item["question_id"])] = [str(t) for t in item["choices"][0]["turns"]]
+        except (KeyError, IndexError, TypeError) as e:
+            raise UserError(f"{path}:{lineno}: not a reference answer ({e!r}); each line needs "
+                            "`question_id` and `choices[0].turns` (MT-Bench)") from e
     return refs

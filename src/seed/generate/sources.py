@@ -18,7 +18,6 @@ knows nothing about HTTP, limits or records files.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
+from seed.files import read_jsonl
 from seed.generate.filters import NearDuplicates, is_refusal, similarity
 from seed.records import Source, record_id
 
@@ -51,11 +51,7 @@ def _kind(path: Path, kind: str) -> str:
     return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(path.suffix.lower(), "text")
 
 
-def _jsonl_messages(line: str, where: str) -> list[dict[str, str]]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg}); fix or remove that line") from None
+def _jsonl_messages(row: Any, where: str) -> list[dict[str, str]]:
     if isinstance(row, dict) and isinstance(row.get("prompt"), str):
         return [{"role": "user", "content": row["prompt"]}]
     msgs = row.get("messages") if isinstance(row, dict) else None
@@ -77,6 +73,10 @@ def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None
         raise UserError(f"{path}: no such prompts file; check generate.prompts path")
     source = Source(kind="file", name=name or path.name, license=license)
     fmt = _kind(path, kind)
+    if fmt == "jsonl":
+        for lineno, row in read_jsonl(path):
+            yield Prompt(_jsonl_messages(row, f"{path}:{lineno}"), source)
+        return
     with path.open(encoding="utf-8", newline="") as f:
         if fmt == "csv":
             reader = csv.DictReader(f)
@@ -89,12 +89,8 @@ def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None
                 if (text := (row[col] or "").strip()):
                     yield Prompt([{"role": "user", "content": text}], source)
             return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if fmt == "jsonl":
-                yield Prompt(_jsonl_messages(line, f"{path}:{lineno}"), source)
-            else:
+        for line in f:
+            if line.strip():
                 yield Prompt([{"role": "user", "content": line.strip()}], source)
 
 
@@ -117,16 +113,11 @@ def seed_tasks(path: str | Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: no such seed tasks file; check generate.self_instruct.seed_tasks")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            text = row.get("instruction") or row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise UserError(f"{path}:{lineno}: a seed task needs an \"instruction\" string")
-            out.append(text)
+    for lineno, row in read_jsonl(path):
+        text = row.get("instruction") or row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise UserError(f"{path}:{lineno}: a seed task needs an \"instruction\" string")
+        out.append(text)
     return out
 
 

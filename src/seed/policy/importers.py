@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from seed.errors import UserError
+from seed.files import read_jsonl
 from seed.records import Provenance, Record, Source, Teacher, write_records
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e}); fix the file") from None
         return
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); fix that line") from None
+    yield from read_jsonl(path)
 
 
 def _alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
