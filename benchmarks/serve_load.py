@@ -21,7 +21,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from serve_helpers import build_tiny_chat_model, load_test, running_server  # noqa: E402
+from helpers.models import tiny_model  # noqa: E402
+from helpers.serve import load_test, running_server  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--max-queue", type=int, default=64)
     args = ap.parse_args()
-    model = build_tiny_chat_model(Path(tempfile.mkdtemp(prefix="seed-load-")) / "tiny")
+    model = tiny_model(Path(tempfile.mkdtemp(prefix="seed-load-")) / "tiny")
     with running_server(str(model), "--max-queue", str(args.max_queue)) as url:
         start = time.perf_counter()
         outcomes = asyncio.run(load_test(url, clients=args.clients, seconds=args.seconds))

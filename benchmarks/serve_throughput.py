@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from serve_helpers import build_tiny_chat_model, free_port  # noqa: E402
-from servers.helpers import wait_until_up  # noqa: E402
+from helpers.models import tiny_model  # noqa: E402
+from helpers.servers import free_port, wait_until_up  # noqa: E402
 
 SEED_TASKS = ROOT.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
 
@@ -164,7 +164,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="seed-bench-"))
-    model_dir = build_tiny_chat_model(tmp / "small", hidden=args.hidden, layers=args.layers,
+    model_dir = tiny_model(tmp / "small", hidden=args.hidden, layers=args.layers,
                                       context=1024, vocab=400)
     requests = workload(args.requests)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",

@@ -1,11 +1,15 @@
-"""Shared fixtures: tiny tokenizers, models and records built locally, never downloaded."""
+"""Shared fixtures: tiny tokenizers, models, records and a judge server, built locally, never
+downloaded. Helper functions the tests share are in tests/helpers/."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers.models import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,13 +46,18 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
-    """A saved random `nano` student and its tokenizer: loadable with AutoModelForCausalLM."""
-    from seed.train.models import build_student, student_config
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random `nano` student and its digits tokenizer: loadable with
+    AutoModelForCausalLM."""
+    texts = ["Calculate 12 + 34.", "46", "Hello there, how are you?", "Fine, thanks!"] * 20
+    return tiny_model(tmp_path_factory.mktemp("tiny_model"), tokenizer="digits", texts=texts,
+                      vocab=300, size="nano", context=128)
 
-    cfg = student_config("nano", len(tiny_tokenizer), 128, tiny_tokenizer.pad_token_id,
-                         tiny_tokenizer.eos_token_id)
-    path = tmp_path_factory.mktemp("tiny_model")
-    build_student(cfg, seed=0).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+
+@pytest.fixture(scope="module")
+def judge_server() -> Iterator[tuple[str, list[dict]]]:
+    """The rule-based judge of helpers/judge_server.py: its base URL and its request log."""
+    from helpers.judge_server import judge_server as serving
+
+    with serving() as (url, log):
+        yield url, log

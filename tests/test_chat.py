@@ -3,7 +3,7 @@
 
 import torch
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 from seed.endpoints.local import LocalModel
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 
 
 def snapshot(d: Path) -> dict[str, bytes]:

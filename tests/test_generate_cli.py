@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cli_helpers import cli_env, run_cli
+from helpers.cli import cli_env, run_cli
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
+from helpers.servers import fault_server
 from seed.generate.teacher import generate_from_teacher
 from seed.recipe import load_recipe
 from seed.records import read_records
-from servers.helpers import fault_server, write_prompts, write_recipe
 
-LIMITS = "[generate.limits]\nmax_attempts = 3\ntimeout = 5\nbackoff_base = 0.05"
+LIMITS = {"generate.limits.max_attempts": 3, "generate.limits.timeout": 5,
+          "generate.limits.backoff_base": 0.05}
 
 
 def records(out: Path) -> list:
@@ -25,8 +27,9 @@ def records(out: Path) -> list:
 def test_records_carry_answers_samples_logprobs_and_full_provenance(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 20)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=(
-            "samples = 2\nparams = {temperature = 0.7, logprobs = true, top_logprobs = 1}"))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts), {
+            "generate.samples": 2,
+            "generate.params": {"temperature": 0.7, "logprobs": True, "top_logprobs": 1}})
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
         assert res.returncode == 0, res.stderr
         assert "40 records written" in res.stdout
@@ -53,7 +56,7 @@ def test_records_carry_answers_samples_logprobs_and_full_provenance(tmp_path: Pa
 def test_rerun_resumes_without_a_request_and_repairs_a_torn_tail(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 30)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts)
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts))
         out = tmp_path / "out"
         assert run_cli("generate", str(recipe), "--out", str(out)).returncode == 0
         lines = (out / "train.jsonl").read_bytes().splitlines(keepends=True)
@@ -70,9 +73,9 @@ def test_rerun_resumes_without_a_request_and_repairs_a_torn_tail(tmp_path: Path)
 def test_max_cost_stops_cleanly_and_a_higher_cap_finishes_the_job(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 200)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=(
-            'prices = {"fault-model" = [1000.0, 1000.0]}\n' + LIMITS.replace(
-                "[generate.limits]", "[generate.limits]\nconcurrency = 4")))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts), {
+            "generate.prices": {"fault-model": [1000.0, 1000.0]}, **LIMITS,
+            "generate.limits.concurrency": 4})
         out = tmp_path / "out"
         # each request: 2 prompt + 3 completion tokens at $1000/M = $0.005
         res = run_cli("generate", str(recipe), "--out", str(out), "--max-cost", "0.1")
@@ -92,8 +95,8 @@ def test_max_cost_stops_cleanly_and_a_higher_cap_finishes_the_job(tmp_path: Path
 def test_failures_go_to_failed_jsonl_and_a_rerun_retries_them(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 10)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=LIMITS.replace(
-            "timeout = 5", "timeout = 5\nmax_attempts = 2").replace("max_attempts = 3\n", ""))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts),
+                              {**LIMITS, "generate.limits.max_attempts": 2})
         s.faults(["500", "500"], match="question 7")
         out = tmp_path / "out"
         res = run_cli("generate", str(recipe), "--out", str(out))
@@ -111,7 +114,7 @@ def test_refusals_are_dropped_and_duplicate_prompts_are_never_paid_for(tmp_path:
         p = tmp_path / "p.txt"
         p.write_text("Tell me a joke\ntell me  a JOKE\nI'm sorry, but as an AI language model\n"
                      "Name three primes\n")
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, p)
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, p))
         assert run_cli("generate", str(recipe), "--out", str(tmp_path / "out")).returncode == 0
         assert sorted(r["user"] for r in s.requests()) == [
             "I'm sorry, but as an AI language model", "Name three primes", "Tell me a joke"]
@@ -133,27 +136,28 @@ def test_bad_input_is_one_clear_line_and_nothing_written_is_lost(tmp_path: Path)
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 5)
         out = tmp_path / "out"
-        good = write_recipe(tmp_path / "good.toml", s.base_url, prompts)
+        good = write_recipe(tmp_path / "good.toml", teacher_recipe(s.base_url, prompts))
         assert run_cli("generate", str(good), "--out", str(out)).returncode == 0
         before = (out / "train.jsonl").read_bytes()
 
         broken = tmp_path / "broken.jsonl"
         broken.write_text('{"prompt": "fine"}\n{"prompt": "oops\n')
-        res = run_cli("generate", str(write_recipe(tmp_path / "b.toml", s.base_url, broken)),
+        res = run_cli("generate", write_recipe(tmp_path / "b.toml", teacher_recipe(s.base_url,
+                                                                                   broken)),
                       "--out", str(out))
         _one_line_error(res, "broken.jsonl:2", "not valid JSON")
 
-        res = run_cli("generate", str(write_recipe(
-            tmp_path / "k.toml", s.base_url, prompts,
-            teacher_extra='api_key_env = "SEED_TEST_MISSING_KEY"')), "--out", str(out))
+        res = run_cli("generate", write_recipe(
+            tmp_path / "k.toml", teacher_recipe(s.base_url, prompts),
+            {"generate.teacher.api_key_env": "SEED_TEST_MISSING_KEY"}), "--out", str(out))
         _one_line_error(res, "SEED_TEST_MISSING_KEY is not set")
 
-        res = run_cli("generate", str(write_recipe(tmp_path / "m.toml", s.base_url, prompts,
-                                                   model="gpt-nonexistent")), "--out", str(out))
+        res = run_cli("generate", write_recipe(tmp_path / "m.toml", teacher_recipe(
+            s.base_url, prompts, model="gpt-nonexistent")), "--out", str(out))
         _one_line_error(res, "HTTP 404", "gpt-nonexistent")
 
-    res = run_cli("generate", str(write_recipe(tmp_path / "u.toml", "http://127.0.0.1:9/v1",
-                                               prompts)), "--out", str(out))
+    res = run_cli("generate", write_recipe(tmp_path / "u.toml", teacher_recipe(
+        "http://127.0.0.1:9/v1", prompts)), "--out", str(out))
     _one_line_error(res, "cannot reach the teacher at http://127.0.0.1:9/v1")
     assert (out / "train.jsonl").read_bytes() == before
 
@@ -167,8 +171,8 @@ def test_the_api_key_appears_in_no_file_and_no_log_line(tmp_path: Path, monkeypa
         prompts = write_prompts(tmp_path / "p.jsonl", 12)
         s.faults(["500"] * 6, match="question 4")
         s.faults(["429:0.01"], match="question 5")
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=LIMITS,
-                              teacher_extra='api_key_env = "SEED_TEST_KEY"')
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts),
+                              {**LIMITS, "generate.teacher.api_key_env": "SEED_TEST_KEY"})
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"),
                       env=cli_env(SEED_TEST_KEY=key))
         assert res.returncode == 0 and "failures: 1" in res.stdout

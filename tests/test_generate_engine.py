@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers.servers import FaultServer, fault_server
 from seed.endpoints.openai import OpenAIEndpoint, infer_route
 from seed.errors import UserError
 from seed.generate.budget import Budget, price_for
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, TokenBucket, parse_reset, run_sync
-from servers.helpers import FaultServer, fault_server
 
 FAST = Limits(concurrency=8, max_attempts=4, timeout=1.0, backoff_base=0.01, backoff_max=0.05)
 

@@ -14,9 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from cli_helpers import start_cli
+from helpers.cli import start_cli
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
+from helpers.servers import fault_server
 from seed.records import read_records
-from servers.helpers import fault_server, write_prompts, write_recipe
 
 N, SAMPLES = 300, 2
 
@@ -51,8 +52,8 @@ def test_kill_9_at_random_points_then_rerun_gives_exact_records(tmp_path: Path) 
     rng = random.Random(1234)
     with fault_server(tmp_path, latency=0.1) as server:
         prompts = write_prompts(tmp_path / "p.jsonl", N)
-        recipe = write_recipe(tmp_path / "r.toml", server.base_url, prompts,
-                              extra=f"samples = {SAMPLES}\n[generate.limits]\nconcurrency = 8")
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(server.base_url, prompts),
+                              {"generate.samples": SAMPLES, "generate.limits.concurrency": 8})
         out = tmp_path / "out"
         kills, midway = 0, []
         for attempt in range(6):

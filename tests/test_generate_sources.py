@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
+from helpers.servers import fault_server
 from seed.errors import UserError
 from seed.generate.filters import (
     EmbeddingDuplicates,
@@ -18,7 +20,6 @@ from seed.generate.filters import (
 )
 from seed.generate.sources import check_prompts, eliminated, read_prompts, seed_tasks
 from seed.records import read_records
-from servers.helpers import fault_server, write_prompts, write_recipe
 
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared/data/self_instruct/seed_tasks.jsonl"
 needs_seeds = pytest.mark.skipif(not SEEDS.exists(), reason=f"reference data missing: {SEEDS}")
@@ -112,9 +113,9 @@ def test_evol_elimination_step() -> None:
 @needs_seeds
 def test_self_instruct_from_the_real_seed_tasks_is_resumable(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, None, extra=(
-            "[generate.self_instruct]\n"
-            f'seed_tasks = "{SEEDS}"\nnum_instructions = 12\nlicense = "Apache-2.0"'))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url), {
+            "generate.self_instruct": {"seed_tasks": SEEDS, "num_instructions": 12,
+                                       "license": "Apache-2.0"}})
         out = tmp_path / "out"
         res = run_cli("generate", str(recipe), "--out", str(out))
         assert res.returncode == 0, res.stderr
@@ -137,8 +138,8 @@ def test_evol_instruct_keeps_good_evolutions_and_drops_failed_ones(tmp_path: Pat
     with fault_server(tmp_path) as s:
         p = tmp_path / "p.txt"
         p.write_text("Explain how a lighthouse works.\nsorry, rewrite this one please\n")
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, p, extra=(
-            "[generate.evol_instruct]\nrounds = 1\nbreadth_share = 0.0"))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, p), {
+            "generate.evol_instruct": {"rounds": 1, "breadth_share": 0.0}})
         assert run_cli("generate", str(recipe), "--out", str(tmp_path / "out")).returncode == 0
     recs = list(read_records(tmp_path / "out" / "train.jsonl"))
     prompts = sorted(r.messages[0].content for r in recs)
@@ -152,8 +153,8 @@ def test_evol_instruct_keeps_good_evolutions_and_drops_failed_ones(tmp_path: Pat
 def test_multi_turn_conversations_with_teacher_written_follow_ups(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 4)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=(
-            "turns = 2\nparams = {logprobs = true}"))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts), {
+            "generate.turns": 2, "generate.params": {"logprobs": True}})
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
         assert res.returncode == 0, res.stderr
     recs = list(read_records(tmp_path / "out" / "train.jsonl"))
@@ -172,9 +173,10 @@ def test_structured_answers_follow_the_json_schema(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 3)
         s.faults(["badjson"], match="question 1")
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, extra=(
-            'response_schema = {type = "object", properties = {answer = {type = "string"}}, '
-            'required = ["answer"]}\n[generate.limits]\nbackoff_base = 0.01'))
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts), {
+            "generate.response_schema": {"type": "object", "required": ["answer"],
+                                         "properties": {"answer": {"type": "string"}}},
+            "generate.limits.backoff_base": 0.01})
         assert run_cli("generate", str(recipe), "--out", str(tmp_path / "out")).returncode == 0
         assert len(s.requests()) == 4  # the invalid answer was asked again
     recs = list(read_records(tmp_path / "out" / "train.jsonl"))

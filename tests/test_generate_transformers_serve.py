@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
+from helpers.models import tiny_model
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
+from helpers.servers import free_port, wait_until_up
 from seed.records import read_records
-from servers.helpers import free_port, wait_until_up, write_prompts, write_recipe
-from servers.tiny_model import build_tiny_chat_model
 
 CLI = shutil.which("transformers", path=str(Path(sys.executable).parent))
 
@@ -24,7 +25,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     if CLI is None:
         pytest.skip("the `transformers` command is not installed in this environment")
     tmp = tmp_path_factory.mktemp("tserve")
-    model = build_tiny_chat_model(tmp / "tiny")
+    model = tiny_model(tmp / "tiny")
     (tmp / "hub").mkdir()  # /v1/models needs an existing HF_HUB_CACHE
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "hub")}
@@ -42,10 +43,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def test_records_from_transformers_serve(served: tuple[str, Path], tmp_path: Path) -> None:
     base, model = served
     prompts = write_prompts(tmp_path / "p.jsonl", 4)
-    recipe = write_recipe(tmp_path / "r.toml", base, prompts, model=str(model), extra=(
-        "samples = 2\nparams = {max_tokens = 6, temperature = 1.0}\n"
-        "[generate.filters]\nmin_answer_chars = 0\ndrop_refusals = false\n"
-        "[generate.limits]\nconcurrency = 2"))
+    recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(base, prompts, model=str(model)), {
+        "generate.samples": 2, "generate.params": {"max_tokens": 6, "temperature": 1.0},
+        "generate.filters": {"min_answer_chars": 0, "drop_refusals": False},
+        "generate.limits.concurrency": 2})
     res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     recs = list(read_records(tmp_path / "out" / "train.jsonl"))
@@ -64,8 +65,8 @@ def test_a_model_the_server_does_not_have_is_one_clear_line(served: tuple[str, P
                                                             tmp_path: Path) -> None:
     base, _ = served
     prompts = write_prompts(tmp_path / "p.jsonl", 2)
-    res = run_cli("generate", str(write_recipe(tmp_path / "r.toml", base, prompts,
-                                               model="no-such-model")),
+    res = run_cli("generate", write_recipe(tmp_path / "r.toml", teacher_recipe(
+        base, prompts, model="no-such-model")),
                   "--out", str(tmp_path / "out"))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import cli_env, run_cli
+from helpers.cli import cli_env, run_cli
 from seed.errors import UserError
 from seed.policy.gate import Use, check_file
 from seed.policy.importers import import_dataset

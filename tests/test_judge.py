@@ -1,25 +1,18 @@
 """The judge through the generation engine against a real local OpenAI-compatible server.
 
-The server (FastAPI + uvicorn on a free port, in a thread) is a rule-based judge whose verdicts can
-be worked out by hand: the answer with more words wins (much better at twice the words), equal
-answers go to whichever is shown first (a position bias the two orders must cancel), and an answer
-A containing GARBLE gets a reply with no verdict in it. It answers plain questions as a baseline.
+The server is helpers/judge_server.py (the `judge_server` fixture): a rule-based judge whose
+verdicts can be worked out by hand (longer answers win, ties go to the answer shown first, GARBLE
+gets no verdict).
 """
 
 import json
 import re
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 from seed.endpoints.openai import OpenAIEndpoint
 from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import (
@@ -37,64 +30,6 @@ from seed.generate.engine import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench"
-
-
-def _between(text: str, start: str, end: str) -> str:
-    return text.split(start, 1)[1].split(end, 1)[0].strip()
-
-
-def rule_judge_app(log: list[dict]) -> FastAPI:
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict:
-        body = await request.json()
-        log.append(body)
-        system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-        as_json = "response_format" in body
-        if "Compare two AI assistants" in system:
-            a = _between(user, "[Assistant A's answer]", "[End of Assistant A's answer]")
-            b = _between(user, "[Assistant B's answer]", "[End of Assistant B's answer]")
-            la, lb = len(a.split()), len(b.split())
-            verdict = ("A>>B" if la >= 2 * lb else "A>B" if la >= lb else
-                       "B>>A" if lb >= 2 * la else "B>A")
-            reason = f"A has {la} words, B has {lb}"
-            text = (json.dumps({"verdict": verdict, "reason": reason}) if as_json
-                    else f"{reason}. Final verdict: [[{verdict[0] if '>' in verdict else 'C'}]]")
-            if "GARBLE" in a:
-                text = "I would rather not say."
-        elif "Rate the AI assistant" in system:
-            answer = _between(user, "[Assistant's answer]", "[End of assistant's answer]")
-            score = min(10, 1 + len(answer.split()) // 3)
-            text = (json.dumps({"score": score, "reason": "by length"}) if as_json
-                    else f"By length. Rating: [[{score}]]")
-        else:
-            text = f"A baseline answer with several words about: {user[:40]}"
-        return {"id": "x", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def judge_server() -> Iterator[tuple[str, list[dict]]]:
-    log: list[dict] = []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(rule_judge_app(log), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "judge server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", log
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 QUESTIONS = [Question(str(i), [f"question {i}?"], "writing" if i < 3 else "math")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
-from serve_helpers import build_tiny_chat_model, running_server, seed_env
+from helpers.cli import run_cli
+from helpers.models import tiny_model
+from helpers.serve import running_server, seed_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench"
@@ -31,9 +32,9 @@ def seed(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("judge_e2e")
-    student = build_tiny_chat_model(tmp / "student", context=8192, seed=1)
-    teacher = build_tiny_chat_model(tmp / "teacher", context=8192, seed=2)
-    judge = build_tiny_chat_model(tmp / "judge", context=8192, seed=3)
+    student = tiny_model(tmp / "student", context=8192, seed=1)
+    teacher = tiny_model(tmp / "teacher", context=8192, seed=2)
+    judge = tiny_model(tmp / "judge", context=8192, seed=3)
     questions = [json.loads(x) for x in (MT_BENCH / "question.jsonl").read_text().splitlines()]
     picked = [q for q in questions if q["question_id"] in (81, 101)]
     (tmp / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in picked))

@@ -6,8 +6,7 @@ is the recipe's procedural teacher, whose answers are the tasks' ground truth.
 
 import json
 
-from cli_helpers import run_cli
-from test_judge import judge_server  # noqa: F401  (the fixture: a real local judge server)
+from helpers.cli import run_cli
 
 RECIPE = """name = "judged"
 seed = 5
@@ -36,7 +35,7 @@ model = "rule-judge"
 """
 
 
-def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge_server, tmp_path):  # noqa: F811
+def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge_server, tmp_path):
     url, log = judge_server
     (tmp_path / "r.toml").write_text(RECIPE.format(url=url))
     start = len(log)

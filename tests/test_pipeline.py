@@ -2,7 +2,7 @@
 
 import json
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 
 RECIPE = """name = "tiny"
 seed = 5

@@ -4,8 +4,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from cli_helpers import cli_env, run_cli
-from servers.helpers import fault_server, write_prompts
+from helpers.cli import cli_env, run_cli
+from helpers.recipes import write_prompts
+from helpers.servers import fault_server
 
 RECIPE = """name = "http"
 seed = 3

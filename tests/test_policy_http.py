@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli_helpers import cli_env, run_cli
-from servers.helpers import fault_server, write_prompts, write_recipe
+from helpers.cli import cli_env, run_cli
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
+from helpers.servers import fault_server
 
 
-def generate(tmp_path: Path, model: str, teacher_extra: str = "") -> Path:
+def generate(tmp_path: Path, model: str, overrides: dict | None = None) -> Path:
     with fault_server(tmp_path, model=model) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 6)
-        recipe = write_recipe(tmp_path / "r.toml", s.base_url, prompts, model=model,
-                              teacher_extra=teacher_extra)
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(s.base_url, prompts, model=model),
+                              overrides)
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
         assert res.returncode == 0, res.stderr
     return tmp_path / "out" / "train.jsonl"
@@ -21,7 +22,7 @@ def generate(tmp_path: Path, model: str, teacher_extra: str = "") -> Path:
 
 def test_openai_records_are_blocked_for_distribution_and_pass_for_an_internal_classifier(
         tmp_path: Path) -> None:
-    data = generate(tmp_path, "gpt-4o-mini", 'route = "direct"')
+    data = generate(tmp_path, "gpt-4o-mini", {"generate.teacher.route": "direct"})
     distributed = run_cli("check", str(data), "--distribute", "--json")
     assert distributed.returncode == 1
     report = json.loads(distributed.stdout)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, ModelCard
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 from seed.endpoints.tasks import TasksEndpoint
 from seed.recipe import TaskSpec
 from seed.records import count_records, write_records

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_helpers import build_tiny_chat_model, running_server
+from helpers.models import tiny_model
+from helpers.serve import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,7 +26,7 @@ playwright_api = pytest.importorskip("playwright.sync_api",
 @pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed: apt-get install -y chromium")
 def test_chat_page_streams_a_reply(tmp_path):
-    model = build_tiny_chat_model(tmp_path / "tiny")
+    model = tiny_model(tmp_path / "tiny")
     with running_server(str(model), "--api-key", "sk-page") as url, \
             playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)

@@ -18,9 +18,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
+from helpers.models import tiny_model
 from seed.serve.engine import Engine, Event, SamplingParams, Sequence
 from seed.serve.forward import HFRunner, LlamaRunner
-from serve_helpers import build_tiny_chat_model
 
 VOCAB = 400
 CONTINUED_CHUNKS = [0]  # prefill calls that continued a prompt, counted by _run_engine
@@ -41,7 +41,7 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    path = build_tiny_chat_model(tmp_path_factory.mktemp("tok"), vocab=VOCAB)
+    path = tiny_model(tmp_path_factory.mktemp("tok"), vocab=VOCAB)
     return AutoTokenizer.from_pretrained(str(path))
 
 

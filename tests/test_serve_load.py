@@ -10,11 +10,12 @@ import asyncio
 
 import httpx
 
-from serve_helpers import build_tiny_chat_model, load_test, running_server
+from helpers.models import tiny_model
+from helpers.serve import load_test, running_server
 
 
 def test_hundred_clients_get_answers_or_429(tmp_path):
-    model = build_tiny_chat_model(tmp_path / "tiny")
+    model = tiny_model(tmp_path / "tiny")
     with running_server(str(model), "--max-running", "32", "--max-queue", "32") as url:
         outcomes = asyncio.run(load_test(url, clients=100, seconds=5))
         metrics = httpx.get(url + "/metrics").text

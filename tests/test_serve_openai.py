@@ -16,8 +16,9 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from cli_helpers import run_cli
-from serve_helpers import build_tiny_chat_model, running_server, seed_env
+from helpers.cli import run_cli
+from helpers.models import tiny_model
+from helpers.serve import running_server, seed_env
 
 KEY = "sk-test-serve"
 PROMPT = [{"role": "user", "content": "Hello! How can I help you today?"}]
@@ -25,7 +26,7 @@ PROMPT = [{"role": "user", "content": "Hello! How can I help you today?"}]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return build_tiny_chat_model(tmp_path_factory.mktemp("serve") / "tiny")
+    return tiny_model(tmp_path_factory.mktemp("serve") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +254,7 @@ def test_client_disconnect_cancels_generation(client, server):
 
 
 def test_a_model_without_chat_template_is_refused_at_start(tmp_path):
-    path = build_tiny_chat_model(tmp_path / "plain", chat_template=False)
+    path = tiny_model(tmp_path / "plain", chat_template=False)
     r = run_cli("serve", path, env=seed_env())
     assert r.returncode == 2
     assert "chat template" in r.stderr and "Traceback" not in r.stderr

@@ -13,7 +13,8 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from serve_helpers import build_tiny_chat_model, running_server
+from helpers.models import tiny_model
+from helpers.serve import running_server
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 from schemathesis import GenerationMode, checks  # noqa: E402
@@ -26,7 +27,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    model = build_tiny_chat_model(tmp_path_factory.mktemp("schema") / "tiny", context=96)
+    model = tiny_model(tmp_path_factory.mktemp("schema") / "tiny", context=96)
     with running_server(str(model), "--api-key", KEY) as url:
         yield url
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli_helpers import run_cli
-from serve_helpers import build_tiny_chat_model, free_port, seed_env, serving, sse_events
+from helpers.cli import run_cli
+from helpers.models import tiny_model
+from helpers.serve import seed_env, serving, sse_events
+from helpers.servers import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(),
                                 reason="reads processes from /proc (Linux only)")
@@ -36,7 +38,7 @@ def model_dir(tmp_path_factory) -> Path:
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    path = build_tiny_chat_model(tmp_path_factory.mktemp("worker") / "tiny", context=2048)
+    path = tiny_model(tmp_path_factory.mktemp("worker") / "tiny", context=2048)
     weights = load_file(path / "model.safetensors")
     eos = AutoTokenizer.from_pretrained(str(path)).eos_token_id
     weights["model.embed_tokens.weight"][eos] = 0
@@ -149,7 +151,7 @@ def test_disconnected_clients_free_their_rows_and_their_places_in_the_queue(mode
 
 def test_the_api_process_holds_no_weights_and_the_engine_dies_with_it(tmp_path):
     # 48M parameters: ~190 MB of float32 weights, far above both processes' other differences.
-    big = build_tiny_chat_model(tmp_path / "big", hidden=1024, layers=6)
+    big = tiny_model(tmp_path / "big", hidden=1024, layers=6)
     weights = (big / "model.safetensors").stat().st_size
     with serving(big) as (url, proc):
         r = httpx.post(url + "/v1/chat/completions", json={**LONG, "model": "big",
@@ -170,7 +172,7 @@ def test_the_api_process_holds_no_weights_and_the_engine_dies_with_it(tmp_path):
 
 
 def test_a_model_that_fails_to_load_is_one_clear_line(tmp_path):
-    broken = build_tiny_chat_model(tmp_path / "broken")
+    broken = tiny_model(tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     r = run_cli("serve", broken, "--port", str(free_port()), env=seed_env())
     assert r.returncode == 2

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cli_helpers import run_cli
+from helpers.cli import run_cli
 from seed.evaluate.annotations import AnnotationSet, Comparison, combine_verdicts, load_annotations
 from seed.evaluate.stats import (
     bradley_terry,

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cli_helpers import run_cli, start_cli
+from helpers.cli import run_cli, start_cli
 from seed.recipe import TrainConfig, load_recipe
 from seed.train import train_student
 from seed.train.data import Example

@@ -1,8 +1,8 @@
-"""Helpers for the serving tests: a tiny chat model built locally, and a real server on a free port.
+"""`seed serve` as a user runs it, for the serving tests: a real server on a free port.
 
-The model is a random-weight Llama with a byte-level BPE tokenizer trained here and a ChatML chat
-template, so every string (JSON included) can be encoded and nothing is downloaded. The server is
-`python -m seed serve` in a subprocess, stopped when the test is done.
+The server is `python -m seed serve` in a subprocess (see helpers.cli), stopped when the test is
+done; a tiny model to serve comes from helpers.models. Also here: parsing server-sent events and a
+load test of concurrent users. What a response should contain is for each test to assert.
 """
 
 from __future__ import annotations
@@ -16,61 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from cli_helpers import cli_env, start_cli
-from servers.helpers import free_port, wait_until_up
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Seed builds a chat model you own from a stronger model you can call.",
-    '{"verdict": "A", "score": 7, "reason": "clear and correct"}',
-    '{"name": "Ada", "age": 36, "tags": ["math", "code"], "ok": true, "none": null}',
-    "What is 12 + 30? The answer is 42. 0 1 2 3 4 5 6 7 8 9 10 100 1000",
-    "Hello! How can I help you today? Please explain the idea in simple words.",
-    "user assistant system: a helpful, honest and harmless assistant answers questions.",
-]
-
-
-def build_tiny_chat_model(path: Path, *, hidden: int = 64, layers: int = 2, context: int = 256,
-                          vocab: int = 400, chat_template: bool = True, seed: int = 0) -> Path:
-    """Save a random-weight Llama chat model with its tokenizer in `path`; returns `path`."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_CORPUS * 20, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
-                                  eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    if chat_template:
-        tok.chat_template = CHATML
-    tok.save_pretrained(str(path))
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=context, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True, initializer_range=0.3)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(str(path))
-    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                     temperature=1.0, top_p=1.0).save_pretrained(str(path))
-    return path
+from helpers.cli import cli_env, start_cli
+from helpers.servers import free_port, wait_until_up
 
 
 def seed_env() -> dict[str, str]:

@@ -8,12 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, write_chats
 from seed.errors import UserError
 from seed.recipe import TrainConfig
 from seed.records import read_records
 from seed.train import train_student
 from seed.train.dpo import pad_examples, render_pairs, sequence_logprobs
-from train7_helpers import SMALL, checkpoint, metrics, write_chats
 
 
 def _pairs(n: int = 24) -> tuple[list[list[dict[str, str]]], list[dict]]:
@@ -35,7 +37,7 @@ def _margin(model_dir: Path, records: Path) -> float:
 
 
 def test_dpo_raises_the_chosen_vs_rejected_margin(tmp_path: Path) -> None:
-    base = checkpoint(tmp_path / "base")
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     records = write_chats(tmp_path / "pairs.jsonl", *_pairs())
     config = TrainConfig.model_validate({**SMALL, "mode": "dpo", "batch_size": 6, "max_steps": 12,
                                          "lr": 3e-3, "student": {"checkpoint": str(base)},
@@ -64,7 +66,7 @@ def test_dpo_masks_only_the_answer() -> None:
 
 
 def test_a_record_without_a_rejected_answer_is_named(tmp_path: Path) -> None:
-    base = checkpoint(tmp_path / "base")
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     chats, meta = _pairs(4)
     del meta[2]["rejected"]
     records = write_chats(tmp_path / "pairs.jsonl", chats, meta)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import ROOT, cli_env, run_cli, torchrun
-from train7_helpers import SMALL, checkpoint, metrics, multiprocess_recipe, sums, write_chats
+from helpers.cli import ROOT, cli_env, run_cli, torchrun
+from helpers.models import tiny_model
+from helpers.recipes import SMALL, finetune_recipe, write_recipe
+from helpers.training import metrics, sums, write_chats
 
 SCRIPT = """
 import json, sys
@@ -34,12 +36,12 @@ def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: 
 @pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())
-    base = checkpoint(tmp_path / "base")
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     # One process: 8 rows per step. Two processes: 4 rows each, the same 8 rows per step.
     one = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "batch_size": 8}
     _run(tmp_path, [sys.executable], records, tmp_path / "one", one)
     # The two processes run the real command: `torchrun -m seed train`.
-    recipe = multiprocess_recipe(tmp_path / "r.toml", "ddp", base, 4)
+    recipe = write_recipe(tmp_path / "r.toml", finetune_recipe("ddp", base, batch_size=4))
     done = run_cli("train", records, "-o", tmp_path / "two", "--recipe", recipe, "--internal",
                    launcher=torchrun(2),
                    env=cli_env(inherit=False, OMP_NUM_THREADS="1"))

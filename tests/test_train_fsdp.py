@@ -10,8 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cli_helpers import cli_env, run_cli, torchrun
-from train7_helpers import checkpoint, metrics, multiprocess_recipe, sums, write_chats
+from helpers.cli import cli_env, run_cli, torchrun
+from helpers.models import tiny_model
+from helpers.recipes import finetune_recipe, write_recipe
+from helpers.training import metrics, sums, write_chats
 
 
 def _train(tmp_path: Path, name: str, records: Path, recipe: Path, processes: int) -> str:
@@ -25,11 +27,11 @@ def _train(tmp_path: Path, name: str, records: Path, recipe: Path, processes: in
 @pytest.mark.timeout(300)
 def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())
-    base = checkpoint(tmp_path / "base")
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     # One process: 8 rows per step. Two sharded processes: 4 rows each, the same 8 rows per step.
     for name, rows, mode, processes in [("one", 8, "ddp", 1), ("two", 4, "fsdp", 2)]:
-        recipe = multiprocess_recipe(tmp_path / f"{name}.toml", "fsdp", base, rows,
-                                     f'checkpoint_every = 3\ndistributed = "{mode}"')
+        recipe = write_recipe(tmp_path / f"{name}.toml", finetune_recipe("fsdp", base, rows),
+                              {"train.checkpoint_every": 3, "train.distributed": mode})
         _train(tmp_path, name, records, recipe, processes)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in two] == list(range(1, 7))

@@ -8,10 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, sums, write_chats
 from seed.recipe import TrainConfig
 from seed.train import train_student
 from seed.train.losses import chunked_sft_loss, sft_loss
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
 
 
 def _largest_logits(model: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -24,7 +26,8 @@ def _largest_logits(model: torch.nn.Module) -> tuple[list[int], torch.utils.hook
 
 
 def test_chunked_loss_and_gradients_equal_the_plain_loss(tmp_path: Path) -> None:
-    model = AutoModelForCausalLM.from_pretrained(checkpoint(tmp_path / "m")).float()
+    path = tiny_model(tmp_path / "m", tokenizer="digits", size="nano")
+    model = AutoModelForCausalLM.from_pretrained(path).float()
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (3, 40))
     mask = (torch.rand(3, 40) < 0.6).long()
@@ -53,7 +56,8 @@ def test_chunked_loss_and_gradients_equal_the_plain_loss(tmp_path: Path) -> None
 @pytest.mark.parametrize("extra", [{}, {"lora": {"rank": 4}, "grad_checkpointing": True}],
                          ids=["full", "lora"])
 def test_training_with_chunked_loss_gives_the_same_losses(tmp_path: Path, extra: dict) -> None:
-    base, records = checkpoint(tmp_path / "base"), write_chats(tmp_path / "r.jsonl", sums())
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
+    records = write_chats(tmp_path / "r.jsonl", sums())
     runs = {}
     for name, chunk in (("plain", None), ("chunked", 32)):
         config = TrainConfig.model_validate({**SMALL, "max_steps": 4, "eval_fraction": 0.1,

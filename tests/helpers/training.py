@@ -1,4 +1,8 @@
-"""Issue-7 training test helpers: a tiny checkpoint, chats, records with teacher logprobs."""
+"""What the training tests feed a run and read back: arithmetic chats, records (with teacher
+top-k logprobs from a local model, as the generation engine stores them), and `metrics.jsonl`.
+
+The model to train comes from helpers.models, the recipe keys from helpers.recipes.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seed.records import Record, write_records
 from seed.train.data import render
-from seed.train.models import build_student, student_config
-from seed.train.tokenizer import train_tokenizer
-
-SMALL = {"seq_len": 48, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "log_every": 1,
-         "checkpoint_every": 100, "threads": 1, "lr": 1e-2}
 
 
 def sums(n: int = 60) -> list[list[dict[str, str]]]:
@@ -24,19 +23,9 @@ def sums(n: int = 60) -> list[list[dict[str, str]]]:
             for a in range(n // 6) for b in range(6)]
 
 
-def checkpoint(path: Path, seed: int = 0, size: str = "nano", kind: str = "digits",
-               texts: list[str] | None = None, vocab: int = 200) -> Path:
-    """A random student saved with its tokenizer: a stand-in for a downloaded checkpoint."""
-    texts = texts or [m["content"] for chat in sums() for m in chat] * 3
-    tok = train_tokenizer(texts, kind, vocab)
-    cfg = student_config(size, len(tok), 128, tok.pad_token_id, tok.eos_token_id)
-    build_student(cfg, seed).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def write_chats(path: Path, chats: list[list[dict[str, str]]],
                 meta: list[dict] | None = None) -> Path:
+    """A records file of `chats`, record i carrying `meta[i]` if given."""
     write_records(path, [Record.new(c, meta=(meta[i] if meta else None))
                          for i, c in enumerate(chats)])
     return path
@@ -71,26 +60,5 @@ def teacher_logprobs(teacher_dir: Path, chats: list[list[dict[str, str]]],
 
 
 def metrics(out: Path) -> list[dict]:
+    """The lines of a training run's `metrics.jsonl`."""
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def multiprocess_recipe(path: Path, name: str, base: Path, batch_size: int,
-                        extra: str = "") -> Path:
-    """A 6-step fine-tuning recipe of `base` for the one- vs many-process tests; `extra` adds
-    [train] lines (checkpointing, the sharding mode)."""
-    path.write_text(f'''name = "{name}"
-[generate.teacher]
-kind = "tasks"
-[train]
-seq_len = {SMALL["seq_len"]}
-batch_size = {batch_size}
-max_steps = 6
-warmup_steps = 2
-lr = {SMALL["lr"]}
-log_every = 1
-threads = 1
-{extra}
-[train.student]
-checkpoint = "{base}"
-''')
-    return path

@@ -8,16 +8,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, sums, write_chats
 from seed.recipe import TrainConfig
 from seed.train import train_student
 from seed.train.speed import flops_per_token, mfu, peak_flops
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("speed")
-    return checkpoint(tmp / "base"), write_chats(tmp / "r.jsonl", sums())
+    base = tiny_model(tmp / "base", tokenizer="digits", size="nano")
+    return base, write_chats(tmp / "r.jsonl", sums())
 
 
 def _train(tmp_path: Path, setup: tuple[Path, Path], name: str, **extra: object) -> list[dict]:
@@ -52,7 +55,7 @@ def test_mfu_is_logged_with_a_known_peak_and_matches_its_definition(tmp_path: Pa
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention(tmp_path: Path) -> None:
-    base = checkpoint(tmp_path / "m")
+    base = tiny_model(tmp_path / "m", tokenizer="digits", size="nano")
     model = AutoModelForCausalLM.from_pretrained(base)
     cfg = model.config
     d, n_layers, v, ff = (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size,

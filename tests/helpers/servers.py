@@ -1,5 +1,8 @@
-"""Test helpers: the fault server in a subprocess on a free port, waiting for a server to come
-up, and `seed generate` recipes."""
+"""Real local servers for tests: a free port, waiting until a server answers, and the fault server
+(helpers/fault_server.py) in a subprocess with a client that sets its faults and reads its log.
+
+What a server should answer is for each test to assert; `seed serve` itself is in helpers.serve.
+"""
 
 from __future__ import annotations
 
@@ -79,19 +82,3 @@ def fault_server(tmp: Path, latency: float = 0.0, key: str | None = None,
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def write_recipe(path: Path, base_url: str, prompts: Path | None = None, *,
-                 model: str = "fault-model", extra: str = "", teacher_extra: str = "") -> Path:
-    lines = ['name = "gen-test"', "seed = 7", "", "[generate]", extra, "",
-             "[generate.teacher]", 'kind = "openai"', f'base_url = "{base_url}"',
-             f'model = "{model}"', teacher_extra, ""]
-    if prompts is not None:
-        lines += ["[[generate.prompts]]", f'path = "{prompts}"', 'license = "CC0-1.0"', ""]
-    path.write_text("\n".join(lines))
-    return path
-
-
-def write_prompts(path: Path, n: int, prefix: str = "question") -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"{prefix} {i}"}) + "\n" for i in range(n)))
-    return path

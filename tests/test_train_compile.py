@@ -9,14 +9,17 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, sums, write_chats
 from seed.recipe import TrainConfig
 from seed.train import train_student
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
 
 
 @pytest.mark.timeout(240)
 def test_compiled_training_matches_eager_without_recompiling(tmp_path: Path) -> None:
-    base, records = checkpoint(tmp_path / "base"), write_chats(tmp_path / "r.jsonl", sums())
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
+    records = write_chats(tmp_path / "r.jsonl", sums())
     losses = {}
     for name, compile_, chunk in (("eager", False, None), ("compiled", True, None),
                                   ("compiled_chunked", True, 64)):

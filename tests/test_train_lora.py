@@ -11,15 +11,17 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, sums, write_chats
 from seed.recipe import TrainConfig
 from seed.train import train_student
-from train7_helpers import SMALL, checkpoint, metrics, sums, write_chats
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, TrainConfig]:
     tmp = tmp_path_factory.mktemp("lora")
-    base = checkpoint(tmp / "base")
+    base = tiny_model(tmp / "base", tokenizer="digits", size="nano")
     records = write_chats(tmp / "train.jsonl", sums())
     config = TrainConfig.model_validate({**SMALL, "student": {"checkpoint": str(base)},
                                          "lora": {"rank": 8, "alpha": 16}, "max_steps": 16,

@@ -1,6 +1,6 @@
 """A local OpenAI-compatible server that injects faults on command (tests and benchmarks only).
 
-Run: `python tests/servers/fault_server.py --port P [--latency S] [--log FILE] [--model NAME]`.
+Run: `python tests/helpers/fault_server.py --port P [--latency S] [--log FILE] [--model NAME]`.
 
 It answers `POST /v1/chat/completions` with `echo: <last user message>` (choice i of `n` says
 `echo[i]: ...`; Self-Instruct, Evol-Instruct and user-simulation prompts get scripted replies),

@@ -8,19 +8,22 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from cli_helpers import cli_env, run_cli
+from helpers.cli import cli_env, run_cli
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import metrics, sums, teacher_logprobs, write_chats
 from seed.errors import UserError
 from seed.recipe import TrainConfig
 from seed.train import train_student
 from seed.train.data import render
 from seed.train.distill import decoded_vocab, teacher_targets
-from train7_helpers import SMALL, checkpoint, metrics, sums, teacher_logprobs, write_chats
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'teacher' with the students' tokenizer: a different random model of a larger size."""
-    return checkpoint(tmp_path_factory.mktemp("teacher") / "m", seed=11, size="tiny")
+    return tiny_model(tmp_path_factory.mktemp("teacher") / "m", tokenizer="digits", size="tiny",
+                      seed=11)
 
 
 def test_teacher_logprobs_line_up_with_the_students_tokens(teacher: Path) -> None:
@@ -44,8 +47,8 @@ def test_teacher_with_another_tokenizer_is_a_clear_error(teacher: Path, tmp_path
     chats = [[{"role": "user", "content": f"Count {i}."},
               {"role": "assistant", "content": "twelve apples"}] for i in range(6)]
     # A BPE that learned whole words, where the student's spells them in pieces.
-    other = checkpoint(tmp_path / "words", kind="bpe", texts=["twelve apples"] * 50,
-                       vocab=300)
+    other = tiny_model(tmp_path / "words", tokenizer="bpe", size="nano",
+                       texts=["twelve apples"] * 50, vocab=300)
     meta = teacher_logprobs(other, chats)
     tok = AutoTokenizer.from_pretrained(teacher)
     with pytest.raises(UserError, match="tokenizer differs from the student's"):
@@ -65,7 +68,7 @@ def test_kd_from_topk_logprobs_pulls_the_student_toward_the_teacher(teacher: Pat
                                                                    tmp_path: Path) -> None:
     chats = sums()
     records = write_chats(tmp_path / "r.jsonl", chats, teacher_logprobs(teacher, chats, k=8))
-    student = checkpoint(tmp_path / "student", seed=5)
+    student = tiny_model(tmp_path / "student", tokenizer="digits", size="nano", seed=5)
     config = TrainConfig.model_validate({**SMALL, "mode": "kd", "max_steps": 15,
                                          "student": {"checkpoint": str(student)},
                                          "distill": {"top_k": 8}, "eval_fraction": 0.2,
@@ -89,7 +92,7 @@ def test_kd_without_logprobs_names_the_record(teacher: Path, tmp_path: Path) -> 
 def test_online_kd_from_a_local_teacher_lowers_the_divergence(teacher: Path, tmp_path: Path,
                                                               divergence: str) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())
-    student = checkpoint(tmp_path / "student", seed=5)
+    student = tiny_model(tmp_path / "student", tokenizer="digits", size="nano", seed=5)
     config = TrainConfig.model_validate({
         **SMALL, "mode": "online_kd", "student": {"checkpoint": str(student)},
         "distill": {"teacher": str(teacher), "divergence": divergence}})

@@ -8,14 +8,15 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from helpers.models import tiny_model
+from helpers.recipes import SMALL
+from helpers.training import sums, write_chats
 from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
 from seed.recipe import TrainConfig
 from seed.train import train_student
 from seed.train.data import assistant_mask
-from train7_helpers import SMALL, checkpoint, sums, write_chats
 
-# Qwen2's ChatML template as shipped: no {% generation %} markers, a default system prompt.
 CHATML = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
     "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
@@ -66,7 +67,7 @@ def test_a_template_without_generation_markers_masks_exactly_the_assistant_turns
 @pytest.mark.parametrize("extra", [{}, {"eval_fraction": 0.2}], ids=["loop", "finetune"])
 def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(
         tmp_path: Path, extra: dict) -> None:
-    base = checkpoint(tmp_path / "base")
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     (base / "chat_template.jinja").unlink()
     config = TrainConfig.model_validate({**SMALL, **extra, "student": {"checkpoint": str(base)}})
     with pytest.raises(UserError, match=r"no chat template; set train\.student\.chat_template"):
