@@ -164,8 +164,8 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="seed-bench-"))
-    model_dir = tiny_model(tmp / "small", hidden=args.hidden, layers=args.layers,
-                                      context=1024, vocab=400)
+    model_dir = tiny_model(tmp / "small", hidden=args.hidden, layers=args.layers, context=1024,
+                           vocab=400)
     requests = workload(args.requests)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT / "src"),

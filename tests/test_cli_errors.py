@@ -1,37 +1,20 @@
 """Bad input: one line naming the input, exit code 2, no traceback, the run directory untouched."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.recipes import write_recipe
 
 
 def snapshot(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for n in needles:
-        assert n in lines[0]
-
-
-RECIPE = """name = "bad"
-runs_dir = "runs"
-[generate]
-num_records = 10
-eval_prompts = 2
-[generate.teacher]
-kind = "tasks"
-[[generate.teacher.tasks]]
-name = "{family}"
-{extra}"""
+RECIPE = {"name": "bad", "runs_dir": "runs",
+          "generate": {"num_records": 10, "eval_prompts": 2,
+                       "teacher": {"kind": "tasks", "tasks": [{"name": "basic_arithmetic"}]}}}
 
 
 @pytest.fixture
@@ -43,8 +26,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_unknown_recipe_key(workdir):
-    (workdir / "r.toml").write_text(RECIPE.format(family="basic_arithmetic",
-                                                  extra="[train]\nbatch_sise = 4\n"))
+    write_recipe(workdir / "r.toml", RECIPE, {"train.batch_sise": 4})
     before = snapshot(workdir / "runs")
     proc = run_cli("run", "r.toml", cwd=workdir)
     assert_one_line_error(proc, "r.toml", "train.batch_sise: unknown key")
@@ -52,7 +34,7 @@ def test_unknown_recipe_key(workdir):
 
 
 def test_unknown_task_family(workdir):
-    (workdir / "r.toml").write_text(RECIPE.format(family="arithmagic", extra=""))
+    write_recipe(workdir / "r.toml", RECIPE, {"generate.teacher.tasks": [{"name": "arithmagic"}]})
     before = snapshot(workdir / "runs")
     proc = run_cli("run", "r.toml", cwd=workdir)
     assert_one_line_error(proc, "'arithmagic'", "reasoning-gym")

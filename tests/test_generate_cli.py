@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from helpers.cli import cli_env, run_cli
+from helpers.cli import assert_one_line_error, cli_env, run_cli
 from helpers.recipes import teacher_recipe, write_prompts, write_recipe
 from helpers.servers import fault_server
 from seed.generate.teacher import generate_from_teacher
@@ -124,14 +124,6 @@ def test_refusals_are_dropped_and_duplicate_prompts_are_never_paid_for(tmp_path:
     assert "filtered: refusal" in failed
 
 
-def _one_line_error(res, *needles: str) -> None:
-    assert res.returncode == 2, res.stdout + res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_bad_input_is_one_clear_line_and_nothing_written_is_lost(tmp_path: Path) -> None:
     with fault_server(tmp_path) as s:
         prompts = write_prompts(tmp_path / "p.jsonl", 5)
@@ -145,20 +137,20 @@ def test_bad_input_is_one_clear_line_and_nothing_written_is_lost(tmp_path: Path)
         res = run_cli("generate", write_recipe(tmp_path / "b.toml", teacher_recipe(s.base_url,
                                                                                    broken)),
                       "--out", str(out))
-        _one_line_error(res, "broken.jsonl:2", "not valid JSON")
+        assert_one_line_error(res, "broken.jsonl:2", "not valid JSON")
 
         res = run_cli("generate", write_recipe(
             tmp_path / "k.toml", teacher_recipe(s.base_url, prompts),
             {"generate.teacher.api_key_env": "SEED_TEST_MISSING_KEY"}), "--out", str(out))
-        _one_line_error(res, "SEED_TEST_MISSING_KEY is not set")
+        assert_one_line_error(res, "SEED_TEST_MISSING_KEY is not set")
 
         res = run_cli("generate", write_recipe(tmp_path / "m.toml", teacher_recipe(
             s.base_url, prompts, model="gpt-nonexistent")), "--out", str(out))
-        _one_line_error(res, "HTTP 404", "gpt-nonexistent")
+        assert_one_line_error(res, "HTTP 404", "gpt-nonexistent")
 
     res = run_cli("generate", write_recipe(tmp_path / "u.toml", teacher_recipe(
         "http://127.0.0.1:9/v1", prompts)), "--out", str(out))
-    _one_line_error(res, "cannot reach the teacher at http://127.0.0.1:9/v1")
+    assert_one_line_error(res, "cannot reach the teacher at http://127.0.0.1:9/v1")
     assert (out / "train.jsonl").read_bytes() == before
 
 
@@ -203,5 +195,5 @@ def test_the_example_recipe_loads_and_asks_for_its_key(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", 2)
     res = run_cli("generate", str(recipe), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
                   env=cli_env(OPENAI_API_KEY=""))
-    _one_line_error(res, "OPENAI_API_KEY is not set")
+    assert_one_line_error(res, "OPENAI_API_KEY is not set")
     assert not (tmp_path / "o").exists()

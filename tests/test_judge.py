@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from helpers.cli import run_cli
+from helpers.recipes import write_recipe
 from seed.endpoints.openai import OpenAIEndpoint
 from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import (
@@ -204,16 +205,17 @@ def test_judge_request_refused_is_one_clear_error(judge_server, tmp_path):
     assert httpx.get(url.removesuffix("/v1") + "/nope/models").status_code == 404
 
 
-@pytest.mark.parametrize("recipe, needle", [
-    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n', "no [eval.judge] section"),
-    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n[eval.judge]\nquestions = "nope.jsonl"\n'
-     '[eval.judge.endpoint]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "j"\n',
-     "nope.jsonl: no such questions file"),
-    ('name = "x"\n[generate.teacher]\nkind = "tasks"\n[eval.judge]\nmode = "ranked"\n'
-     '[eval.judge.endpoint]\nkind = "openai"\n', "eval.judge.mode"),
+ENDPOINT = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "j"}
+
+
+@pytest.mark.parametrize("judge, needle", [
+    (None, "no [eval.judge] section"),
+    ({"questions": "nope.jsonl", "endpoint": ENDPOINT}, "nope.jsonl: no such questions file"),
+    ({"mode": "ranked", "endpoint": {"kind": "openai"}}, "eval.judge.mode"),
 ])
-def test_seed_judge_bad_input_is_one_line_exit_2(tmp_path, recipe, needle):
-    (tmp_path / "r.toml").write_text(recipe)
+def test_seed_judge_bad_input_is_one_line_exit_2(tmp_path, judge, needle):
+    recipe = {"name": "x", "generate": {"teacher": {"kind": "tasks"}}}
+    write_recipe(tmp_path / "r.toml", recipe, {"eval.judge": judge} if judge else {})
     proc = run_cli("judge", "model", "--recipe", "r.toml", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr

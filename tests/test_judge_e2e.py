@@ -16,6 +16,7 @@ import pytest
 
 from helpers.cli import run_cli
 from helpers.models import tiny_model
+from helpers.recipes import write_recipe
 from helpers.serve import running_server, seed_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,23 +39,13 @@ def judged(tmp_path_factory):
     questions = [json.loads(x) for x in (MT_BENCH / "question.jsonl").read_text().splitlines()]
     picked = [q for q in questions if q["question_id"] in (81, 101)]
     (tmp / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in picked))
-    recipe = tmp / "judge.toml"
+    keys = {"name": "judged", "generate": {"teacher": {"kind": "local", "path": teacher}},
+            "eval": {"judge": {"questions": tmp / "questions.jsonl",
+                               "references": MT_BENCH / "reference_answer_gpt-4.jsonl",
+                               "answer_max_tokens": 12, "max_tokens": 40, "concurrency": 2}}}
     with running_server(str(judge), "--model-name", "tiny-judge") as url:
-        recipe.write_text(f"""name = "judged"
-[generate.teacher]
-kind = "local"
-path = "{teacher}"
-[eval.judge]
-questions = "{tmp / 'questions.jsonl'}"
-references = "{MT_BENCH / 'reference_answer_gpt-4.jsonl'}"
-answer_max_tokens = 12
-max_tokens = 40
-concurrency = 2
-[eval.judge.endpoint]
-kind = "openai"
-base_url = "{url}/v1"
-model = "tiny-judge"
-""")
+        recipe = write_recipe(tmp / "judge.toml", keys, {"eval.judge.endpoint": {
+            "kind": "openai", "base_url": f"{url}/v1", "model": "tiny-judge"}})
         first = seed("judge", str(student), "--recipe", str(recipe), "--out", str(tmp / "out"))
     # the judgments are gone but the cache is warm; the judge server is down: nothing may be sent
     shutil.move(tmp / "out" / "judgments.jsonl", tmp / "first_judgments.jsonl")

@@ -1,43 +1,29 @@
 """`seed run` with an [eval.judge] section: a judge stage, its results, and the report's section.
 
-The judge is the rule-based local server of test_judge.py (the longer answer wins); the baseline
-is the recipe's procedural teacher, whose answers are the tasks' ground truth.
+The judge is the rule-based local server of helpers/judge_server.py (the longer answer wins); the
+baseline is the recipe's procedural teacher, whose answers are the tasks' ground truth.
 """
 
 import json
 
 from helpers.cli import run_cli
+from helpers.recipes import write_recipe
 
-RECIPE = """name = "judged"
-seed = 5
-[generate]
-num_records = 200
-eval_prompts = 6
-[generate.teacher]
-kind = "tasks"
-[[generate.teacher.tasks]]
-name = "basic_arithmetic"
-config = {{ min_terms = 2, max_terms = 2, min_digits = 1, max_digits = 1, operators = ["+"] }}
-[train]
-max_steps = 3
-batch_size = 4
-seq_len = 64
-warmup_steps = 1
-[eval]
-max_new_tokens = 4
-samples = 2
-[eval.judge]
-answer_max_tokens = 6
-[eval.judge.endpoint]
-kind = "openai"
-base_url = "{url}"
-model = "rule-judge"
-"""
+RECIPE = {
+    "name": "judged", "seed": 5,
+    "generate": {"num_records": 200, "eval_prompts": 6, "teacher": {"kind": "tasks", "tasks": [
+        {"name": "basic_arithmetic", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                "max_digits": 1, "operators": ["+"]}}]}},
+    "train": {"max_steps": 3, "batch_size": 4, "seq_len": 64, "warmup_steps": 1},
+    "eval": {"max_new_tokens": 4, "samples": 2,
+             "judge": {"answer_max_tokens": 6,
+                       "endpoint": {"kind": "openai", "base_url": "", "model": "rule-judge"}}},
+}
 
 
 def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge_server, tmp_path):
     url, log = judge_server
-    (tmp_path / "r.toml").write_text(RECIPE.format(url=url))
+    write_recipe(tmp_path / "r.toml", RECIPE, {"eval.judge.endpoint.base_url": url})
     start = len(log)
     first = run_cli("run", "r.toml", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

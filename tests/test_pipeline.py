@@ -3,34 +3,21 @@
 import json
 
 from helpers.cli import run_cli
+from helpers.recipes import write_recipe
 
-RECIPE = """name = "tiny"
-seed = 5
-[generate]
-num_records = 300
-eval_prompts = 20
-[generate.teacher]
-kind = "tasks"
-[[generate.teacher.tasks]]
-name = "basic_arithmetic"
-config = { min_terms = 2, max_terms = 2, min_digits = 1, max_digits = 1, operators = ["+"] }
-[train]
-max_steps = 6
-batch_size = 4
-seq_len = 64
-warmup_steps = 1
-checkpoint_every = 3
-log_every = 1
-[train.student]
-size = "tiny"
-[eval]
-max_new_tokens = 4
-samples = 4
-"""
+RECIPE = {
+    "name": "tiny", "seed": 5,
+    "generate": {"num_records": 300, "eval_prompts": 20, "teacher": {"kind": "tasks", "tasks": [
+        {"name": "basic_arithmetic", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                "max_digits": 1, "operators": ["+"]}}]}},
+    "train": {"max_steps": 6, "batch_size": 4, "seq_len": 64, "warmup_steps": 1,
+              "checkpoint_every": 3, "log_every": 1, "student": {"size": "tiny"}},
+    "eval": {"max_new_tokens": 4, "samples": 4},
+}
 
 
 def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
-    (tmp_path / "r.toml").write_text(RECIPE)
+    write_recipe(tmp_path / "r.toml", RECIPE)
     first = run_cli("run", "r.toml", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "runs" / "tiny"
@@ -56,7 +43,7 @@ def test_run_writes_every_stage_and_a_rerun_skips_them(tmp_path):
     assert all("last_skipped_at" in s for s in rerun["stages"].values())
 
     # Changing a training key reruns training and what depends on it, not generation.
-    (tmp_path / "r.toml").write_text(RECIPE.replace("max_steps = 6", "max_steps = 7"))
+    write_recipe(tmp_path / "r.toml", RECIPE, {"train.max_steps": 7})
     third = run_cli("run", "r.toml", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert third.stdout.count("up to date, skipped") == 1  # generate only

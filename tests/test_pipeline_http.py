@@ -5,32 +5,14 @@ import subprocess
 from pathlib import Path
 
 from helpers.cli import cli_env, run_cli
-from helpers.recipes import write_prompts
+from helpers.recipes import teacher_recipe, write_prompts, write_recipe
 from helpers.servers import fault_server
 
-RECIPE = """name = "http"
-seed = 3
-[generate]
-[generate.teacher]
-kind = "openai"
-base_url = "{base_url}"
-model = "fault-model"
-api_key_env = "SEED_TEST_TEACHER_KEY"
-[[generate.prompts]]
-path = "{prompts}"
-license = "CC0-1.0"
-[train]
-max_steps = 3
-batch_size = 2
-seq_len = 64
-warmup_steps = 1
-[train.student]
-size = "nano"
-[train.tokenizer]
-kind = "chars"
-[policy]
-distribute = false
-"""
+# Set on top of helpers.recipes.teacher_recipe (the teacher at a URL, a prompts file).
+RECIPE = {"name": "http", "seed": 3, "generate.teacher.api_key_env": "SEED_TEST_TEACHER_KEY",
+          "train": {"max_steps": 3, "batch_size": 2, "seq_len": 64, "warmup_steps": 1,
+                    "student": {"size": "nano"}, "tokenizer": {"kind": "chars"}},
+          "policy": {"distribute": False}}
 
 
 def seed(*args: str, cwd: Path, key: str | None = "sk-test") -> subprocess.CompletedProcess:
@@ -44,7 +26,7 @@ def seed(*args: str, cwd: Path, key: str | None = "sk-test") -> subprocess.Compl
 def test_run_with_an_http_teacher_generates_trains_and_reports(tmp_path):
     with fault_server(tmp_path, key="sk-test") as server:
         prompts = write_prompts(tmp_path / "p.jsonl", 12)
-        (tmp_path / "r.toml").write_text(RECIPE.format(base_url=server.base_url, prompts=prompts))
+        write_recipe(tmp_path / "r.toml", teacher_recipe(server.base_url, prompts), RECIPE)
         first = seed("run", "r.toml", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         asked = len(server.requests())
@@ -65,8 +47,8 @@ def test_run_with_an_http_teacher_generates_trains_and_reports(tmp_path):
 
 
 def test_run_with_an_http_teacher_and_a_missing_prompts_file_writes_nothing(tmp_path):
-    (tmp_path / "r.toml").write_text(RECIPE.format(base_url="http://127.0.0.1:9/v1",
-                                                   prompts=tmp_path / "nope.jsonl"))
+    write_recipe(tmp_path / "r.toml",
+                 teacher_recipe("http://127.0.0.1:9/v1", tmp_path / "nope.jsonl"), RECIPE)
     proc = seed("run", "r.toml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,33 +8,21 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, ModelCard
 
 from helpers.cli import run_cli
+from helpers.recipes import write_recipe
 from seed.endpoints.tasks import TasksEndpoint
 from seed.recipe import TaskSpec
 from seed.records import count_records, write_records
 
-RECIPE = """name = "gated"
-seed = 11
-[generate]
-num_records = 120
-eval_prompts = 6
-[generate.teacher]
-kind = "tasks"
-[[generate.teacher.tasks]]
-name = "basic_arithmetic"
-config = { min_terms = 2, max_terms = 2, min_digits = 1, max_digits = 1, operators = ["+"] }
-[train]
-max_steps = 2
-batch_size = 4
-seq_len = 64
-warmup_steps = 1
-checkpoint_every = 3
-log_every = 1
-[eval]
-max_new_tokens = 4
-samples = 2
-[policy]
-student_name = "sum-student"
-"""
+RECIPE = {
+    "name": "gated", "seed": 11,
+    "generate": {"num_records": 120, "eval_prompts": 6, "teacher": {"kind": "tasks", "tasks": [
+        {"name": "basic_arithmetic", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                "max_digits": 1, "operators": ["+"]}}]}},
+    "train": {"max_steps": 2, "batch_size": 4, "seq_len": 64, "warmup_steps": 1,
+              "checkpoint_every": 3, "log_every": 1},
+    "eval": {"max_new_tokens": 4, "samples": 2},
+    "policy": {"student_name": "sum-student"},
+}
 
 # A user's terms file that forbids the procedural teacher, to exercise refusal and accepted risk.
 FORBID_TASKS = """[[entry]]
@@ -51,7 +39,7 @@ clause = "Our data policy forbids generated arithmetic in shipped models."
 
 def test_seed_run_gates_training_and_writes_both_cards(tmp_path: Path) -> None:
     # A quickstart-shaped recipe (procedural teacher) passes the gate and gets clean cards.
-    (tmp_path / "r.toml").write_text(RECIPE)
+    write_recipe(tmp_path / "r.toml", RECIPE)
     done = run_cli("run", "r.toml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "gated"
@@ -73,7 +61,7 @@ def test_seed_run_gates_training_and_writes_both_cards(tmp_path: Path) -> None:
 
     # Under a terms file that forbids the teacher, training is refused until the risk is accepted.
     (tmp_path / "forbid.toml").write_text(FORBID_TASKS)
-    (tmp_path / "r.toml").write_text(RECIPE + 'overrides = "forbid.toml"\n')
+    write_recipe(tmp_path / "r.toml", RECIPE, {"policy.overrides": "forbid.toml"})
     refused = run_cli("run", "r.toml", cwd=tmp_path)
     assert refused.returncode == 2
     assert f"training refused, {n} of {n} records" in refused.stderr
@@ -95,7 +83,7 @@ def test_seed_train_runs_the_same_gate(tmp_path: Path) -> None:
                                                                        "max_digits": 1})])
     write_records(tmp_path / "train.jsonl", [teacher.answer(r) for r in teacher.prompts(48, 1)])
     (tmp_path / "forbid.toml").write_text(FORBID_TASKS)
-    (tmp_path / "r.toml").write_text(RECIPE + 'overrides = "forbid.toml"\n')
+    write_recipe(tmp_path / "r.toml", RECIPE, {"policy.overrides": "forbid.toml"})
     refused = run_cli("train", "train.jsonl", "--out", "out", "--recipe", "r.toml", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: train.jsonl: training refused, 48 of 48 records")

@@ -2,18 +2,13 @@
 
 import pytest
 
+from helpers.recipes import write_recipe
 from seed.errors import UserError
 from seed.recipe import load_recipe
 from seed.runs import Run
 
-GOOD = """
-name = "t"
-[generate]
-[generate.teacher]
-kind = "tasks"
-[[generate.teacher.tasks]]
-name = "basic_arithmetic"
-"""
+GOOD = {"name": "t",
+        "generate": {"teacher": {"kind": "tasks", "tasks": [{"name": "basic_arithmetic"}]}}}
 
 
 def test_quickstart_recipe_is_valid():
@@ -23,28 +18,26 @@ def test_quickstart_recipe_is_valid():
     assert "[generate]" in text
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("[train]\nlerning_rate = 1\n", "train.lerning_rate: unknown key"),
-    ("[train]\nlr = 'fast'\n", "train.lr: input should be a valid number"),
-    ("[eval]\nsamples = -1\n", "eval.samples: input should be greater than or equal to 0"),
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.lerning_rate", 1, "train.lerning_rate: unknown key"),
+    ("train.lr", "fast", "train.lr: input should be a valid number"),
+    ("eval.samples", -1, "eval.samples: input should be greater than or equal to 0"),
 ])
-def test_a_bad_key_is_an_error_that_names_its_path(tmp_path, extra, message):
-    path = tmp_path / "r.toml"
-    path.write_text(GOOD + extra)
+def test_a_bad_key_is_an_error_that_names_its_path(tmp_path, key, value, message):
+    path = write_recipe(tmp_path / "r.toml", GOOD, {key: value})
     with pytest.raises(UserError, match=message):
         load_recipe(path)
 
 
 def test_a_missing_section_is_named(tmp_path):
-    path = tmp_path / "r.toml"
-    path.write_text('name = "t"\n')
+    path = write_recipe(tmp_path / "r.toml", {"name": "t"})
     with pytest.raises(UserError, match="generate: missing key"):
         load_recipe(path)
 
 
 def test_a_stage_is_fresh_only_while_inputs_and_outputs_are_unchanged(tmp_path):
     run = Run(tmp_path / "run")
-    run.begin("t", GOOD, {}, 0)
+    run.begin("t", 'name = "t"\n', {}, 0)
     src = tmp_path / "in.txt"
     src.write_text("v1")
     h = run.inputs_hash({"lr": 1}, [src])
@@ -65,7 +58,7 @@ def test_a_stage_is_fresh_only_while_inputs_and_outputs_are_unchanged(tmp_path):
 
 def test_a_failed_stage_is_recorded_and_not_fresh(tmp_path):
     run = Run(tmp_path / "run")
-    run.begin("t", GOOD, {}, 0)
+    run.begin("t", 'name = "t"\n', {}, 0)
     with pytest.raises(RuntimeError), run.stage("s", "h", []):
         raise RuntimeError("boom")
     assert run.manifest["stages"]["s"]["status"] == "failed"

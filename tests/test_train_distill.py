@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from helpers.cli import cli_env, run_cli
 from helpers.models import tiny_model
-from helpers.recipes import SMALL
+from helpers.recipes import SMALL, write_recipe
 from helpers.training import metrics, sums, teacher_logprobs, write_chats
 from seed.errors import UserError
 from seed.recipe import TrainConfig
@@ -54,9 +54,9 @@ def test_teacher_with_another_tokenizer_is_a_clear_error(teacher: Path, tmp_path
     with pytest.raises(UserError, match="tokenizer differs from the student's"):
         teacher_targets(tok, render(tok, chats[:1])[0], meta[0]["logprobs"], "r")
     records = write_chats(tmp_path / "r.jsonl", chats, meta)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'name = "kd"\n[generate.teacher]\nkind = "tasks"\n[train]\nmode = "kd"\n'
-                      f'max_steps = 2\n[train.student]\ncheckpoint = "{teacher}"\n')
+    recipe = write_recipe(tmp_path / "recipe.toml", {
+        "name": "kd", "generate": {"teacher": {"kind": "tasks"}},
+        "train": {"mode": "kd", "max_steps": 2, "student": {"checkpoint": teacher}}})
     done = run_cli("train", records, "-o", tmp_path / "out", "--recipe", recipe, "--internal",
                    env=cli_env(inherit=False))
     assert done.returncode == 2, done.stderr

@@ -1,8 +1,8 @@
 """The `seed` command as a user runs it: `python -m seed ...` in a subprocess, offline.
 
 The child finds the package through PYTHONPATH=src (it is not installed) and never reaches a model
-hub (HF_HUB_OFFLINE=1). This module only starts the command; what it should print or write is for
-each test to assert.
+hub (HF_HUB_OFFLINE=1). This module starts the command and checks the one shape every user error
+has (`assert_one_line_error`); what else it should print or write is for each test to assert.
 """
 
 from __future__ import annotations
@@ -47,3 +47,14 @@ def start_cli(*args: str | Path, cwd: Path = ROOT, env: Mapping[str, str] | None
     """`seed ARGS` started and left running; `popen` is passed on (stdout, stderr, text)."""
     return subprocess.Popen(_command(args, (sys.executable,)), cwd=cwd, env=env or cli_env(),
                             **popen)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """`proc` failed as a user error should: exit 2, one stderr line "error: ..." holding every
+    needle, no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
