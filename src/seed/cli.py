@@ -270,34 +270,46 @@ def chat(
 def serve(
     model: Annotated[Path | None, typer.Argument(help="Model directory (omit with --upstream).")
                      ] = None,
+    recipe: Annotated[Path | None, typer.Option(
+        help="Recipe whose [serve] table holds these settings (only that table is read); flags "
+        "given here override it.")] = None,
     upstream: Annotated[str | None, typer.Option(
         help="Front this OpenAI-compatible server (vLLM, SGLang...) instead of a model.")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")
+                    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SEED_API_KEY",
                                                 help="Require this key.")] = None,
     keys_file: Annotated[Path | None, typer.Option(help="File of accepted keys, one per line.")
                          ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name clients ask for (default: the "
                                                    "directory name).")] = None,
-    max_running: Annotated[int, typer.Option(help="Most sequences in one batch.")] = 32,
-    max_queue: Annotated[int, typer.Option(help="Most waiting sequences before 429.")] = 256,
-    max_prefill_tokens: Annotated[int, typer.Option(
-        min=1, help="Prompt tokens prefilled per step: lower keeps running replies smoother "
-        "when long prompts arrive, higher admits bursts faster.")] = 2048,
+    max_running: Annotated[int | None, typer.Option(help="Most sequences in one batch "
+                                                    "(default 32).")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Most waiting sequences before 429 "
+                                                  "(default 256).")] = None,
+    max_prefill_tokens: Annotated[int | None, typer.Option(
+        help="Prompt tokens prefilled per step: lower keeps running replies smoother when long "
+        "prompts arrive, higher admits bursts faster (default 2048).")] = None,
     usage_log: Annotated[Path | None, typer.Option(help="Append one JSON line per request.")
                          ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: "
                                                 "torch's choice; 1 is fastest for tiny models "
                                                 "on a busy machine).")] = None,
+    device: Annotated[str | None, typer.Option(help="Device for the model (default: cuda when "
+                                               "there is one, else cpu).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (bfloat16 on a GPU, else float32), "
+                                              "float32 or bfloat16.")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
+    from seed.recipe import load_serve_config
     from seed.serve.server import run_server
 
-    run_server(model, upstream=upstream, host=host, port=port, api_key=api_key,
-               keys_file=keys_file, model_name=model_name, max_running=max_running,
-               max_queue=max_queue, max_prefill_tokens=max_prefill_tokens,
-               usage_log=usage_log, threads=threads)
+    run_server(load_serve_config(recipe, {
+        "model": model, "upstream": upstream, "host": host, "port": port, "api_key": api_key,
+        "keys_file": keys_file, "model_name": model_name, "max_running": max_running,
+        "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens,
+        "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype}))
 
 
 def main() -> None:

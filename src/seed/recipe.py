@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from seed.errors import UserError
 
@@ -219,6 +219,31 @@ class PolicyConfig(Strict):
     license: str | None = None  # the student's own license, for its model card
 
 
+class ServeConfig(Strict):
+    """`seed serve`: what to serve, where, for whom, and the engine's limits; built once, from a
+    recipe's `[serve]` table and the command's flags (which win), then passed whole to the server
+    and its engine process. The API key never appears in a dump, a repr or a recipe."""
+
+    model: Path | None = None  # a model directory; or
+    upstream: str | None = None  # an OpenAI-compatible server to front instead (vLLM, SGLang, ...)
+    model_name: str | None = None  # what clients ask for; default: the model directory's name
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, exclude=True)  # --api-key or SEED_API_KEY only
+    keys_file: Path | None = None  # accepted keys, one per line
+    usage_log: Path | None = None  # one JSON line per request (a key by its label, never its value)
+    max_running: int = Field(32, gt=0)  # sequences in one batch
+    max_queue: int = Field(256, ge=0)  # waiting sequences before a 429
+    max_prefill_tokens: int = Field(2048, gt=0)  # prompt tokens prefilled per engine step
+    threads: int | None = Field(None, gt=0)  # CPU threads for the model; default: torch's choice
+    device: str | None = None  # default: cuda when there is one, else cpu
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on a GPU, else float32
+
+
+NO_KEYS_IN_RECIPES = ("keep keys out of recipes: list them in the file serve.keys_file names, or "
+                      "pass --api-key (SEED_API_KEY)")
+
+
 class Recipe(Strict):
     name: str
     seed: int = 0
@@ -227,6 +252,15 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    serve: ServeConfig | None = None  # `seed serve --recipe` reads only this table
+
+    @field_validator("serve", mode="before")
+    @classmethod
+    def _no_api_key(cls, table: Any) -> Any:
+        # A recipe's text is kept in its run's manifest: a key written in it would be persisted.
+        if isinstance(table, dict) and "api_key" in table:
+            raise ValueError(NO_KEYS_IN_RECIPES)
+        return table
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -238,18 +272,55 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{where}: {err['msg'].lower()}"
 
 
-def load_recipe(path: str | Path) -> tuple[Recipe, str]:
-    """Read and validate a recipe; return it with its text (kept in the run manifest)."""
+def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A recipe file's tables and its text; a missing file or bad TOML is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such recipe file; check the path")
     text = path.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Read and validate a recipe; return it with its text (kept in the run manifest)."""
+    data, text = read_toml(path)
     try:
         return Recipe.model_validate(data), text
     except ValidationError as e:
         problems = "; ".join(_describe(err) for err in e.errors())
         raise UserError(f"{path}: {problems}") from None
+
+
+def load_serve_config(recipe: str | Path | None, flags: dict[str, Any]) -> ServeConfig:
+    """The serve config: a recipe's `[serve]` table (no other table is read, so a serve-only recipe
+    needs no `[generate]`) with the flags that were given (not None) on top, validated once.
+
+    A problem names `serve.<key>` and the recipe when the value came from it, else the flag.
+    """
+    table: dict[str, Any] = {}
+    if recipe is not None:
+        data, _ = read_toml(recipe)
+        if not isinstance(data.get("serve"), dict):
+            raise UserError(f"{recipe}: no [serve] table; add one (serve.model, serve.port, ...) "
+                            "or drop --recipe")
+        table = data["serve"]
+        if "api_key" in table:
+            raise UserError(f"{recipe}: serve.api_key: {NO_KEYS_IN_RECIPES}")
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return ServeConfig.model_validate({**table, **given})
+    except ValidationError as e:
+        problems = "; ".join(_describe({**err, "loc": (_source(err["loc"], given, recipe),)})
+                             for err in e.errors())
+        raise UserError(problems) from None
+
+
+def _source(loc: tuple[int | str, ...], flags: dict[str, Any], recipe: str | Path | None) -> str:
+    """Where a serve setting came from: its flag, or `serve.<key>` in the recipe."""
+    key = str(loc[0]) if loc else ""
+    if key in flags:
+        return "MODEL" if key == "model" else "--" + key.replace("_", "-")
+    return f"{recipe}: serve.{key}" if key else f"{recipe}: [serve]"

@@ -8,7 +8,7 @@ generation logic.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,16 +27,15 @@ from starlette.responses import (
 from seed.serve.auth import match_key
 from seed.serve.errors import APIError, unauthorized
 from seed.serve.metrics import ServerMetrics
-from seed.serve.schemas import (
+from seed.serve.openai_format import (
     ChatCompletion,
-    ChatCompletionRequest,
     Completion,
-    CompletionRequest,
     ErrorResponse,
     Health,
     ModelList,
     error_body,
 )
+from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord, UsageLog
 
 
@@ -45,7 +44,7 @@ class Backend(Protocol):
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
-    async def models(self) -> dict[str, Any]: ...
+    async def models(self) -> Mapping[str, Any]: ...
     async def chat(self, req: ChatCompletionRequest, http: Request,
                    rec: RequestRecord) -> Response: ...
     async def completions(self, req: CompletionRequest, http: Request,

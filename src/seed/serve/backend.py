@@ -2,8 +2,9 @@
 
 It renders chats with the model's chat template, applies `generation_config.json` defaults, refuses
 (400, both lengths stated) a prompt that does not fit the context instead of truncating it, compiles
-`response_format` schemas for constrained decoding, and shapes the engine's events into
-`chat.completion` / `text_completion` objects or server-sent-event chunks.
+`response_format` schemas for constrained decoding, and turns the engine's events into the
+`chat.completion` / `text_completion` objects or server-sent-event chunks that `openai_format.py`
+declares and builds (this module holds no response shape of its own).
 
 This process never loads the weights: it keeps the tokenizer (templates, token texts, grammar
 checks) and reads context length, vocabulary size and end-of-sequence ids from the config files.
@@ -16,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,37 +28,32 @@ from transformers import AutoConfig
 from seed.endpoints.local import check_model_dir, load_tokenizer
 from seed.errors import UserError
 from seed.files import hash_path
+from seed.recipe import ServeConfig
+from seed.serve import openai_format as fmt
 from seed.serve.engine import Event, QueueFull, SamplingParams
 from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
 from seed.serve.grammar import GrammarTokenizer
-from seed.serve.schemas import ChatCompletionRequest, CompletionRequest, error_body
+from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord
-from seed.serve.worker import EngineDead, EngineProcess, EngineSpec
+from seed.serve.worker import EngineDead, EngineProcess
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse(data: dict[str, Any] | str) -> str:
-    """One server-sent event."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"),
-                                                            ensure_ascii=False)
-    return f"data: {payload}\n\n"
-
-
 class LocalBackend:
-    """A model directory served by an engine process; returns once the model is loaded there."""
+    """`config.model` served by an engine process; returns once the model is loaded there."""
 
-    def __init__(self, model_dir: Path, *, model_name: str | None = None, max_running: int = 32,
-                 max_queue: int = 256, max_prefill_tokens: int = 2048, device: str | None = None,
-                 threads: int | None = None):
-        path = check_model_dir(model_dir)
+    def __init__(self, config: ServeConfig):
+        if config.model is None:
+            raise UserError("give a model directory to serve (or --upstream URL)")
+        path = check_model_dir(config.model)
         self.tokenizer = load_tokenizer(path)  # refuses a model without a chat template
         try:
             text_cfg = AutoConfig.from_pretrained(str(path)).get_text_config()
         except (OSError, ValueError) as e:
             raise UserError(f"{path}/config.json cannot be read as a model config ({e}); "
                             "point at a saved model") from e
-        self.model_name = model_name or path.name
+        self.model_name = config.model_name or path.name
         self.created = int(path.stat().st_mtime)
         weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
         self.fingerprint = f"fp_seed_{weights[:10]}"
@@ -75,10 +69,7 @@ class LocalBackend:
             "do_sample", True) else 0.0
         self.default_top_p = float(gen.get("top_p", 1.0))
         self.default_max_new = gen.get("max_new_tokens")
-        self.engine = EngineProcess(EngineSpec(
-            str(path), tuple(sorted(eos_ids)), self.vocab_size, max_running=max_running,
-            max_queue=max_queue, max_prefill_tokens=max_prefill_tokens, device=device,
-            threads=threads))
+        self.engine = EngineProcess(config, tuple(sorted(eos_ids)))
         try:  # the grammar tokenizer is built here while the engine process loads the model
             self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
             self.engine.wait_ready()
@@ -105,9 +96,8 @@ class LocalBackend:
         """Why the server cannot answer (the engine process stopped), or None when it can."""
         return self.engine.dead
 
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model",
-                                            "created": self.created, "owned_by": "seed"}]}
+    async def models(self) -> fmt.ModelList:
+        return fmt.model_list(self.model_name, self.created)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -126,20 +116,13 @@ class LocalBackend:
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
                               req.top_logprobs or 0, grammar)
         stream = _Run(self, prompt_ids, params, grammar, rec)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
-                "model": self.model_name, "system_fingerprint": self.fingerprint}
+        meta = fmt.response_meta("chatcmpl", self.model_name, self.fingerprint)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._chat_chunks(stream, meta, usage, http),
+            return StreamingResponse(self._chat_chunks(stream, fmt.ChatChunks(meta, usage)),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        results = await stream.collect(http)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r["text"],
-                                            "refusal": None},
-                    "logprobs": {"content": self._chat_logprobs(r["logprobs"])}
-                    if req.logprobs else None,
-                    "finish_reason": r["finish_reason"]} for i, r in enumerate(results)]
-        return JSONResponse({**meta, "object": "chat.completion", "choices": choices,
-                             "usage": stream.usage()})
+        replies = await stream.collect(http)
+        return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self, stream.usage()))
 
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response:
@@ -168,22 +151,21 @@ class LocalBackend:
             raise
         echoes = [(p if isinstance(p, str) else self.tokenizer.decode(p)) if req.echo else ""
                   for p, _, _ in runs]
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()),
-                "model": self.model_name, "system_fingerprint": self.fingerprint}
+        meta = fmt.response_meta("cmpl", self.model_name, self.fingerprint)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._completion_chunks(started, echoes, req.n, meta, usage,
-                                                             http),
+            chunks = fmt.CompletionChunks(meta, usage)
+            return StreamingResponse(self._completion_chunks(started, echoes, req.n, chunks),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         choices = []
         for k, run in enumerate(started):
             for i, r in enumerate(await run.collect(http)):
-                choices.append({"index": k * req.n + i, "text": echoes[k] + r["text"],
-                                "logprobs": self._completion_logprobs(r["logprobs"])
-                                if req.logprobs is not None else None,
-                                "finish_reason": r["finish_reason"]})
-        return JSONResponse({**meta, "object": "text_completion", "choices": choices,
-                             "usage": _sum_usage([r.usage() for r in started])})
+                lps = (fmt.completion_logprobs(r["logprobs"], self)
+                       if req.logprobs is not None else None)
+                choices.append(fmt.completion_choice(k * req.n + i, echoes[k] + r["text"], lps,
+                                                     r["finish_reason"]))
+        return JSONResponse(fmt.completion(meta, choices,
+                                           fmt.total_usage([r.usage() for r in started])))
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -249,70 +231,41 @@ class LocalBackend:
             return [_UNICODE_TO_BYTE[c] for c in piece]
         return list(self.token_text(token_id).encode("utf-8"))
 
-    def _chat_logprobs(self, logprobs: list[Any]) -> list[dict[str, Any]]:
-        def one(tid: int, lp: float) -> dict[str, Any]:
-            return {"token": self.token_text(tid), "logprob": lp, "bytes": self.token_bytes(tid)}
-        return [{**one(lp.token_id, lp.logprob), "top_logprobs": [one(t, v) for t, v in lp.top]}
-                for lp in logprobs]
-
-    def _completion_logprobs(self, logprobs: list[Any], offset: int = 0) -> dict[str, Any]:
-        tokens, offsets = [], []
-        for lp in logprobs:
-            offsets.append(offset)
-            tokens.append(self.token_text(lp.token_id))
-            offset += len(tokens[-1])
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
-                "top_logprobs": [{self.token_text(t): v for t, v in lp.top} for lp in logprobs],
-                "text_offset": offsets}
-
-    async def _chat_chunks(self, run: _Run, meta: dict[str, Any], include_usage: bool,
-                           http: Request) -> AsyncIterator[str]:
-        base = {**meta, "object": "chat.completion.chunk"}
-        extra = {"usage": None} if include_usage else {}
-
-        def chunk(i: int, delta: dict[str, Any], logprobs: Any = None,
-                  finish: str | None = None) -> str:
-            return sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
-                                             "finish_reason": finish}], **extra})
+    async def _chat_chunks(self, run: _Run, chunks: fmt.ChatChunks) -> AsyncIterator[str]:
         async with run:
             for i in range(len(run.params)):
-                yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+                yield chunks.role(i)
             async for ev in run.events():
                 if ev.text or ev.logprobs:
-                    lps = ({"content": self._chat_logprobs(ev.logprobs)}
-                           if run.params[ev.index].logprobs else None)
-                    yield chunk(ev.index, {"content": ev.text}, lps)
+                    lps: fmt.ChoiceLogprobs | None = (
+                        {"content": fmt.chat_logprobs(ev.logprobs, self)}
+                        if run.params[ev.index].logprobs else None)
+                    yield chunks.chunk(ev.index, {"content": ev.text}, lps)
                 if ev.finish_reason:
-                    yield chunk(ev.index, {}, None, ev.finish_reason)
+                    yield chunks.chunk(ev.index, {}, None, _finish(ev))
             if run.error:
-                yield sse(error_body(run.error, "server_error"))
-            elif include_usage:
-                yield sse({**base, "choices": [], "usage": run.usage()})
-            yield sse("[DONE]")
+                yield fmt.sse(fmt.error_body(run.error, "server_error"))
+            elif chunks.include_usage:
+                yield chunks.usage(run.usage())
+            yield fmt.sse("[DONE]")
 
     async def _completion_chunks(self, runs: list[_Run], echoes: list[str], n: int,
-                                 meta: dict[str, Any], include_usage: bool,
-                                 http: Request) -> AsyncIterator[str]:
-        base = {**meta, "object": "text_completion"}
-        extra = {"usage": None} if include_usage else {}
-
-        def chunk(i: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
-            return sse({**base, "choices": [{"index": i, "text": text, "logprobs": logprobs,
-                                             "finish_reason": finish}], **extra})
-        errors = []
+                                 chunks: fmt.CompletionChunks) -> AsyncIterator[str]:
+        errors: list[str] = []
         try:
-            async for piece in self._completion_events(runs, echoes, n, chunk, errors):
+            async for piece in self._completion_events(runs, echoes, n, chunks.chunk, errors):
                 yield piece
         finally:
             for run in runs:
                 run.cancel()
         if errors:
-            yield sse(error_body(errors[0], "server_error"))
-        elif include_usage:
-            yield sse({**base, "choices": [], "usage": _sum_usage([r.usage() for r in runs])})
-        yield sse("[DONE]")
+            yield fmt.sse(fmt.error_body(errors[0], "server_error"))
+        elif chunks.include_usage:
+            yield chunks.usage(fmt.total_usage([r.usage() for r in runs]))
+        yield fmt.sse("[DONE]")
 
-    async def _completion_events(self, runs: list[_Run], echoes: list[str], n: int, chunk: Any,
+    async def _completion_events(self, runs: list[_Run], echoes: list[str], n: int,
+                                 chunk: Callable[..., str],
                                  errors: list[str]) -> AsyncIterator[str]:
         offsets: dict[int, int] = {}
         for k, run in enumerate(runs):
@@ -323,12 +276,12 @@ class LocalBackend:
                 index = k * n + ev.index
                 lps = None
                 if run.params[ev.index].logprobs:
-                    lps = self._completion_logprobs(ev.logprobs, offsets.get(index, 0))
+                    lps = fmt.completion_logprobs(ev.logprobs, self, offsets.get(index, 0))
                     offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lps["tokens"])
                 if ev.text or ev.logprobs:
                     yield chunk(index, ev.text, lps)
                 if ev.finish_reason:
-                    yield chunk(index, "", None, ev.finish_reason)
+                    yield chunk(index, "", None, _finish(ev))
             if run.error:
                 errors.append(run.error)
                 return
@@ -383,9 +336,11 @@ class _Run:
                 if ev.finish_reason:
                     open_ -= 1
 
-    async def collect(self, http: Request) -> list[dict[str, Any]]:
+    async def collect(self, http: Request) -> list[fmt.Reply]:
         """Every sequence's text, logprobs and finish reason; cancels if the client leaves."""
-        results = [{"text": "", "logprobs": [], "finish_reason": None} for _ in self.params]
+        # every sequence's last event sets its finish reason; "length" only holds the place
+        results: list[fmt.Reply] = [{"text": "", "logprobs": [], "finish_reason": "length"}
+                                    for _ in self.params]
         async with self:
             gen = self.events()
             while True:
@@ -401,14 +356,14 @@ class _Run:
                 r = results[ev.index]
                 r["text"] += ev.text
                 r["logprobs"] += ev.logprobs
-                r["finish_reason"] = ev.finish_reason or r["finish_reason"]
+                if ev.finish_reason:
+                    r["finish_reason"] = _finish(ev)
         if self.error:
             raise APIError(500, self.error, type_="server_error")
         return results
 
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+    def usage(self) -> fmt.Usage:
+        return fmt.usage(self.prompt_tokens, self.completion_tokens)
 
 
 def _byte_level_table() -> dict[str, int]:
@@ -443,9 +398,9 @@ def _coalesce(events: list[Event]) -> list[Event]:
     return list(merged.values())
 
 
-def _sum_usage(usages: list[dict[str, int]]) -> dict[str, int]:
-    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return {k: sum(u[k] for u in usages) for k in keys}
+def _finish(ev: Event) -> fmt.FinishReason:
+    # events() ends a run at an "error: ..." reason, so what reaches a response is stop or length
+    return cast(fmt.FinishReason, ev.finish_reason)
 
 
 def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

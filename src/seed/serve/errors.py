@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from seed.serve.schemas import error_body
+from seed.serve.openai_format import error_body
 
 
 class APIError(Exception):

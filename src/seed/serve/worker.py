@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from seed.errors import UserError
+from seed.recipe import ServeConfig
 from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,6 @@ class EngineDead(Exception):
     """The engine process has stopped; str(e) is the message for clients."""
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """What the engine process needs to build the model and its engine (picklable)."""
-
-    model_dir: str
-    eos_ids: tuple[int, ...]
-    vocab_size: int
-    max_running: int
-    max_queue: int
-    max_prefill_tokens: int = 2048
-    device: str | None = None
-    threads: int | None = None
-
-
 @dataclass
 class _Route:
     queue: asyncio.Queue
@@ -71,17 +58,21 @@ class _Route:
 
 
 class EngineProcess:
-    """The API side: spawns the engine process, submits and cancels, routes events to queues."""
+    """The API side: spawns the engine process, submits and cancels, routes events to queues.
 
-    def __init__(self, spec: EngineSpec):
+    The engine process gets the serve config whole (`config.model`, the engine's limits, device,
+    dtype, threads) and the end-of-sequence ids the API side read from the model's files.
+    """
+
+    def __init__(self, config: ServeConfig, eos_ids: tuple[int, ...]):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has torch threads
-        self.spec = spec
+        self.config = config
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_engine_main, args=(child_conn, spec),
+        self._proc = ctx.Process(target=_engine_main, args=(child_conn, config, eos_ids),
                                  name="seed-engine", daemon=True)
         self._proc.start()
         child_conn.close()  # else the child's death would not close the pipe on our side
-        self._limit = spec.max_running + spec.max_queue
+        self._limit = config.max_running + config.max_queue
         self._routes: dict[int, _Route] = {}
         self._tags = itertools.count()
         self._outstanding = 0
@@ -101,7 +92,7 @@ class EngineProcess:
                    "memory")
         if msg[0] != "ready":
             self.stop()
-            raise UserError(f"{self.spec.model_dir}: the model failed to load ({msg[1]}); check "
+            raise UserError(f"{self.config.model}: the model failed to load ({msg[1]}); check "
                             "that the directory holds the model's weights and config")
         self._ready = True
 
@@ -222,12 +213,12 @@ class _Tagged:
     seqs: list[Sequence] = field(default_factory=list)
 
 
-def _engine_main(conn: Connection, spec: EngineSpec) -> None:
+def _engine_main(conn: Connection, config: ServeConfig, eos_ids: tuple[int, ...]) -> None:
     """The engine process: load, say ready (or why not), then serve commands until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API process's to handle
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        core = _Core(conn, spec)
+        core = _Core(conn, config, set(eos_ids))
     except Exception as e:  # reported as one line by `seed serve`, not a traceback
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         with contextlib.suppress(OSError):
@@ -239,27 +230,30 @@ def _engine_main(conn: Connection, spec: EngineSpec) -> None:
 class _Core:
     """The model, its engine and the pipe, in the engine process."""
 
-    def __init__(self, conn: Connection, spec: EngineSpec):
+    def __init__(self, conn: Connection, config: ServeConfig, eos_ids: set[int]):
         import torch
         from transformers import AutoModelForCausalLM
 
         from seed.endpoints.local import load_tokenizer
         from seed.serve.grammar import GrammarTokenizer
 
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        tokenizer = load_tokenizer(spec.model_dir)
-        model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype)
+        if config.model is None:
+            raise ValueError("the serve config names no model directory")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            config.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        tokenizer = load_tokenizer(config.model)
+        model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
         model = model.to(device).eval()
-        eos_ids = set(spec.eos_ids)
-        self.grammar = GrammarTokenizer(tokenizer, spec.vocab_size, eos_ids)
+        vocab_size = model.config.get_text_config().vocab_size
+        self.grammar = GrammarTokenizer(tokenizer, vocab_size, eos_ids)
         # The API side bounds what is outstanding; the slack here only absorbs cancelled sequences
         # that still sit in the engine's waiting queue.
-        self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=spec.max_running,
-                             max_waiting=2 * (spec.max_running + spec.max_queue),
-                             max_prefill_tokens=spec.max_prefill_tokens,
+        self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=config.max_running,
+                             max_waiting=2 * (config.max_running + config.max_queue),
+                             max_prefill_tokens=config.max_prefill_tokens,
                              on_events=self._on_events)
         self.conn = conn
         self.tags: dict[int, _Tagged] = {}
