@@ -11,49 +11,24 @@ statistics beyond grouping what is on disk for the plots.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from seed.evaluate.annotations import AnnotationSet, load_annotations
+from seed.evaluate.html import Html, card, cards, figure, join, page, plots, pre, table, text
+from seed.files import load_jsonl, write_text_atomic
 
 STUDENT_COLOR, TEACHER_COLOR = "#0969da", "#bf8700"
-
-
-def _svg(fig: Any) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _card(value: str, label: str) -> str:
-    return f'<div class="card"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}%"
 
 
-def _figure(draw: Any, caption: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    svg = _svg(fig)
-    plt.close(fig)
-    return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
-
-
 def _category_bars(labels: list[str], student: list[float], teacher: list[float], ylabel: str,
-                   names: tuple[str, str]) -> str:
+                   names: tuple[str, str]) -> Html:
     def draw(ax: Any) -> None:
         xs = range(len(labels))
         ax.bar([x - 0.2 for x in xs], student, 0.4, label=names[0], color=STUDENT_COLOR)
@@ -62,10 +37,10 @@ def _category_bars(labels: list[str], student: list[float], teacher: list[float]
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
 
-    return _figure(draw, "By category: student and teacher")
+    return figure(draw, "By category: student and teacher")
 
 
-def _length_plot(s: AnnotationSet) -> str:
+def _length_plot(s: AnnotationSet) -> Html:
     """Preference against log2(student length / teacher length), with binned means."""
     pts = sorted((math.log2((len(c.output) + 1) / (len(c.baseline_output) + 1)), c.preference)
                  for c in s.rows)
@@ -83,121 +58,110 @@ def _length_plot(s: AnnotationSet) -> str:
         ax.set_ylim(-5, 105)
         ax.legend(fontsize=8)
 
-    return _figure(draw, "Length against the judge's preference")
+    return figure(draw, "Length against the judge's preference")
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+def _answer(value: str) -> Html:
+    """An answer or question in a table cell, cut at 1200 characters."""
+    return pre(value, limit=1200)
 
 
-def _pre(text: str, limit: int = 1200) -> str:
-    return f"<pre>{escape(text if len(text) <= limit else text[:limit] + ' …')}</pre>"
-
-
-def _worst_pairwise(s: AnnotationSet, k: int) -> str:
+def _worst_pairwise(s: AnnotationSet, k: int) -> Html:
     lost = sorted((c for c in s.rows if c.preference < 0.5), key=lambda c: sum(c.verdicts or (0,)))
-    rows = [[_pre(c.instruction), _pre(c.output), _pre(c.baseline_output),
-             "<br>".join(f"<b>{o}:</b> {escape(r)}" for o, r in
-                         zip(("student shown first", "student shown second"), c.reasons,
-                             strict=False))]
+    rows = [[_answer(c.instruction), _answer(c.output), _answer(c.baseline_output),
+             Html("<br>".join(f"<b>{o}:</b> {text(r)}" for o, r in
+                              zip(("student shown first", "student shown second"), c.reasons,
+                                  strict=False)))]
             for c in lost[:k]]
     if not rows:
-        return "<p>The student lost no comparison.</p>"
-    return _table(["question", "student", "teacher", "the judge's reasons"], rows)
+        return Html("<p>The student lost no comparison.</p>")
+    return table(["question", "student", "teacher", "the judge's reasons"], rows)
 
 
-def _pairwise(judge_dir: Path, results: dict[str, Any], k: int) -> list[str]:
+def _pairwise(judge_dir: Path, results: dict[str, Any], k: int) -> list[Html]:
     st = results["stats"]
     s = load_annotations(judge_dir / "judgments.jsonl")
     bt_low, bt_high = st.get("bt_ci") or (None, None)
     bt = "-" if st.get("bt_score") is None else f"{st['bt_score']:.0f}"
     bt_ci = "" if bt_low is None else f" [{bt_low:.0f}, {bt_high:.0f}]"
     flips = st.get("order_flip_rate")
-    cards = [
-        _card(f"{_pct(st['win_rate'])}", f"student win rate vs teacher (n={st['n']}), ties half"),
-        _card(f"{st['ci_low']:.1f}-{st['ci_high']:.1f}%", "95% bootstrap interval"),
-        _card(_pct(st["lc_win_rate"]), "length-controlled win rate"),
-        _card(bt + bt_ci, "Bradley-Terry score (teacher = 1000)"),
-        _card(_pct(flips), "order flips (position bias)"),
-        _card(str(st.get("unparseable", 0)), "pairs with an unparseable verdict"),
+    headline = [
+        card(f"{_pct(st['win_rate'])}", f"student win rate vs teacher (n={st['n']}), ties half"),
+        card(f"{st['ci_low']:.1f}-{st['ci_high']:.1f}%", "95% bootstrap interval"),
+        card(_pct(st["lc_win_rate"]), "length-controlled win rate"),
+        card(bt + bt_ci, "Bradley-Terry score (teacher = 1000)"),
+        card(_pct(flips), "order flips (position bias)"),
+        card(str(st.get("unparseable", 0)), "pairs with an unparseable verdict"),
     ]
     cats = st.get("categories", {})
     labels = list(cats)
-    plots = [_category_bars(labels, [cats[c]["win_rate"] for c in labels],
-                            [100 - cats[c]["win_rate"] for c in labels], "win rate (%)",
-                            ("student", "teacher"))] if labels else []
+    figures = [_category_bars(labels, [cats[c]["win_rate"] for c in labels],
+                              [100 - cats[c]["win_rate"] for c in labels], "win rate (%)",
+                              ("student", "teacher"))] if labels else []
     if s.rows:
-        plots.append(_length_plot(s))
+        figures.append(_length_plot(s))
     longer = st.get("longer_wins_rate")
     length = ("No comparison of unequal lengths was decided." if longer is None else
               f"The longer answer won {_pct(longer)} of decided comparisons.")
     first = st.get("first_position_rate")
     if first is not None:
         length += f" The answer shown first won {_pct(first)} of decisive verdicts (50% = no bias)."
-    return [f'<div class="cards">{"".join(cards)}</div>',
-            f'<div class="plots">{"".join(plots)}</div>',
-            f"<p>Each question was judged twice, the answers swapped; orders that disagree count "
-            f"as a tie. {length}</p>",
-            "<h3>Where the student lost worst</h3>", _worst_pairwise(s, k)]
+    return [cards(headline), plots(figures),
+            Html(f"<p>Each question was judged twice, the answers swapped; orders that disagree "
+                 f"count as a tie. {text(length)}</p>"),
+            Html("<h3>Where the student lost worst</h3>"), _worst_pairwise(s, k)]
 
 
-def _single(judge_dir: Path, results: dict[str, Any], k: int) -> list[str]:
+def _single(judge_dir: Path, results: dict[str, Any], k: int) -> list[Html]:
     scores = results["stats"]["scores"]
     student, teacher = results["student"], results["baseline"]
     mine, theirs = scores.get(student, {}), scores.get(teacher, {})
-    cards = [_card(f"{m['mean']:.2f}" if m.get("mean") is not None else "-",
-                   f"{name}: mean score 1-10 [{m.get('ci_low', 0):.2f}, {m.get('ci_high', 0):.2f}]")
-             for name, m in ((student, mine), (teacher, theirs))]
+    headline = [card(f"{m['mean']:.2f}" if m.get("mean") is not None else "-",
+                     f"{name}: mean score 1-10 [{m.get('ci_low', 0):.2f}, "
+                     f"{m.get('ci_high', 0):.2f}]")
+                for name, m in ((student, mine), (teacher, theirs))]
     labels = sorted(set(mine.get("categories", {})) | set(theirs.get("categories", {})))
-    plots = [_category_bars(labels, [mine.get("categories", {}).get(c, 0) for c in labels],
-                            [theirs.get("categories", {}).get(c, 0) for c in labels],
-                            "mean score (1-10)", ("student", "teacher"))] if labels else []
-    rows = [json.loads(x) for x in (judge_dir / "grades.jsonl").read_text().splitlines() if x]
-    by = {(r["model"], r["id"]): r for r in rows}
+    figures = [_category_bars(labels, [mine.get("categories", {}).get(c, 0) for c in labels],
+                              [theirs.get("categories", {}).get(c, 0) for c in labels],
+                              "mean score (1-10)", ("student", "teacher"))] if labels else []
+    by = {(r["model"], r["id"]): r for r in load_jsonl(judge_dir / "grades.jsonl")}
     gaps = sorted(((by[(teacher, i)]["score"] or 0) - (by[(student, i)]["score"] or 0), i)
                   for (m, i) in by if m == student and (teacher, i) in by)
-    worst = [[_pre(by[(student, i)]["instruction"]),
-              _pre(by[(student, i)]["output"]) + f"<b>{by[(student, i)]['score']}</b>: "
-              + escape(by[(student, i)]["reason"]),
-              _pre(by[(teacher, i)]["output"]) + f"<b>{by[(teacher, i)]['score']}</b>: "
-              + escape(by[(teacher, i)]["reason"])]
+
+    def graded(row: dict[str, Any]) -> Html:
+        return join([_answer(row["output"]), Html(f"<b>{text(row['score'])}</b>: "),
+                     row["reason"]])
+
+    worst = [[_answer(by[(student, i)]["instruction"]), graded(by[(student, i)]),
+              graded(by[(teacher, i)])]
              for gap, i in reversed(gaps[-k:]) if gap > 0]
-    table = (_table(["question", "student (score: reason)", "teacher (score: reason)"], worst)
-             if worst else "<p>The student scored below the teacher nowhere.</p>")
-    return [f'<div class="cards">{"".join(cards)}</div>',
-            f'<div class="plots">{"".join(plots)}</div>',
-            "<h3>Where the student fell furthest below the teacher</h3>", table]
+    shown = (table(["question", "student (score: reason)", "teacher (score: reason)"], worst)
+             if worst else Html("<p>The student scored below the teacher nowhere.</p>"))
+    return [cards(headline), plots(figures),
+            Html("<h3>Where the student fell furthest below the teacher</h3>"), shown]
 
 
-def judge_section(judge_dir: str | Path, examples: int = 5) -> list[str]:
+def judge_section(judge_dir: str | Path, examples: int = 5) -> list[Html]:
     """The section's HTML pieces; empty when the run has no judged evaluation."""
     judge_dir = Path(judge_dir)
     path = judge_dir / "judge_results.json"
     if not path.is_file():
         return []
     results = json.loads(path.read_text())
-    head = [f"<h2>Judged by {escape(str(results.get('judge')))}: student vs "
-            f"{escape(str(results.get('baseline')))}</h2>"]
+    head = [Html(f"<h2>Judged by {text(results.get('judge'))}: student vs "
+                 f"{text(results.get('baseline'))}</h2>")]
     if results.get("self_preference"):
-        head.append('<p class="warn"><b>Self-preference:</b> the judge is the teacher\'s own '
-                    "model. Judges tend to favour answers in their own style, so the teacher's "
-                    "side is likely flattered; confirm with a different judge.</p>")
+        head.append(Html('<p class="warn"><b>Self-preference:</b> the judge is the teacher\'s own '
+                         "model. Judges tend to favour answers in their own style, so the "
+                         "teacher's side is likely flattered; confirm with a different "
+                         "judge.</p>"))
     body = (_pairwise if results["mode"] == "pairwise" else _single)(judge_dir, results, examples)
     return head + body
 
 
 def write_judge_report(judge_dir: str | Path) -> Path:
     """A stand-alone `report.html` in `judge_dir` holding just the judge section (`seed judge`)."""
-    from seed.evaluate.report import CSS
-    from seed.files import write_text_atomic
-
     judge_dir = Path(judge_dir)
-    html = ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            "<title>Seed judged evaluation</title>"
-            f"<style>{CSS}</style></head><body><main>{''.join(judge_section(judge_dir))}"
-            "</main></body></html>\n")
     path = judge_dir / "report.html"
-    write_text_atomic(path, html)
+    write_text_atomic(path, page("Seed judged evaluation", judge_section(judge_dir)))
     return path
