@@ -1,4 +1,5 @@
-# The two commands: `make quickstart` and `make test`. Everything installs into .venv with pinned versions.
+# The two commands: `make quickstart` and `make test`; CI (.ci/run) runs `make lint` and
+# `make typecheck` before the tests. Everything installs into .venv with pinned versions.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: quickstart test lint install install-dev clean
+.PHONY: quickstart test lint typecheck install install-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +32,10 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
+
+# Files, plugin and strictness: [tool.mypy] in pyproject.toml.
+typecheck: install-dev
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs
