@@ -21,6 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 from seed.endpoints.base import Completion
 from seed.errors import UserError
 from seed.files import hash_path
+from seed.quiet import quiet_progress_bars
 from seed.records import Teacher
 
 
@@ -99,7 +100,8 @@ class LocalModel:
         self.path = check_model_dir(path)
         self.tokenizer = load_tokenizer(self.path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+        with quiet_progress_bars():
+            self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
         self.model.to(self.device).eval()
         self._revision: str | None = None
 
