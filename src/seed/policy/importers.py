@@ -75,7 +75,9 @@ def parse_teacher(spec: str) -> Teacher:
     if not sep or not model or route not in ROUTES:
         raise UserError(f"--teacher {spec!r}: expected ROUTE:MODEL with ROUTE one of "
                         f"{', '.join(ROUTES)}, e.g. direct:gpt-4o")
-    return Teacher(route=route, model_requested=model, declared_by="seed import --teacher")
+    # model_validate: `declared_by` is one of the extra fields Teacher allows (not declared)
+    return Teacher.model_validate({"route": route, "model_requested": model,
+                                   "declared_by": "seed import --teacher"})
 
 
 def read_dpi(path: str | Path, dataset_id: str | None = None) -> dict[str, Any]:
@@ -118,14 +120,17 @@ def dpi_provenance(entry: dict[str, Any]) -> tuple[Teacher | None, Source]:
     name = entry.get("Dataset Name") or entry.get("Unique Dataset Identifier") or "dataset"
     teacher = None
     if models or human:
-        teacher = Teacher(route="declared" if models else "human",
-                          model_requested=models[0] if models else "human-written",
-                          declared_by="Data Provenance Initiative summary")
-    source = Source(kind="import", name=name, license="; ".join(data_licenses) or None,
-                    url=entry.get("Hugging Face URL") or entry.get("Dataset URL") or None,
-                    dpi_id=entry.get("Unique Dataset Identifier"),
-                    license_urls=[lic.get("License URL") for lic in entry.get("Licenses") or []
-                                  if lic.get("License URL")])
+        teacher = Teacher.model_validate({
+            "route": "declared" if models else "human",
+            "model_requested": models[0] if models else "human-written",
+            "declared_by": "Data Provenance Initiative summary"})
+    # model_validate: url, dpi_id and license_urls are extra fields Source allows (not declared)
+    source = Source.model_validate({
+        "kind": "import", "name": name, "license": "; ".join(data_licenses) or None,
+        "url": entry.get("Hugging Face URL") or entry.get("Dataset URL") or None,
+        "dpi_id": entry.get("Unique Dataset Identifier"),
+        "license_urls": [lic.get("License URL") for lic in entry.get("Licenses") or []
+                         if lic.get("License URL")]})
     return teacher, source
 
 
