@@ -140,7 +140,7 @@ def check(
     if unknown not in ("warn", "block"):
         raise UserError(f"--unknown {unknown!r}: use warn or block")
     use = Use(distribute=distribute, commercial=commercial, student_name=student_name,
-              task="classifier" if classifier else "chat", unknown=unknown)  # type: ignore[arg-type]
+              task="classifier" if classifier else "chat", unknown=unknown)
     raise typer.Exit(check_command(data, use, terms, as_json, console))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from seed.errors import UserError
-from seed.recipe import Recipe, load_recipe
+from seed.recipe import JudgeConfig, Recipe, load_recipe
 from seed.records import count_records
 from seed.runs import Run
 
@@ -141,19 +141,19 @@ def _model_card(run: Run, recipe: Recipe, check: Any, train: dict[str, Any],
                               if ev.get(k) is not None})
 
 
-def _judge_stage(run: Run, recipe: Recipe, console: Console) -> None:
+def _judge_stage(run: Run, recipe: Recipe, judge: JudgeConfig, console: Console) -> None:
     """[eval.judge] (seed.evaluate.judge_run): the student judged against a baseline."""
     from seed.evaluate.judge_run import run_judge
 
     def work() -> dict[str, Any]:
-        res = run_judge(recipe.eval.judge, run.path("train/model"), run.path("judge"),
+        res = run_judge(judge, run.path("train/model"), run.path("judge"),
                         questions_path=run.path("data/eval.jsonl"),
                         teacher=recipe.generate.teacher)
         st = res["stats"]
         return {"requests": res["requests"], **{k: st[k] for k in
                 ("n", "win_rate", "lc_win_rate", "ci_low", "ci_high") if k in st}}
 
-    info = _stage(run, console, "judge", recipe.eval.judge.model_dump(),
+    info = _stage(run, console, "judge", judge.model_dump(),
                   ["data/eval.jsonl", "train/model"], [JUDGE_OUT], work)
     if "win_rate" in info:
         console.print(f"judge: student win rate {info['win_rate']:.1f}% "
@@ -199,7 +199,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
                     workdir="eval")
     _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
-        _judge_stage(run, recipe, console)
+        _judge_stage(run, recipe, recipe.eval.judge, console)
     _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl",
                                           JUDGE_OUT], REPORT_OUT,
            lambda: {"path": str(write_report(run.root))})

@@ -88,7 +88,8 @@ class Run:
         The caller fills the yielded dict with figures worth keeping (counts, accuracy, ...).
         """
         info: dict[str, Any] = {}
-        entry = {"status": "running", "started_at": now_iso(), "inputs_hash": inputs_hash}
+        entry: dict[str, Any] = {"status": "running", "started_at": now_iso(),
+                                 "inputs_hash": inputs_hash}
         self.manifest["stages"][stage] = entry
         self.save()
         t0 = time.perf_counter()

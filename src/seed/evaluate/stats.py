@@ -99,9 +99,9 @@ def instruction_difficulty(sets: list[AnnotationSet], iters: int = 1000) -> dict
         grad, hess = np.zeros(len(index)), np.zeros(len(index))
         for k, (ii, x, p) in enumerate(data):
             coefs[k] = fit_logistic(x, p, offset=d[ii], start=coefs[k], steps=3)
-            s = _sigmoid(x @ coefs[k] + d[ii])
-            np.add.at(grad, ii, s - p)
-            np.add.at(hess, ii, s * (1 - s))
+            prob = _sigmoid(x @ coefs[k] + d[ii])
+            np.add.at(grad, ii, prob - p)
+            np.add.at(hess, ii, prob * (1 - prob))
         step = (grad + 1e-3 * d) / (hess + 1.0)
         d -= step
         d -= d.mean()
