@@ -8,7 +8,7 @@ generation logic.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,7 +166,7 @@ def create_app(backend: Backend, *, keys: list[str] | None = None,
     return app
 
 
-async def _finishing(body: AsyncIterator[Any], rec: RequestRecord,
+async def _finishing(body: AsyncIterable[Any], rec: RequestRecord,
                      status: int) -> AsyncIterator[Any]:
     """Pass a stream through and count the request when it ends (or the client leaves)."""
     try:

@@ -149,7 +149,7 @@ class LocalBackend:
             for run in started:
                 run.cancel()
             raise
-        echoes = [(p if isinstance(p, str) else self.tokenizer.decode(p)) if req.echo else ""
+        echoes = [(p if isinstance(p, str) else self.decode(p)) if req.echo else ""
                   for p, _, _ in runs]
         meta = fmt.response_meta("cmpl", self.model_name, self.fingerprint)
         if req.stream:
@@ -218,10 +218,14 @@ class LocalBackend:
 
     # -- response shapes --------------------------------------------------------------------------
 
+    def decode(self, token_ids: list[int]) -> str:
+        text = self.tokenizer.decode(token_ids)
+        return text if isinstance(text, str) else "".join(text)  # one sequence: one string
+
     def token_text(self, token_id: int) -> str:
         text = self._token_text.get(token_id)
         if text is None:
-            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
+            text = self._token_text[token_id] = self.decode([token_id])
         return text
 
     def token_bytes(self, token_id: int) -> list[int]:
@@ -408,9 +412,10 @@ def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[
         return [prompt]
     if not prompt:
         raise bad_request("prompt must not be empty.", "prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    return list(prompt)
+    ids = [p for p in prompt if isinstance(p, int)]  # the schema allows no mixed list
+    if len(ids) == len(prompt):
+        return [ids]
+    return [p for p in prompt if not isinstance(p, int)]
 
 
 def _read_generation_config(path: Path) -> dict[str, Any]:

@@ -259,7 +259,7 @@ class Engine:
             self._reset_batch()
 
     def _prefill_group(self, group: list[tuple[int, int]]) -> None:
-        seqs = [self._slots[slot] for slot, _ in group]
+        seqs = [_held(self._slots[slot]) for slot, _ in group]
         chunks = [s.prompt_ids[s.prefilled:s.prefilled + n] for s, (_, n) in zip(seqs, group,
                                                                                  strict=True)]
         starts = [s.prefilled for s in seqs]
@@ -411,7 +411,7 @@ class Engine:
             return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
         for s, e in posts:
-            if not s.cancelled:
+            if not s.cancelled and s.loop is not None and s.queue is not None:
                 by_loop.setdefault(s.loop, []).append((s.queue, e))
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
@@ -420,6 +420,13 @@ class Engine:
     def _reset_batch(self) -> None:
         self._slots, self._last = [], []
         self.runner.reset()
+
+
+def _held(s: Sequence | None) -> Sequence:
+    """The sequence in a slot the engine has just filled (so never a free one)."""
+    if s is None:
+        raise RuntimeError("engine: a prefill group names a free slot")
+    return s
 
 
 def _ready(s: Sequence) -> bool:

@@ -20,7 +20,7 @@ This module knows nothing of sampling, text or HTTP.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +113,8 @@ class LlamaRunner:
         length = int(positions.max()) + 1
         self._grow(length)
         ids = torch.tensor(tokens, device=self.device)[:, None]
-        hidden = self._forward(ids, positions.to(self.device)[:, None], None, prefill=False,
-                               length=length)
+        hidden = self._forward(ids, positions.to(self.device)[:, None],
+                               torch.arange(n, device=self.device), prefill=False, length=length)
         self.positions[:n] += alive
         return self._logits(hidden[:, -1])
 
@@ -137,8 +137,9 @@ class LlamaRunner:
         return self.model.lm_head(F.rms_norm(hidden, norm.weight.shape, norm.weight,
                                              norm.variance_epsilon))
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None, *,
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, *,
                  prefill: bool, length: int = 0, fresh: bool = True) -> torch.Tensor:
+        """The model over `ids` at `positions`, reading and writing the cache of slots `rows`."""
         batch, width = ids.shape
         x = self.model.model.embed_tokens(ids)
         cos, sin = self.model.model.rotary_emb(x, positions)
@@ -149,7 +150,6 @@ class LlamaRunner:
             mask = (span[None, None] <= positions[:, :, None])[:, None]  # [rows, 1, width, length]
         if not prefill:
             cols = positions[:, 0]
-            slot_ids = torch.arange(batch, device=self.device)
             mask = (torch.arange(length, device=self.device)[None] <= cols[:, None])[:, None, None]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x, batch, width, self.heads, self.kv_heads, self.head_dim)
@@ -166,8 +166,8 @@ class LlamaRunner:
                     q, self.keys[i][rows, :, :length], self.values[i][rows, :, :length],
                     attn_mask=mask, enable_gqa=True)
             else:
-                self.keys[i][slot_ids, :, cols] = k[:, :, 0]
-                self.values[i][slot_ids, :, cols] = v[:, :, 0]
+                self.keys[i][rows, :, cols] = k[:, :, 0]
+                self.values[i][rows, :, cols] = v[:, :, 0]
                 attn = F.scaled_dot_product_attention(
                     q, self.keys[i][:batch, :, :length], self.values[i][:batch, :, :length],
                     attn_mask=mask, enable_gqa=True)
@@ -193,7 +193,7 @@ class _FusedLayer:
         q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).split(self.split, dim=-1)
         q = q.view(batch, width, heads, head_dim)
         k = k.view(batch, width, kv_heads, head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return (q.transpose(1, 2), k.transpose(1, 2),
                 v.view(batch, width, kv_heads, head_dim).transpose(1, 2))
@@ -216,7 +216,7 @@ def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | 
     sizes, start = [lin.out_features for lin in linears], 0
     for lin, size in zip(linears, sizes, strict=True):
         lin.weight = torch.nn.Parameter(weight[start:start + size], requires_grad=False)
-        if lin.bias is not None:
+        if lin.bias is not None and bias is not None:
             lin.bias = torch.nn.Parameter(bias[start:start + size], requires_grad=False)
         start += size
     return weight, bias, sizes
@@ -275,17 +275,17 @@ class HFRunner:
         width = max(old_len, mask.shape[1])
         index = torch.tensor(slots, device=self.device)
         layers = []
-        for i, new in enumerate(cache.layers):
+        olds = _growing(self._cache) if self._cache is not None else None
+        for i, new in enumerate(_growing(cache)):
             merged = []
-            for old, fresh in [(self._cache.layers[i].keys if self._cache else None, new.keys),
-                               (self._cache.layers[i].values if self._cache else None,
-                                new.values)]:
+            for old, fresh in [(olds[i].keys if olds else None, new.keys),
+                               (olds[i].values if olds else None, new.values)]:
                 out = fresh.new_zeros((rows, *fresh.shape[1:-2], width, fresh.shape[-1]))
                 if old is not None:
                     out[:old.shape[0], ..., width - old_len:, :] = old[..., start:, :]
                 out[index] = _pad_left(fresh, width)
                 merged.append(out)
-            layers.append(tuple(merged))
+            layers.append((merged[0], merged[1]))
         full = mask.new_zeros((rows, width))
         if self._mask is not None:
             full[:self._mask.shape[0], width - old_len:] = self._mask
@@ -294,10 +294,10 @@ class HFRunner:
 
     def step(self, tokens: list[int], live: list[bool]) -> torch.Tensor:
         n = len(tokens)
-        if n < self._mask.shape[0]:  # the highest slots are free: shed their rows
+        if n < self._prefilled()[1].shape[0]:  # the highest slots are free: shed their rows
             self._shrink(n)
         ids = torch.tensor(tokens, device=self.device)[:, None]
-        self._mask = F.pad(self._mask, (0, 1), value=1)
+        self._mask = F.pad(self._prefilled()[1], (0, 1), value=1)
         positions = torch.tensor(self._positions, device=self.device)[:, None]
         out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
                          past_key_values=self._cache, use_cache=True)
@@ -306,10 +306,11 @@ class HFRunner:
         return out.logits[:, -1, :]
 
     def _shrink(self, rows: int) -> None:
+        cache, mask = self._prefilled()
         self._positions = self._positions[:rows]
-        self._mask = self._mask[:rows]
+        self._mask = mask[:rows]
         self._cache = self._new_cache([(layer.keys[:rows], layer.values[:rows])
-                                       for layer in self._cache.layers])
+                                       for layer in _growing(cache)])
 
     def free(self, slot: int) -> None:
         """The row rides along until its slot is reused or shed."""
@@ -317,10 +318,10 @@ class HFRunner:
 
     def move(self, src: int, dst: int) -> None:
         """Move a sequence's row from slot `src` to the free slot `dst` (to close a hole)."""
-        for layer in self._cache.layers:
-            for buf in (layer._room_keys, layer._room_values):
-                buf[dst] = buf[src]
-        self._mask[dst] = self._mask[src]
+        cache, mask = self._prefilled()
+        for layer in _growing(cache):
+            layer.move_row(src, dst)
+        mask[dst] = mask[src]
         self._positions[dst] = self._positions[src]
         self._live.discard(src)
         self._live.add(dst)
@@ -330,12 +331,24 @@ class HFRunner:
         self._positions = []
         self._live = set()
 
+    def _prefilled(self) -> tuple[DynamicCache, torch.Tensor]:
+        """The cache and its mask, which exist once `add` has run (the engine steps only then)."""
+        if self._cache is None or self._mask is None:
+            raise RuntimeError("HFRunner: step, move or shrink before any prompt was added")
+        return self._cache, self._mask
+
     def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
-        cache.layers = [_GrowingLayer() for _ in cache.layers]
-        for layer, (keys, values) in zip(cache.layers, layers, strict=False):
+        growing = [_GrowingLayer() for _ in cache.layers]
+        cache.layers = list(growing)
+        for layer, (keys, values) in zip(growing, layers, strict=False):
             layer.update(keys, values)
         return cache
+
+
+def _growing(cache: DynamicCache) -> list[_GrowingLayer]:
+    # every cache HFRunner holds or passes to the model was built by _new_cache
+    return cast(list[_GrowingLayer], cache.layers)
 
 
 class _GrowingLayer(DynamicLayer):
@@ -344,6 +357,9 @@ class _GrowingLayer(DynamicLayer):
     transformers' DynamicLayer copies the whole cache on every decode step (torch.cat); for a batch
     of 32 that copy costs as much as the step's matmuls on a CPU. Room doubles when it runs out.
     """
+
+    keys: torch.Tensor
+    values: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -357,20 +373,27 @@ class _GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         end = self._length + n
-        if self._room_keys is None or end > self._room_keys.shape[-2]:
+        room_k, room_v = self._room_keys, self._room_values
+        if room_k is None or room_v is None or end > room_k.shape[-2]:
             shape = (*key_states.shape[:-2], max(64, 2 * end), key_states.shape[-1])
             keys = key_states.new_empty(shape)
             values = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
-            if self._length:
-                keys[..., :self._length, :] = self._room_keys[..., :self._length, :]
-                values[..., :self._length, :] = self._room_values[..., :self._length, :]
-            self._room_keys, self._room_values = keys, values
-        self._room_keys[..., self._length:end, :] = key_states
-        self._room_values[..., self._length:end, :] = value_states
+            if room_k is not None and room_v is not None and self._length:
+                keys[..., :self._length, :] = room_k[..., :self._length, :]
+                values[..., :self._length, :] = room_v[..., :self._length, :]
+            room_k, room_v = self._room_keys, self._room_values = keys, values
+        room_k[..., self._length:end, :] = key_states
+        room_v[..., self._length:end, :] = value_states
         self._length = end
-        self.keys = self._room_keys[..., :end, :]
-        self.values = self._room_values[..., :end, :]
+        self.keys = room_k[..., :end, :]
+        self.values = room_v[..., :end, :]
         return self.keys, self.values
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy batch row `src` of the cache (its room included) over row `dst`."""
+        for buf in (self._room_keys, self._room_values):
+            if buf is not None:
+                buf[dst] = buf[src]
 
     def get_seq_length(self) -> int:
         return self._length

@@ -10,14 +10,17 @@ nothing about the model or HTTP.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
 import numpy as np
 
+if TYPE_CHECKING:  # declared in llguidance's stubs only
+    from llguidance._lib import JsonCompileOptions
+
 # No free whitespace between JSON tokens: a weak model could otherwise pad forever.
-_JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 class GrammarTokenizer:

@@ -246,7 +246,8 @@ class _Core:
             config.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
         tokenizer = load_tokenizer(config.model)
         model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
-        model = model.to(device).eval()
+        # transformers wraps `.to` in a decorator whose stub types the device as a model
+        model = model.to(device).eval()  # type: ignore[arg-type]
         vocab_size = model.config.get_text_config().vocab_size
         self.grammar = GrammarTokenizer(tokenizer, vocab_size, eos_ids)
         # The API side bounds what is outstanding; the slack here only absorbs cancelled sequences
