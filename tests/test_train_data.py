@@ -6,7 +6,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from seed.errors import UserError
-from seed.train.data import Example, assistant_mask, check_trainable, pack, render
+from seed.train.data import Example, assistant_mask, pack, render
+from seed.train.layout import token_count
 from seed.train.tokenizer import train_tokenizer
 
 
@@ -38,13 +39,11 @@ def test_mask_in_a_multi_turn_chat_covers_every_assistant_turn_and_nothing_else(
     assert tiny_tokenizer.decode(ex.ids) == tiny_tokenizer.apply_chat_template(chat, tokenize=False)
 
 
-def test_a_chat_without_assistant_turn_has_no_trainable_token_and_its_batch_is_an_error(
-        tiny_tokenizer):
+def test_a_chat_without_assistant_turn_has_no_trainable_token(tiny_tokenizer):
     ex = render(tiny_tokenizer, [[{"role": "user", "content": "Calculate 12 + 34."}]])[0]
     assert sum(ex.mask) == 0
     batch = pack([ex], 32, tiny_tokenizer.pad_token_id)
-    with pytest.raises(ValueError, match="no trainable token"):
-        check_trainable(batch)
+    assert token_count({"mask": batch.mask}) == 0
 
 
 def test_pack_restarts_positions_per_example_and_pads_with_mask_zero():
@@ -53,14 +52,14 @@ def test_pack_restarts_positions_per_example_and_pads_with_mask_zero():
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 0], [1, 2, 3, 4, 0, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
     assert batch.mask.tolist() == [[0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0]]
-    assert batch.trainable_tokens() == 3
+    assert token_count({"mask": batch.mask}) == 3
 
 
 def test_pack_truncates_an_example_longer_than_a_row():
     batch = pack([Example(list(range(1, 11)), [1] * 10)], 4, pad_id=0)
     assert batch.input_ids.tolist() == [[1, 2, 3, 4]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3]]
-    assert batch.trainable_tokens() == 3
+    assert token_count({"mask": batch.mask}) == 3
 
 
 def test_digits_tokenizer_splits_numbers_and_bpe_does_not():

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.cli import ROOT, cli_env, run_cli, torchrun
 from helpers.models import tiny_model
-from helpers.recipes import SMALL, finetune_recipe, write_recipe
+from helpers.recipes import SMALL, checkpoint_recipe, write_recipe
 from helpers.training import metrics, sums, write_chats
 
 SCRIPT = """
@@ -41,7 +41,7 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: 
     one = {**SMALL, "student": {"checkpoint": str(base)}, "max_steps": 6, "batch_size": 8}
     _run(tmp_path, [sys.executable], records, tmp_path / "one", one)
     # The two processes run the real command: `torchrun -m seed train`.
-    recipe = write_recipe(tmp_path / "r.toml", finetune_recipe("ddp", base, batch_size=4))
+    recipe = write_recipe(tmp_path / "r.toml", checkpoint_recipe("ddp", base, batch_size=4))
     done = run_cli("train", records, "-o", tmp_path / "two", "--recipe", recipe, "--internal",
                    launcher=torchrun(2),
                    env=cli_env(inherit=False, OMP_NUM_THREADS="1"))

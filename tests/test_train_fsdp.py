@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from helpers.cli import cli_env, run_cli, torchrun
 from helpers.models import tiny_model
-from helpers.recipes import finetune_recipe, write_recipe
+from helpers.recipes import checkpoint_recipe, write_recipe
 from helpers.training import metrics, sums, write_chats
 
 
@@ -30,7 +30,7 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path:
     base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     # One process: 8 rows per step. Two sharded processes: 4 rows each, the same 8 rows per step.
     for name, rows, mode, processes in [("one", 8, "ddp", 1), ("two", 4, "fsdp", 2)]:
-        recipe = write_recipe(tmp_path / f"{name}.toml", finetune_recipe("fsdp", base, rows),
+        recipe = write_recipe(tmp_path / f"{name}.toml", checkpoint_recipe("fsdp", base, rows),
                               {"train.checkpoint_every": 3, "train.distributed": mode})
         _train(tmp_path, name, records, recipe, processes)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")

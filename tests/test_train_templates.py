@@ -64,12 +64,10 @@ def test_a_template_without_generation_markers_masks_exactly_the_assistant_turns
     assert _turns(tok, example.ids, example.mask) == ["4<|im_end|>\n", "It is 6.<|im_end|>\n"]
 
 
-@pytest.mark.parametrize("extra", [{}, {"eval_fraction": 0.2}], ids=["loop", "finetune"])
-def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(
-        tmp_path: Path, extra: dict) -> None:
+def test_a_checkpoint_without_a_template_is_an_error_naming_the_setting(tmp_path: Path) -> None:
     base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
     (base / "chat_template.jinja").unlink()
-    config = TrainConfig.model_validate({**SMALL, **extra, "student": {"checkpoint": str(base)}})
+    config = TrainConfig.model_validate({**SMALL, "student": {"checkpoint": str(base)}})
     with pytest.raises(UserError, match=r"no chat template; set train\.student\.chat_template"):
         train_student(write_chats(tmp_path / "r.jsonl", sums()), tmp_path / "out", config, 0)
 

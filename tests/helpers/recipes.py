@@ -3,7 +3,7 @@
 `write_recipe(path, recipe, {"train.max_steps": 7})` writes `recipe` with `train.max_steps` set,
 the dotted paths being the ones Seed's messages name. Nested dicts become tables, lists of dicts
 arrays of tables, paths strings. The starting points tests share are here too: `teacher_recipe`
-(`seed generate` against an OpenAI-compatible server), `finetune_recipe` (fine-tuning a local
+(`seed generate` against an OpenAI-compatible server), `checkpoint_recipe` (fine-tuning a local
 checkpoint) and `SMALL` (the `[train]` keys of a short training run). What a recipe should make
 Seed do is for each test to assert.
 """
@@ -56,7 +56,7 @@ def teacher_recipe(base_url: str, prompts: Path | None = None, *,
     return recipe
 
 
-def finetune_recipe(name: str, base: Path, batch_size: int) -> dict[str, Any]:
+def checkpoint_recipe(name: str, base: Path, batch_size: int) -> dict[str, Any]:
     """A 6-step fine-tuning run of the checkpoint `base`, for the one- vs many-process tests."""
     return {"name": name, "generate": {"teacher": {"kind": "tasks"}},
             "train": {"seq_len": SMALL["seq_len"], "batch_size": batch_size, "max_steps": 6,

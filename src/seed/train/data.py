@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from seed.errors import UserError
+
 Chat = list[dict[str, str]]
+TEMPLATE_SETTING = "train.student.chat_template"  # the key that fixes a template problem
 
 
 @dataclass
@@ -40,20 +43,18 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def trainable_tokens(self) -> int:
-        """Tokens predicted with a loss (a token's mask counts for the prediction of that token)."""
-        return int(self.mask[:, 1:].sum())
-
     def rows(self, start: int, stop: int) -> Batch:
         return Batch(self.input_ids[start:stop], self.mask[start:stop],
                      self.position_ids[start:stop])
 
 
-def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> list[Example]:
+def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
+           source: str = "the records") -> list[Example]:
     """Each chat's ids with an assistant-only mask, found by rendering and diffing prefixes.
 
     For assistant message i, the ids of `chat[:i]` with the generation prompt must be a prefix of
     the ids of `chat[:i+1]`, which must be a prefix of the whole chat's; the difference is trained.
+    A template for which that fails is a UserError naming `source` (the records file) and the chat.
     """
     prompts: list[Chat] = []  # chat[:i], rendered with the generation prompt
     turns: list[Chat] = []  # chat[:i+1]; the last one of each chat is the whole chat
@@ -73,16 +74,20 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> list[Ex
     turn_ids, prompt_ids = ids[: len(turns)], ids[len(turns):]
 
     examples = []
-    for pairs, whole in plan:
+    for n, (pairs, whole) in enumerate(plan, 1):
         full = turn_ids[whole]
         mask = [0] * len(full)
         for p, t in pairs:
             prefix, turn = prompt_ids[p], turn_ids[t]
             if turn[: len(prefix)] != prefix or full[: len(turn)] != turn:
-                raise ValueError("the chat template does not render a conversation's prefixes as "
-                                 "prefixes of its tokens; the assistant mask cannot be computed")
+                raise UserError(f"{source} record {n}: the chat template does not render the "
+                                "conversation's prefixes as prefixes of its tokens, so the "
+                                "assistant mask cannot be computed; set "
+                                f"{TEMPLATE_SETTING} to a template that does")
             if len(turn) == len(prefix):
-                raise ValueError("an assistant turn rendered to no tokens; check the chat template")
+                raise UserError(f"{source} record {n}: an assistant turn renders to no tokens "
+                                f"with this chat template; set {TEMPLATE_SETTING} to one that "
+                                "keeps the assistant's content")
             mask[len(prefix): len(turn)] = [1] * (len(turn) - len(prefix))
         examples.append(Example(full, mask))
     return examples
@@ -130,12 +135,3 @@ def pack(examples: Sequence[Example], seq_len: int, pad_id: int) -> Batch:
         raise ValueError("nothing to pack: no examples")
     return Batch(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
                  torch.tensor([r[2] for r in rows]))
-
-
-def check_trainable(batch: Batch) -> int:
-    """The number of trainable tokens in a batch; an error if there are none."""
-    n = batch.trainable_tokens()
-    if n == 0:
-        raise ValueError("a training batch has no trainable token: no assistant turn survived "
-                         "rendering and truncation; check the records and train.seq_len")
-    return n

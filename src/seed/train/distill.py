@@ -7,8 +7,11 @@ and the student share a tokenizer (a local teacher behind `seed serve`), and rai
 naming the record otherwise: a wrong alignment would train on noise. `pack_targets` lays the
 aligned alternatives out in the rows `data.pack` builds. The loss (`losses.topk_kd_loss`) is
 KL(teacher top-k renormalized || student), zero exactly when the student puts the teacher's
-renormalized top-k probabilities on those tokens and nothing elsewhere. This module knows nothing
-about the loop, optimizers or where records came from.
+renormalized top-k probabilities on those tokens and nothing elsewhere.
+
+Two modes are built here: `kd` (the stored top-k logprobs, `kd_layout`) and `online_kd` (a local
+teacher model run beside the student on the same rows, `online_kd_layout`; losses.logit_kd_loss).
+This module knows nothing about the loop, optimizers or where records came from.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from seed.errors import UserError
 from seed.train.data import Example
+from seed.train.layout import Layout, ModeInputs, Rows, logits, packed_rows, shuffled, token_count
+from seed.train.losses import logit_kd_loss, sft_loss, topk_kd_loss
+from seed.train.models import load_student
 
 
 @dataclass
@@ -127,3 +133,70 @@ def pack_targets(examples: Sequence[Example], targets: Sequence[TeacherTargets],
                 rows_lps[-1][used + t, :m] = torch.tensor(tt.logprobs[t][:m])
         used += n
     return torch.stack(rows_ids), torch.stack(rows_lps)
+
+
+def kd_layout(inputs: ModeInputs) -> Layout:
+    """Packed rows with the teacher's top-k per token; KD where scored, cross-entropy elsewhere."""
+    examples, config, settings = inputs.examples(), inputs.config, inputs.config.distill
+    vocab = decoded_vocab(inputs.tokenizer)
+    targets = []
+    for i, (r, ex) in enumerate(zip(inputs.records, examples, strict=True)):
+        where = f"{inputs.source} record {i + 1} ({r.id})"
+        if not isinstance(r.meta.get("logprobs"), list):
+            raise UserError(f"{where}: mode = 'kd' needs the teacher's meta.logprobs; generate "
+                            "with logprobs (generate.params.logprobs) or use mode = 'sft'")
+        targets.append(teacher_targets(inputs.tokenizer, ex, r.meta["logprobs"], where, vocab))
+
+    def epoch_rows(epoch: int) -> Rows:
+        order = shuffled(range(len(examples)), inputs.seed, epoch)
+        rows = packed_rows([examples[i] for i in order], config.seq_len, inputs.pad_id)
+        rows["topk_ids"], rows["topk_logprobs"] = pack_targets(
+            [examples[i] for i in order], [targets[i] for i in order], config.seq_len,
+            settings.top_k)
+        return rows
+
+    def loss(model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
+        out = logits(model, rows)
+        # Tokens the teacher did not score (the end-of-turn token) learn by cross-entropy.
+        scored = torch.isfinite(rows["topk_logprobs"]).any(-1) & rows["mask"].bool()
+        kd, _ = topk_kd_loss(out, rows["topk_ids"], rows["topk_logprobs"], rows["mask"])
+        ce_scored, _ = sft_loss(out, rows["input_ids"], scored.long())
+        ce_rest, _ = sft_loss(out, rows["input_ids"], rows["mask"] * ~scored)
+        w = settings.weight
+        return w * kd + (1 - w) * ce_scored + ce_rest, token_count(rows)
+
+    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens")
+
+
+def online_teacher(inputs: ModeInputs) -> PreTrainedModel:
+    """The frozen local teacher of `online_kd`, on the student's device; same tokenizer or error."""
+    path = inputs.config.distill.teacher
+    if not path:
+        raise UserError("train.mode = 'online_kd' needs train.distill.teacher, a local model "
+                        "directory that shares the student's tokenizer")
+    teacher_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if teacher_tok.get_vocab() != inputs.tokenizer.get_vocab():
+        raise UserError(f"train.distill.teacher = {path}: its tokenizer differs from the "
+                        "student's; online distillation needs the same vocabulary")
+    teacher = inputs.runtime.place(load_student(path))
+    return teacher.eval().requires_grad_(False)
+
+
+def online_kd_layout(inputs: ModeInputs) -> Layout:
+    """Packed rows; the loss compares the student's next-token distribution with the teacher's."""
+    examples, config, settings = inputs.examples(), inputs.config, inputs.config.distill
+    teacher = online_teacher(inputs)
+
+    def epoch_rows(epoch: int) -> Rows:
+        return packed_rows(shuffled(examples, inputs.seed, epoch), config.seq_len, inputs.pad_id)
+
+    def loss(model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
+        out = logits(model, rows)
+        with torch.no_grad():
+            teacher_logits = logits(teacher, rows)
+        kd, n = logit_kd_loss(out, teacher_logits, rows["mask"], settings.divergence,
+                              settings.beta, settings.temperature)
+        ce, _ = sft_loss(out, rows["input_ids"], rows["mask"])
+        return settings.weight * kd + (1 - settings.weight) * ce, n
+
+    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens")

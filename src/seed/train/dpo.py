@@ -5,7 +5,8 @@ and two answers for the next assistant turn: `meta["chosen"]` and `meta["rejecte
 `render_pairs` renders prompt + answer with the chat template and masks only the answer's tokens;
 `sequence_logprobs` sums a model's log-probabilities of those tokens, which the loop calls once on
 the frozen starting model (the reference) and on every step on the policy. The loss is
-`losses.dpo_loss`. This module knows nothing about optimizers or checkpoints.
+`losses.dpo_loss`; `layout` is the mode the loop trains. This module knows nothing about optimizers
+or checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from seed.errors import UserError
 from seed.records import Record
 from seed.train.data import Example, render
+from seed.train.layout import Layout, ModeInputs, Rows, shuffled
+from seed.train.losses import dpo_loss
 
 
 @dataclass
@@ -53,14 +56,14 @@ def _answer_only(example: Example) -> Example:
 
 
 def render_pairs(tokenizer: PreTrainedTokenizerBase, records: Sequence[Record],
-                 source: str) -> list[Pair]:
+                 source: str = "the records") -> list[Pair]:
     """Each record's (chosen, rejected) pair, rendered; a record without both is a UserError."""
     chats = []
     for i, record in enumerate(records):
         prompt = _prompt(record, f"{source} record {i + 1} ({record.id})")
         for key in ("chosen", "rejected"):
             chats.append([*prompt, {"role": "assistant", "content": record.meta[key]}])
-    examples = [_answer_only(ex) for ex in render(tokenizer, chats)]
+    examples = [_answer_only(ex) for ex in render(tokenizer, chats, source)]
     return [Pair(examples[i], examples[i + 1]) for i in range(0, len(examples), 2)]
 
 
@@ -77,7 +80,7 @@ def pad_examples(examples: Sequence[Example], length: int,
     return ids, mask
 
 
-def sequence_logprobs(model: PreTrainedModel, input_ids: torch.Tensor,
+def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
     """Per row, the summed log-probability of the masked tokens given the ones before them."""
     logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
@@ -100,3 +103,35 @@ def reference_logprobs(model: PreTrainedModel, pairs: Sequence[Pair], length: in
         out.append(torch.stack([lp[:len(chunk)], lp[len(chunk):]], dim=1))
     model.train(was_training)
     return torch.cat(out)
+
+
+def layout(inputs: ModeInputs) -> Layout:
+    """One row per pair: chosen and rejected ids/masks padded to seq_len, and their reference.
+
+    The reference log-probabilities are the starting student's, computed here once, at the same
+    precision as the policy's forward.
+    """
+    config, pad_id = inputs.config, inputs.pad_id
+    pairs = render_pairs(inputs.tokenizer, inputs.records, inputs.source)
+    if not pairs:
+        raise UserError(f"{inputs.source}: no preference pair to train on")
+    with inputs.runtime.autocast():
+        reference = reference_logprobs(inputs.runtime.place(inputs.model), pairs,
+                                       config.seq_len, pad_id, config.batch_size).cpu()
+    chosen = pad_examples([p.chosen for p in pairs], config.seq_len, pad_id)
+    rejected = pad_examples([p.rejected for p in pairs], config.seq_len, pad_id)
+    every = {"chosen_ids": chosen[0], "chosen_mask": chosen[1], "rejected_ids": rejected[0],
+             "rejected_mask": rejected[1], "reference": reference}
+
+    def epoch_rows(epoch: int) -> Rows:
+        order = torch.tensor(shuffled(range(len(pairs)), inputs.seed, epoch))
+        return {k: v[order] for k, v in every.items()}
+
+    def loss(model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
+        ids = torch.cat([rows["chosen_ids"], rows["rejected_ids"]])
+        lp = sequence_logprobs(model, ids, torch.cat([rows["chosen_mask"], rows["rejected_mask"]]))
+        n = len(rows["chosen_ids"])
+        return dpo_loss(lp[:n], lp[n:], rows["reference"][:, 0], rows["reference"][:, 1],
+                        config.dpo.beta)
+
+    return Layout(epoch_rows, loss, lambda rows: len(rows["chosen_ids"]), "one pair")

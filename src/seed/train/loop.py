@@ -1,21 +1,28 @@
-"""The training loop: plain PyTorch over a transformers causal LM, readable top to bottom.
+"""The training loop: one plain PyTorch loop for every mode, device and number of processes.
 
-`train_student` renders the records, builds (or loads) the student, saves the untrained copy as the
-evaluation baseline, and runs AdamW with warmup + cosine decay, gradient accumulation weighted by
-trainable tokens, and gradient clipping. Every `checkpoint_every` steps it writes a checkpoint
-(model, optimizer, scheduler, RNG state, step; the data position is the step, because the data
-order is a pure function of the seed), so a rerun after a kill continues the same run and ends
-with the same weights. It knows nothing about where records came from or how models are graded.
+`train_student` reads top to bottom as its steps: open the run, read and split the records, load or
+build the student, build the mode's data layout, prepare and wrap the model, make the optimizer,
+resume, train (step, evaluate, log, checkpoint), finish. A mode (sft, kd, online_kd, dpo) is a data
+layout and a loss (modes.py); where the loop runs (device, processes, precision) is decided once
+in runtime.py and logged. The optimizer is AdamW with warmup + cosine decay; gradients accumulate
+weighted by the global batch's trainable tokens (or pairs), so any micro-batching or number of
+processes gives the gradient of the whole batch; gradients are clipped.
+
+Several processes (`torchrun` or `accelerate launch`) run DDP or FSDP2: every rank builds the same
+global batch from the seed and takes its share of the rows. Only rank 0 writes files. Every
+`checkpoint_every` steps a checkpoint holds model, optimizer, scheduler, RNG and counters; the data
+position is the step (the data order is a pure function of the seed), so a rerun after a kill
+continues the same run and ends with the same weights. This module knows nothing about where
+records came from or how models are graded.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,275 +30,365 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
-from seed.files import hash_json, hash_path, write_json_atomic, write_text_atomic
+from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
-from seed.records import read_records
-from seed.train.data import Batch, check_trainable, pack, render
-from seed.train.losses import sft_loss
+from seed.records import Record, read_records
+from seed.train import checkpoints
+from seed.train.data import TEMPLATE_SETTING
+from seed.train.layout import Layout, ModeInputs, Rows, num_rows
+from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
 from seed.train.models import build_student, count_params, load_student, student_config
+from seed.train.modes import build_layout
+from seed.train.optim import make_optimizer
+from seed.train.runtime import Runtime
+from seed.train.sharding import full_state, load_full_state, shard
+from seed.train.speed import flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import train_tokenizer
 
-KEEP_CHECKPOINTS = 2
-TEMPLATE_SETTING = "train.student.chat_template"  # named when a tokenizer has no template
+Scheduler = torch.optim.lr_scheduler.LambdaLR
 
 
-def _save_dir_atomic(path: Path, write: Any) -> None:
-    """Write a directory under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+@dataclass
+class Counters:
+    """How far the run is: optimizer steps, tokens seen, seconds spent in steps (resumed too)."""
 
-
-def _save_model(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    # transformers draws a progress bar per saved shard; the training bar is enough.
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        _save_dir_atomic(path, write)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
-
-
-def _student(out_dir: Path, chats: list[list[dict[str, str]]], config: TrainConfig,
-             seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The untrained student and its tokenizer, saved once to out_dir/initial (eval baseline)."""
-    initial = out_dir / "initial"
-    if (initial / "config.json").is_file():
-        return load_student(initial), load_tokenizer(initial, template_setting=TEMPLATE_SETTING)
-    if config.student.checkpoint:
-        model = load_student(config.student.checkpoint)
-        tokenizer = load_tokenizer(config.student.checkpoint, config.student.chat_template,
-                                   template_setting=TEMPLATE_SETTING)
-    else:
-        texts = (m["content"] for chat in chats for m in chat)
-        tokenizer = train_tokenizer(texts, config.tokenizer.kind, config.tokenizer.vocab_size)
-        cfg = student_config(config.student.size, len(tokenizer), config.seq_len,
-                             tokenizer.pad_token_id, tokenizer.eos_token_id)
-        model = build_student(cfg, seed)
-    _save_model(initial, model, tokenizer)
-    return model, tokenizer
-
-
-def _lr_lambda(config: TrainConfig, total_steps: int) -> Any:
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
-
-    return factor
-
-
-class RowStream:
-    """Packed rows in training order: each epoch shuffles the examples (seeded), then packs them."""
-
-    def __init__(self, examples: list[Any], seq_len: int, pad_id: int, seed: int) -> None:
-        self.examples, self.seq_len, self.pad_id, self.seed = examples, seq_len, pad_id, seed
-        self.rows_per_epoch = len(self._epoch(0))
-
-    def _epoch(self, epoch: int) -> Batch:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.examples), generator=g).tolist()
-        return pack([self.examples[i] for i in order], self.seq_len, self.pad_id)
-
-    def steps(self, start_row: int, rows_per_step: int) -> Iterator[Batch]:
-        """Batches of `rows_per_step` rows from row `start_row` on, crossing epochs as needed."""
-        # Each epoch's shuffle packs into its own number of rows, so walk them to find the start.
-        epoch, offset, current = 0, start_row, self._epoch(0)
-        while offset >= len(current):
-            epoch, offset = epoch + 1, offset - len(current)
-            current = self._epoch(epoch)
-        while True:
-            parts, need = [], rows_per_step
-            while need:
-                take = current.rows(offset, offset + need)
-                parts.append(take)
-                need -= len(take)
-                offset += len(take)
-                if offset >= len(current):
-                    epoch, offset = epoch + 1, 0
-                    current = self._epoch(epoch)
-            yield Batch(*(torch.cat([getattr(p, f) for p in parts])
-                          for f in ("input_ids", "mask", "position_ids")))
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "checkpoints").glob("step-*"))
-
-
-def _save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
-    path = out_dir / "checkpoints" / f"step-{state['step']:08d}"
-    _save_dir_atomic(path, lambda tmp: torch.save(state, tmp / "state.pt"))
-    for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old)
-
-
-def _fingerprint(records: Path, config: TrainConfig, seed: int) -> str:
-    return hash_json([config.model_dump(mode="json"), seed, hash_path(records)])
-
-
-def _start_fresh_if_changed(out_dir: Path, fingerprint: str) -> None:
-    """Outputs from another config, seed or records file are removed, never resumed from."""
-    marker = out_dir / "inputs.json"
-    if marker.is_file() and json.loads(marker.read_text())["fingerprint"] == fingerprint:
-        return
-    for name in ("initial", "model", "checkpoints"):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "summary.json"):
-        (out_dir / name).unlink(missing_ok=True)
-    write_json_atomic(marker, {"fingerprint": fingerprint})
-
-
-def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint being resumed from (they will be redone)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines(keepends=True)
-             if ln.endswith("\n") and json.loads(ln)["step"] <= step]
-    write_text_atomic(path, "".join(lines))
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    )
-
-
-def accumulate_gradients(model: PreTrainedModel, batch: Batch, micro_batch_size: int) -> float:
-    """Backpropagate a batch in micro-batches; return its loss per trainable token.
-
-    Each micro-batch adds (its summed token loss) / (the batch's trainable tokens), so the
-    gradients equal those of the whole batch at once, however unevenly the tokens are spread.
-    """
-    n_trainable = check_trainable(batch)
-    loss_sum = 0.0
-    for start in range(0, len(batch), micro_batch_size):
-        micro = batch.rows(start, start + micro_batch_size)
-        logits = model(input_ids=micro.input_ids, position_ids=micro.position_ids,
-                       use_cache=False).logits
-        loss, _ = sft_loss(logits, micro.input_ids, micro.mask)
-        (loss / n_trainable).backward()
-        loss_sum += loss.item()
-    return loss_sum / n_trainable
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
 
 
 def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
                   console: Console | None = None) -> dict[str, Any]:
     """Train a student on `records` into `out_dir`; resume if a checkpoint is there.
 
-    Writes initial/ (untrained), model/ (final), checkpoints/, metrics.jsonl and summary.json, and
-    returns the summary (steps, tokens, seconds, final_loss, params, tokens_per_s, ...).
+    Writes initial/ (untrained), model/ (final), adapter/ (LoRA), checkpoints/, metrics.jsonl and
+    summary.json, and returns the summary (steps, tokens, seconds, final_loss, params, ...).
     """
-    records, out_dir = Path(records), Path(out_dir)
-    console = console or Console()
-    from seed.train.finetune import needs_finetune, train_finetune  # it builds on this module
-
-    if needs_finetune(config):
-        return train_finetune(records, out_dir, config, seed, console)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _start_fresh_if_changed(out_dir, _fingerprint(records, config, seed))
-    summary_path = out_dir / "summary.json"
-    if (out_dir / "model" / "config.json").is_file() and summary_path.is_file():
-        return json.loads(summary_path.read_text())
-
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    records, out_dir, console = Path(records), Path(out_dir), console or Console()
+    runtime = Runtime.start(config)
+    finished = open_run(records, out_dir, config, seed, runtime)
+    if finished is not None:
+        return finished
     torch.manual_seed(seed)
-    chats = [r.chat() for r in read_records(records)]
-    if not chats:
-        raise UserError(f"{records}: no records to train on; generate some first")
-    model, tokenizer = _student(out_dir, chats, config, seed)
-    examples = render(tokenizer, chats)
-    if not any(any(ex.mask) for ex in examples):
-        raise UserError(f"{records}: no record has an assistant turn to learn from")
-    stream = RowStream(examples, config.seq_len, tokenizer.pad_token_id, seed)
-    rows_per_step = config.batch_size * config.grad_accum
+    train_records, held_records = split_records(records, config.eval_fraction, seed)
+    model, tokenizer = load_or_build_student(out_dir, train_records, config, seed, runtime)
+    inputs = ModeInputs(train_records, str(records), tokenizer, model, config, seed, runtime)
+    layout = build_layout(inputs)
+    held = build_layout(replace(inputs, records=held_records)) if held_records else None
+    model = prepare_model(model, config, runtime)
+    rows_per_step = config.batch_size * config.grad_accum * runtime.world
     total_steps = config.max_steps or max(
-        1, math.ceil(config.epochs * stream.rows_per_epoch / rows_per_step))
+        1, math.ceil(config.epochs * layout.rows_per_epoch / rows_per_step))
+    optimizer, scheduler = make_optimizer(model, config, total_steps)
+    counters = resume(out_dir, model, optimizer, scheduler, config, runtime, console)
+    if runtime.is_main:
+        console.print(describe_start(model, tokenizer, layout, config, total_steps, runtime))
+    trained = wrap_model(model, config, runtime)
+    batches = layout.steps(counters.step * rows_per_step, rows_per_step)
+    loss, eval_loss = train_steps(trained, model, layout, held, batches, optimizer, scheduler,
+                                  counters, total_steps, out_dir, tokenizer, config, runtime,
+                                  console)
+    return finish(out_dir, model, optimizer, tokenizer, counters, loss, eval_loss, layout, config,
+                  runtime)
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
 
-    step, tokens, elapsed = 0, 0, 0.0
-    if ckpts := _checkpoints(out_dir):
-        state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+def open_run(records: Path, out_dir: Path, config: TrainConfig, seed: int,
+             runtime: Runtime) -> dict[str, Any] | None:
+    """Clear outputs of other inputs; the summary if this run already finished, else None."""
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.start_fresh_if_changed(out_dir, checkpoints.fingerprint(records, config, seed))
+    runtime.barrier()
+    summary = out_dir / "summary.json"
+    if (out_dir / "model" / "config.json").is_file() and summary.is_file():
+        done: dict[str, Any] = json.loads(summary.read_text())
+        return done
+    return None
+
+
+def split_records(records: Path, fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, held out): a seeded random `fraction` of the records, at least one, held out."""
+    every = list(read_records(records))
+    if not every:
+        raise UserError(f"{records}: no records to train on; generate some first")
+    if fraction == 0:
+        return every, []
+    order = torch.randperm(len(every), generator=torch.Generator().manual_seed(seed)).tolist()
+    n = max(1, round(fraction * len(every)))
+    if n >= len(every):
+        raise UserError(f"train.eval_fraction = {fraction} leaves no record to train on; lower it")
+    held = set(order[:n])
+    return ([r for i, r in enumerate(every) if i not in held],
+            [r for i, r in enumerate(every) if i in held])
+
+
+def load_or_build_student(out_dir: Path, records: list[Record], config: TrainConfig, seed: int,
+                          runtime: Runtime) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The starting student, saved once to out_dir/initial (the baseline, and DPO's reference).
+
+    A checkpoint given in the recipe is loaded; otherwise a tokenizer is trained on the records
+    and a student of `train.student.size` is built from the seed. Every rank then loads initial/,
+    so all start from the same weights whether the run is new or resumed.
+    """
+    initial = out_dir / "initial"
+    if not (initial / "config.json").is_file():
+        if config.student.checkpoint:
+            model = load_student(config.student.checkpoint)
+            tokenizer = load_tokenizer(config.student.checkpoint, config.student.chat_template,
+                                       template_setting=TEMPLATE_SETTING)
+        else:
+            tokenizer = train_tokenizer((m["content"] for r in records for m in r.chat()),
+                                        config.tokenizer.kind, config.tokenizer.vocab_size)
+            model = build_student(student_config(config.student.size, len(tokenizer),
+                                                 config.seq_len, tokenizer.pad_token_id,
+                                                 tokenizer.eos_token_id), seed)
+        if runtime.is_main:
+            checkpoints.save_model(initial, model, tokenizer)
+    runtime.barrier()
+    tokenizer = load_tokenizer(initial, template_setting=TEMPLATE_SETTING)
+    model = load_student(initial, **(quantized_load_kwargs(config.lora) if config.lora else {}))
+    return model, tokenizer
+
+
+def prepare_model(model: PreTrainedModel, config: TrainConfig,
+                  runtime: Runtime) -> PreTrainedModel:
+    """Adapters, activation checkpointing, the device, and sharding, as the recipe asks."""
+    if config.lora:
+        if runtime.sharded:
+            raise UserError("train.distributed = 'fsdp' does not train LoRA adapters; use "
+                            "'ddp' (the adapters are small) or drop [train.lora]")
+        model = add_lora(model, config.lora)
+    if config.grad_checkpointing:
+        model.activation_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = runtime.place(model)
+    if runtime.sharded:
+        shard(model)  # before the optimizer, which must see the sharded parameters
+    return model
+
+
+def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: Scheduler, config: TrainConfig, runtime: Runtime,
+           console: Console) -> Counters:
+    """Load the newest checkpoint into model, optimizer, schedule and RNG; its counters."""
+    found = checkpoints.checkpoints(out_dir)
+    counters = Counters()
+    if found:
+        state = checkpoints.load_checkpoint(found[-1], runtime.device)
+        if runtime.sharded:
+            load_full_state(model, optimizer, state["model"], state["optimizer"])
+        else:
+            model.load_state_dict(state["model"], strict=not config.lora)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
-        console.print(f"resuming from step {step} of {total_steps} ({ckpts[-1].name})")
-    metrics_path = out_dir / "metrics.jsonl"
-    _keep_metrics_until(metrics_path, step)
+        torch.set_rng_state(state["rng"].cpu())
+        counters = Counters(state["step"], state["tokens"], state["elapsed_s"])
+        if runtime.is_main:
+            console.print(f"resuming from step {counters.step} ({found[-1].name})")
+    if runtime.is_main:
+        checkpoints.keep_metrics_until(out_dir / "metrics.jsonl", counters.step)
+    return counters
 
-    model.train()
-    params = count_params(model)
-    console.print(f"student: {params:,} parameters, vocabulary {len(tokenizer)}, "
-                  f"{len(examples):,} examples in {stream.rows_per_epoch:,} rows of "
-                  f"{config.seq_len} tokens, {total_steps} steps")
-    batches = stream.steps(step * rows_per_step, rows_per_step)
-    loss_value = float("nan")
-    window_tokens, window_start = 0, time.perf_counter()
-    with _progress(console) as progress, metrics_path.open("a") as metrics:
-        task = progress.add_task("train", total=total_steps, completed=step, loss=float("nan"),
-                                 tps=0.0)
-        while step < total_steps:
-            t0 = time.perf_counter()
-            batch = next(batches)
-            loss_value = accumulate_gradients(model, batch, config.batch_size)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            n_tokens = int((batch.input_ids != tokenizer.pad_token_id).sum())
-            tokens += n_tokens
-            window_tokens += n_tokens
-            elapsed += time.perf_counter() - t0
-            if step % config.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                metrics.write(json.dumps({
-                    "step": step, "loss": round(loss_value, 6),
-                    "lr": scheduler.get_last_lr()[0], "tokens": tokens,
-                    "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed, 3)}) + "\n")
-                metrics.flush()
-                progress.update(task, completed=step, loss=loss_value, tps=tps)
-            if step % config.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(out_dir, {
-                    "step": step, "tokens": tokens, "elapsed_s": elapsed,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
 
+def wrap_model(model: torch.nn.Module, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
+    """What the steps call: DDP replicas over several processes (FSDP is already in place), and
+    torch.compile when asked for."""
+    wrapped = model
+    if runtime.world > 1 and not runtime.sharded:
+        dev = runtime.device
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if config.compile:
+        # torch.compile is typed as returning a callable; given a module it returns a module.
+        wrapped = torch.compile(wrapped, dynamic=False)  # type: ignore[assignment]
+    wrapped.train()
+    return wrapped
+
+
+def describe_start(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, layout: Layout,
+                   config: TrainConfig, total_steps: int, runtime: Runtime) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"student: {count_params(model):,} parameters ({trainable:,} trainable), vocabulary "
+            f"{len(tokenizer)}, mode {config.mode}, {layout.rows_per_epoch:,} rows of "
+            f"{layout.unit} per epoch, {total_steps} steps on {runtime.describe()}")
+
+
+def accumulate_gradients(model: torch.nn.Module, layout: Layout, batch: Rows,
+                         micro_batch_size: int, runtime: Runtime) -> float:
+    """Backpropagate this rank's share of a global batch; the batch's loss per token (or pair).
+
+    The share goes through in micro-batches, each adding (its summed loss) / (the global batch's
+    count), so the gradient equals the whole batch's however unevenly the tokens are spread.
+    """
+    count = layout.count(batch)
+    if count == 0:
+        raise UserError("a training batch has nothing to learn from: no assistant turn survived "
+                        "rendering and truncation; check the records or raise train.seq_len")
+    share = {k: v[runtime.rank::runtime.world] for k, v in batch.items()}
+    loss_sum = torch.zeros((), device=runtime.device)
+    for start in range(0, num_rows(share), micro_batch_size):
+        micro = {k: v[start:start + micro_batch_size].to(runtime.device, non_blocking=True)
+                 for k, v in share.items()}
+        with runtime.autocast():
+            loss, _ = layout.loss(model, micro)
+        # DDP and FSDP average gradients over ranks; scaling by world gives the global sum.
+        (loss * runtime.world / count).backward()
+        loss_sum += loss.detach()
+    return float(runtime.sum(loss_sum)) / count
+
+
+def train_step(model: torch.nn.Module, base: torch.nn.Module, layout: Layout, batch: Rows,
+               optimizer: torch.optim.Optimizer, scheduler: Scheduler, config: TrainConfig,
+               runtime: Runtime) -> float:
+    """One optimizer step on a global batch (gradients clipped); its loss per token (or pair)."""
+    loss = accumulate_gradients(model, layout, batch, config.batch_size, runtime)
+    torch.nn.utils.clip_grad_norm_(base.parameters(), config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, layout: Layout, config: TrainConfig,
+             runtime: Runtime) -> float:
+    """Mean loss per token (or pair) over the whole held-out split, in eval mode."""
     model.eval()
-    _save_model(out_dir / "model", model, tokenizer)
-    summary = {"steps": step, "tokens": tokens, "seconds": round(elapsed, 3),
-               "final_loss": loss_value, "params": params,
-               "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-               "examples": len(examples), "vocab_size": len(tokenizer),
-               "size": config.student.size, "tokenizer": config.tokenizer.kind}
-    write_json_atomic(summary_path, summary)
+    rows = layout.epoch_rows(0)
+    total, count = 0.0, 0
+    for start in range(0, layout.rows_per_epoch, config.batch_size):
+        micro = {k: v[start:start + config.batch_size].to(runtime.device) for k, v in rows.items()}
+        with runtime.autocast():
+            loss, _ = layout.loss(model, micro)
+        total, count = total + float(loss), count + layout.count(micro)
+    model.train()
+    return total / max(count, 1)
+
+
+def real_tokens(batch: Rows, pad_id: int) -> int:
+    """Tokens in a batch that are not padding (what tokens/s counts)."""
+    return sum(int((batch[k] != pad_id).sum())
+               for k in ("input_ids", "chosen_ids", "rejected_ids") if k in batch)
+
+
+def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
+                held: Layout | None, batches: Iterator[Rows], optimizer: torch.optim.Optimizer,
+                scheduler: Scheduler, counters: Counters, total_steps: int, out_dir: Path,
+                tokenizer: PreTrainedTokenizerBase, config: TrainConfig, runtime: Runtime,
+                console: Console) -> tuple[float, float | None]:
+    """Steps until `total_steps`: train, evaluate, log and checkpoint on their schedules.
+
+    Returns the last step's loss and the last held-out loss (None without a held-out split).
+    """
+    per_token = flops_per_token(base, config.seq_len)
+    peak = peak_flops(runtime.device, config.peak_flops)
+    loss, eval_loss = float("nan"), None
+    window_tokens, window_start = 0, time.perf_counter()
+    metrics = (out_dir / "metrics.jsonl").open("a") if runtime.is_main else None
+    bar = progress_bar(console, runtime)
+    task = bar.add_task("train", total=total_steps, completed=counters.step, loss=float("nan"),
+                        tps=0.0)
+    try:
+        with bar:
+            while counters.step < total_steps:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                loss = train_step(model, base, layout, batch, optimizer, scheduler, config,
+                                  runtime)
+                counters.step += 1
+                n_tokens = real_tokens(batch, int(tokenizer.pad_token_id))
+                counters.tokens += n_tokens
+                window_tokens += n_tokens
+                counters.elapsed_s += time.perf_counter() - t0
+                last = counters.step == total_steps
+                if held is not None and (counters.step % config.eval_every == 0 or last):
+                    eval_loss = evaluate(base, held, config, runtime)
+                if metrics and (counters.step % config.log_every == 0 or last):
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    line = {"step": counters.step, "loss": round(loss, 6),
+                            "lr": scheduler.get_last_lr()[0], "tokens": counters.tokens,
+                            "tokens_per_s": round(tps, 1),
+                            "elapsed_s": round(counters.elapsed_s, 3)}
+                    if (m := mfu(tps, per_token, peak, runtime.world)) is not None:
+                        line["mfu"] = round(m, 4)
+                    if eval_loss is not None:
+                        line["eval_loss"] = round(eval_loss, 6)
+                    metrics.write(json.dumps(line) + "\n")
+                    metrics.flush()
+                    bar.update(task, completed=counters.step, loss=loss, tps=tps)
+                if counters.step % config.checkpoint_every == 0 and not last:
+                    save_checkpoint(out_dir, base, optimizer, scheduler, counters, config,
+                                    runtime)
+    finally:
+        if metrics:
+            metrics.close()
+    return loss, eval_loss
+
+
+def progress_bar(console: Console, runtime: Runtime) -> Progress:
+    """The training bar on rank 0 (other ranks draw nothing)."""
+    return Progress(
+        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        disable=not runtime.is_main)
+
+
+def trainable_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:
+    """The model's state dict; with LoRA only the adapters' (the base never changes)."""
+    state = model.state_dict()
+    if not lora:
+        return state
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Scheduler, counters: Counters, config: TrainConfig,
+                    runtime: Runtime) -> None:
+    """A checkpoint of everything a resume needs (gathered from all ranks under FSDP)."""
+    model_state, optimizer_state = (
+        full_state(model, optimizer) if runtime.sharded
+        else (trainable_state(model, config.lora is not None), optimizer.state_dict()))
+    if runtime.is_main:
+        checkpoints.save_checkpoint(out_dir, {
+            **asdict(counters), "model": model_state, "optimizer": optimizer_state,
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
+
+
+def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
+           tokenizer: PreTrainedTokenizerBase, counters: Counters, loss: float,
+           eval_loss: float | None, layout: Layout, config: TrainConfig,
+           runtime: Runtime) -> dict[str, Any]:
+    """Save the final student (merged LoRA, gathered FSDP shards) and the summary; return it."""
+    model.eval()
+    tokens_per_s = round(counters.tokens / max(counters.elapsed_s, 1e-9), 1)
+    summary: dict[str, Any] = {
+        "steps": counters.step, "tokens": counters.tokens, "seconds": round(counters.elapsed_s, 3),
+        "final_loss": loss, "eval_loss": eval_loss, "params": count_params(model),
+        "tokens_per_s": tokens_per_s, "mode": config.mode, "lora": config.lora is not None,
+        "processes": runtime.world, "rows_per_epoch": layout.rows_per_epoch,
+        "unit": layout.unit, "vocab_size": len(tokenizer), "size": config.student.size,
+        "tokenizer": config.tokenizer.kind}
+    per_token = flops_per_token(model, config.seq_len)
+    if (m := mfu(tokens_per_s, per_token, peak_flops(runtime.device, config.peak_flops),
+                 runtime.world)) is not None:
+        summary["mfu"] = round(m, 4)
+    if runtime.sharded:
+        whole, _ = full_state(model, optimizer)
+        if runtime.is_main:
+            model = load_student(out_dir / "initial")
+            model.load_state_dict(whole)
+    if runtime.is_main:
+        if config.lora:
+            checkpoints.save_dir_atomic(out_dir / "adapter", lambda tmp: save_adapter(model, tmp))
+        final = merge_lora(model) if config.lora and config.lora.merge else model
+        checkpoints.save_model(out_dir / "model", final.cpu(), tokenizer)
+        write_json_atomic(out_dir / "summary.json", summary)
+    runtime.barrier()
     return summary

@@ -9,8 +9,9 @@ full-precision run. This module knows nothing about data or the loop.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -40,10 +41,18 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
 
     if settings.load_in_4bit:
         model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+    # peft annotates lora_alpha as int; it only divides by it, and a float alpha is the recipe's.
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]
+                        lora_dropout=settings.dropout,
                         target_modules=settings.target_modules, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft asks transformers' deprecated `is_gradient_checkpointing`; nothing for the user.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
+                                    FutureWarning)
+            wrapped = get_peft_model(model, config)
+        # A PeftModel forwards every attribute the loop uses to the model it wraps.
+        return cast(PreTrainedModel, wrapped)
     except ValueError as e:
         raise UserError(f"train.lora.target_modules = {settings.target_modules!r}: {e}") from None
 
@@ -57,7 +66,9 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     """A plain model with the adapters folded into the base weights; `model` is left unchanged."""
     import copy
 
-    return copy.deepcopy(model).merge_and_unload()
+    # A PeftModel forwards merge_and_unload to its LoraModel, which mypy cannot see.
+    merged: PreTrainedModel = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+    return merged
 
 
 def save_adapter(model: PreTrainedModel, path: Path) -> None:

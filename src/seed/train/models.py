@@ -35,6 +35,7 @@ def student_config(size: str, vocab_size: int, max_positions: int, pad_token_id:
     """The LlamaConfig of a named size for a tokenizer of `vocab_size` tokens."""
     if size not in SIZES:
         raise UserError(f"train.student.size = {size!r}: use one of {', '.join(SIZES)}")
+    shape = SIZES[size]
     return LlamaConfig(
         vocab_size=vocab_size,
         max_position_embeddings=max_positions,
@@ -42,8 +43,11 @@ def student_config(size: str, vocab_size: int, max_positions: int, pad_token_id:
         eos_token_id=eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=True,
-        rope_theta=10000.0,
-        **SIZES[size],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        intermediate_size=shape["intermediate_size"],
     )
 
 

@@ -1,17 +1,14 @@
-"""Throughput accounting and hardware setup: the device, bf16 autocast, FLOPs per token and MFU.
+"""Throughput accounting: FLOPs per token, the device's peak and MFU.
 
 MFU (model FLOPs utilization) is achieved model FLOPs per second over the device's peak: the model
 FLOPs of a token are 6 N (forward + backward over the N weights its matmuls use, the lm head
 included) plus 12 L d T for attention over T positions (the PaLM paper's accounting, appendix B).
 Peaks are the dense bf16 figures of the vendor's datasheet; a device not in the table (every CPU)
-has no MFU unless the recipe gives `train.peak_flops`. This module knows nothing about data.
+has no MFU unless the recipe gives `train.peak_flops`. This module knows nothing about data or
+where the loop runs (runtime.py).
 """
 
 from __future__ import annotations
-
-import contextlib
-import os
-from contextlib import AbstractContextManager
 
 import torch
 from transformers import PreTrainedModel
@@ -21,29 +18,13 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
                    "A10": 125e12, "4090": 165e12, "3090": 71e12}
 
 
-def device() -> torch.device:
-    """This process's device: its local GPU when CUDA is there (one per rank), else the CPU."""
-    if torch.cuda.is_available():
-        index = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
-def autocast(dev: torch.device, dtype: str) -> AbstractContextManager[object]:
-    """bf16 autocast on a GPU by default ("auto"), on any device for "bfloat16", else nothing."""
-    if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda"):
-        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs per token: 6 x matmul weights (embedding lookup excluded) + attention."""
     cfg = model.config
-    embed = model.get_input_embeddings().weight
-    weights = sum(p.numel() for p in model.parameters()) - embed.numel()
+    embed = sum(p.numel() for p in model.get_input_embeddings().parameters())
+    weights = sum(p.numel() for p in model.parameters()) - embed
     if getattr(cfg, "tie_word_embeddings", False):
-        weights += embed.numel()  # the lm head is a matmul with the tied embedding
+        weights += embed  # the lm head is a matmul with the tied embedding
     attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
     return 6.0 * weights + attention
 

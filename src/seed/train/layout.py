@@ -1,0 +1,114 @@
+"""A mode's data layout: what the loop steps through, and the loss it takes on a slice of it.
+
+A `Layout` is the seam between the loop and a training mode. Each epoch is a dict of equal-length
+tensors (rows), shuffled by a pure function of the seed and the epoch, so the data position after a
+resume is just the step; `steps` cuts global batches out of consecutive epochs; `loss` returns the
+summed loss of a micro-batch and `count` the number of units (tokens, pairs) it is averaged over.
+A new mode is a function that builds a Layout from `ModeInputs`, registered in modes.py; the loop
+does not change. This module knows nothing about optimizers, devices or checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from seed.errors import UserError
+from seed.recipe import TrainConfig
+from seed.records import Record
+from seed.train.data import Example, pack, render
+from seed.train.runtime import Runtime
+
+Rows = dict[str, torch.Tensor]
+Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
+
+
+@dataclass
+class ModeInputs:
+    """What a mode builds its layout from: the records of one split and the starting student."""
+
+    records: list[Record]
+    source: str  # the records file, for messages
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    config: TrainConfig
+    seed: int
+    runtime: Runtime
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def examples(self) -> list[Example]:
+        """The records rendered with the chat template, masked on assistant turns."""
+        examples = render(self.tokenizer, [r.chat() for r in self.records], self.source)
+        if not any(any(ex.mask) for ex in examples):
+            raise UserError(f"{self.source}: no record has an assistant turn to learn from")
+        return examples
+
+
+@dataclass
+class Layout:
+    """Each epoch's rows, the loss on a slice of them, and what the loss is averaged over."""
+
+    epoch_rows: Callable[[int], Rows]
+    loss: Loss
+    count: Callable[[Rows], int]
+    unit: str  # what a row holds, for the log: "256 tokens" (packed) or "one pair"
+    rows_per_epoch: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows_per_epoch = num_rows(self.epoch_rows(0))
+
+    def steps(self, start_row: int, rows_per_step: int) -> Iterator[Rows]:
+        """Global batches of `rows_per_step` rows from row `start_row` on, crossing epochs."""
+        # Packing another order can give an epoch a row more or less than epoch 0: walk them.
+        epoch, offset, current = 0, start_row, self.epoch_rows(0)
+        while offset >= num_rows(current):
+            offset -= num_rows(current)
+            epoch += 1
+            current = self.epoch_rows(epoch)
+        while True:
+            parts, need = [], rows_per_step
+            while need:
+                take = {k: v[offset:offset + need] for k, v in current.items()}
+                got = num_rows(take)
+                parts.append(take)
+                need, offset = need - got, offset + got
+                if offset >= num_rows(current):
+                    epoch, offset = epoch + 1, 0
+                    current = self.epoch_rows(epoch)
+            yield parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts])
+                                                    for k in parts[0]}
+
+
+def num_rows(rows: Rows) -> int:
+    return len(next(iter(rows.values())))
+
+
+def shuffled(items: Sequence[Any], seed: int, epoch: int) -> list[Any]:
+    """`items` in the seeded order of `epoch`: the same seed and epoch give the same order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return [items[i] for i in torch.randperm(len(items), generator=g).tolist()]
+
+
+def packed_rows(examples: Sequence[Example], seq_len: int, pad_id: int) -> Rows:
+    """Examples packed in order into rows of `seq_len`: input_ids, mask, position_ids."""
+    batch = pack(examples, seq_len, pad_id)
+    return {"input_ids": batch.input_ids, "mask": batch.mask, "position_ids": batch.position_ids}
+
+
+def token_count(rows: Rows) -> int:
+    """Trainable tokens: a token's mask counts for the prediction of that token."""
+    return int(rows["mask"][:, 1:].sum())
+
+
+def logits(model: torch.nn.Module, rows: Rows) -> torch.Tensor:
+    """The model's next-token logits over packed rows (positions restart per example)."""
+    out: torch.Tensor = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"],
+                              use_cache=False).logits
+    return out
