@@ -94,12 +94,13 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
         per_token = F.kl_div(t, s, log_target=True, reduction="none").sum(-1)
     elif divergence == "jsd":
         if not 0 < beta < 1:
-            raise UserError(f"train.kd_beta = {beta}: the JSD needs 0 < beta < 1")
+            raise UserError(f"train.distill.beta = {beta}: the JSD needs 0 < beta < 1")
         m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
         per_token = (beta * F.kl_div(m, t, log_target=True, reduction="none").sum(-1)
                      + (1 - beta) * F.kl_div(m, s, log_target=True, reduction="none").sum(-1))
     else:
-        raise UserError(f"train.kd_divergence = {divergence!r}: use forward_kl, reverse_kl or jsd")
+        raise UserError(f"train.distill.divergence = {divergence!r}: use forward_kl, reverse_kl "
+                        "or jsd")
     weights = mask[:, 1:].to(per_token.dtype)
     return (per_token * weights).sum() * temperature**2, int(mask[:, 1:].sum())
 
