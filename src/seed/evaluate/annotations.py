@@ -136,7 +136,7 @@ def _from_seed_lines(path: Path) -> AnnotationSet:
             baselines.add(item["baseline"])
         except (KeyError, TypeError) as e:
             raise UserError(f"{path}:{lineno}: not a Seed judgment line ({e}); pass a "
-                            "judgments.jsonl written by `seed eval`") from e
+                            "judgments.jsonl written by `seed judge` or `seed run`") from e
         pref = combine_verdicts(*verdicts)
         if pref is None:
             dropped += 1
