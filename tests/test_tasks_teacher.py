@@ -5,7 +5,7 @@ import pytest
 from seed.endpoints.tasks import TasksEndpoint, score
 from seed.errors import UserError
 from seed.generate import generate_from_tasks
-from seed.recipe import EndpointConfig, GenerateConfig, TaskSpec
+from seed.recipe import GenerateConfig, TasksEndpointConfig, TaskSpec
 from seed.records import read_records
 
 # A small task space (2-term sums of 1-digit numbers: a few hundred distinct questions), where
@@ -15,7 +15,7 @@ SMALL = TaskSpec(name="basic_arithmetic", config={"min_terms": 2, "max_terms": 2
 
 
 def test_eval_prompts_never_appear_in_training(tmp_path):
-    cfg = GenerateConfig(teacher=EndpointConfig(kind="tasks", tasks=[SMALL]), num_records=2000,
+    cfg = GenerateConfig(teacher=TasksEndpointConfig(tasks=[SMALL]), num_records=2000,
                          eval_prompts=100, eval_seed_offset=1)
     info = generate_from_tasks(cfg, seed=7, out_dir=tmp_path)
     train = list(read_records(tmp_path / "train.jsonl"))
@@ -28,7 +28,7 @@ def test_eval_prompts_never_appear_in_training(tmp_path):
 
 
 def test_records_carry_the_generator_its_version_config_and_seed(tmp_path):
-    cfg = GenerateConfig(teacher=EndpointConfig(kind="tasks", tasks=[SMALL]), num_records=5,
+    cfg = GenerateConfig(teacher=TasksEndpointConfig(tasks=[SMALL]), num_records=5,
                          eval_prompts=2)
     generate_from_tasks(cfg, seed=3, out_dir=tmp_path)
     r = next(read_records(tmp_path / "train.jsonl"))
@@ -42,7 +42,7 @@ def test_records_carry_the_generator_its_version_config_and_seed(tmp_path):
 
 
 def test_the_verifier_scores_exact_answers_only(tmp_path):
-    cfg = GenerateConfig(teacher=EndpointConfig(kind="tasks", tasks=[SMALL]), num_records=1,
+    cfg = GenerateConfig(teacher=TasksEndpointConfig(tasks=[SMALL]), num_records=1,
                          eval_prompts=3)
     generate_from_tasks(cfg, seed=0, out_dir=tmp_path)
     for r in read_records(tmp_path / "eval.jsonl"):

@@ -8,8 +8,9 @@ optional where a stage can be left out; their defaults are the values the quicks
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -28,22 +29,37 @@ class TaskSpec(Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-class EndpointConfig(Strict):
-    """Anything that answers chat messages: an HTTP server, a local model, or task generators."""
+class OpenAIEndpointConfig(Strict):
+    """`kind = "openai"`: any OpenAI-compatible chat-completions server."""
 
-    kind: Literal["openai", "local", "tasks"]
-    # openai: any OpenAI-compatible server
-    base_url: str | None = None
-    model: str | None = None
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str
     api_key_env: str | None = None
     api_key_file: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     api_version: str | None = None  # Azure OpenAI
     route: str | None = None  # direct, azure, bedrock, openrouter; inferred from the URL when unset
-    # local: a Hugging Face model directory
-    path: str | None = None
-    # tasks: reasoning-gym generators
+
+
+class LocalEndpointConfig(Strict):
+    """`kind = "local"`: a Hugging Face model directory, loaded in process."""
+
+    kind: Literal["local"] = "local"
+    path: str
+
+
+class TasksEndpointConfig(Strict):
+    """`kind = "tasks"`: reasoning-gym generators, answering with their ground truth."""
+
+    kind: Literal["tasks"] = "tasks"
     tasks: list[TaskSpec] = Field(default_factory=list)
+
+
+# Anything that answers chat messages; `kind` picks the variant, and each variant takes only its
+# own keys, so a `base_url` under `kind = "tasks"` is an unknown key.
+EndpointConfig = Annotated[OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig,
+                           Field(discriminator="kind")]
 
 
 class PromptFile(Strict):
@@ -263,8 +279,42 @@ class Recipe(Strict):
         return table
 
 
-def _describe(err: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field can hold, through `| None`, lists, dicts and `Annotated`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def recipe_path(loc: tuple[int | str, ...]) -> str:
+    """An error's location as the dotted path a recipe's author writes.
+
+    Under a union discriminated by `kind`, pydantic puts the variant's tag in the location
+    (`generate.teacher.tasks.base_url`); the author wrote no such table, so the tag is left out.
+    """
+    parts: list[str] = []
+    models: list[type[BaseModel]] = [Recipe]
+    for part in loc:
+        if len(models) > 1:
+            variant = [m for m in models if "kind" in m.model_fields
+                       and m.model_fields["kind"].default == part]
+            if variant:
+                models = variant
+                continue
+        parts.append(str(part))
+        if isinstance(part, str):
+            fields = [m.model_fields[part] for m in models if part in m.model_fields]
+            models = [m for f in fields for m in _models_in(f.annotation)]
+    return ".".join(parts)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    where = recipe_path(err["loc"]) or "(top level)"
+    if err["type"] == "union_tag_not_found":
+        return f"{where}.kind: missing key"
+    if err["type"] == "union_tag_invalid":
+        *others, last = err["ctx"]["expected_tags"].split(", ")
+        return f"{where}.kind: input should be {', '.join(others)} or {last}"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     if err["type"] == "missing":

@@ -1,15 +1,32 @@
 """The endpoint interface: messages in, completions out, plus who answered (for provenance).
 
 Three kinds share it: `openai` (any OpenAI-compatible HTTP server), `local` (a model directory in
-process) and `tasks` (reasoning-gym generators). Stages depend on this interface only.
+process) and `tasks` (reasoning-gym generators). Stages depend on this interface only and call every
+part of it on any kind: `EndpointDefaults` gives the parts a kind has nothing to do for (no
+connection to close, no headers to report) a default, so no caller asks which kind it holds.
+`TransientError` is the one failure callers retry. This module builds no endpoint
+(`seed.endpoints.factory` does) and does not retry or pace (`seed.generate.engine` does).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from seed.records import Teacher
+
+HeaderListener = Callable[[Mapping[str, str]], None]
+
+
+class TransientError(Exception):
+    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -27,6 +44,60 @@ class Completion:
 class Endpoint(Protocol):
     """Answers chat messages; `teacher()` says who it is, never with a secret."""
 
+    on_headers: HeaderListener | None
+    """Called with each HTTP response's headers (rate-limit hints); never by a kind without any."""
+
+    def teacher(self) -> Teacher:
+        """Who answers, for provenance and the terms gate."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the request, decides the answer: part of every cache key. No secret."""
+        ...
+
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
+        """Answers to one conversation (`n` of them when `params` asks); `TransientError` on a
+        failure worth retrying, `seed.errors.UserError` on one retrying cannot fix."""
+        ...
+
+    def answer_batch(self, conversations: list[list[dict[str, str]]],
+                     max_tokens: int) -> list[str] | None:
+        """Greedy answers to many conversations at once where the kind batches them in process
+        (a local model); None where each request goes through the engine on its own."""
+        ...
+
+    async def check_reachable(self) -> None:
+        """Fail fast, with a one-line error, when nothing answers at the configured address."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the endpoint is not used afterwards."""
+        ...
+
+
+class EndpointDefaults(ABC):
+    """`Endpoint` with defaults for the parts a kind may have nothing to do for: no HTTP headers,
+    no connection to check or close, one request at a time, an identity that is the teacher.
+    A kind writes `teacher` and `complete` and overrides what it does differently."""
+
+    on_headers: HeaderListener | None = None
+
+    @abstractmethod
     def teacher(self) -> Teacher: ...
 
-    async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]: ...
+    @abstractmethod
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        return self.teacher().model_dump(mode="json")
+
+    def answer_batch(self, conversations: list[list[dict[str, str]]],
+                     max_tokens: int) -> list[str] | None:
+        return None
+
+    async def check_reachable(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

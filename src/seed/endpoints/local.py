@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
-from seed.endpoints.base import Completion
+from seed.endpoints.base import Completion, EndpointDefaults
 from seed.errors import UserError
 from seed.files import hash_path
 from seed.quiet import quiet_progress_bars
@@ -92,7 +92,7 @@ class _TokenStreamer(BaseStreamer):
         self.pieces.put(None)
 
 
-class LocalModel:
+class LocalModel(EndpointDefaults):
     """A model directory that answers chats in process (CPU, or the first GPU when there is one)."""
 
     def __init__(self, path: str | Path, device: str | None = None,
@@ -101,7 +101,9 @@ class LocalModel:
         self.tokenizer = load_tokenizer(self.path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         with quiet_progress_bars():
-            self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+        # Any: transformers 5 annotates the model's .to() and .generate() so mypy rejects them.
+        self.model = cast(Any, model)
         self.model.to(self.device).eval()
         self._revision: str | None = None
 
@@ -114,7 +116,7 @@ class LocalModel:
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                  tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        if isinstance(ids, Mapping):  # a BatchEncoding, with transformers 5
             ids = ids["input_ids"]
         return list(ids)
 
@@ -144,8 +146,8 @@ class LocalModel:
                                 device=self.device)
             gen = self.model.generate(input_ids=ids, attention_mask=mask,
                                       **self._sampling(max_new_tokens, temperature, top_p))
-            for row in gen[:, width:]:
-                out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+            texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            out += [t.strip() for t in texts]
         return out
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256,
@@ -167,6 +169,11 @@ class LocalModel:
             self.model.generate(**kwargs)
         finally:  # an error must not leave the reader waiting for a piece that never comes
             kwargs["streamer"].pieces.put(None)
+
+    def answer_batch(self, conversations: list[list[dict[str, str]]],
+                     max_tokens: int) -> list[str] | None:
+        """Greedy answers, in left-padded batches: a local model needs no engine."""
+        return self.generate(conversations, max_new_tokens=max_tokens)
 
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
         n = int(params.get("n", 1))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -29,22 +28,12 @@ import certifi
 import httpx
 from pydantic import BaseModel, ValidationError, create_model
 
-from seed.endpoints.base import Completion
+from seed.endpoints.base import Completion, EndpointDefaults, HeaderListener, TransientError
 from seed.errors import UserError
-from seed.recipe import EndpointConfig
 from seed.records import Teacher
 
 FATAL_STATUS = {400, 401, 403, 404, 422}
 SHARD = 8  # connections per httpx client
-
-
-class TransientError(Exception):
-    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if any."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 def infer_route(base_url: str) -> str:
@@ -65,18 +54,21 @@ def infer_route(base_url: str) -> str:
     return "local" if addr.is_private or addr.is_loopback else "direct"
 
 
-def read_api_key(env: str | None, file: str | None) -> str | None:
-    """The key from the named environment variable or file; None when neither is configured."""
+def read_api_key(env: str | None, file: str | None, what: str = "generate.teacher") -> str | None:
+    """The key from the named environment variable or file; None when neither is configured.
+
+    `what` names the recipe section in errors.
+    """
     if env:
         key = os.environ.get(env, "").strip()
         if not key:
             raise UserError(f"the API key variable {env} is not set; export it or set "
-                            "generate.teacher.api_key_file")
+                            f"{what}.api_key_file")
         return key
     if file:
         path = Path(file).expanduser()
         if not path.is_file():
-            raise UserError(f"{file}: API key file not found; check generate.teacher.api_key_file")
+            raise UserError(f"{file}: API key file not found; check {what}.api_key_file")
         key = path.read_text(encoding="utf-8").strip()
         if not key:
             raise UserError(f"{file}: the API key file is empty")
@@ -139,14 +131,14 @@ def schema_model(schema: dict[str, Any], name: str = "Answer") -> type[BaseModel
             item = spec["items"]
             inner = (schema_model(item, f"{name}_{key}") if item.get("type") == "object"
                      and "properties" in item else _JSON_TYPES.get(item.get("type", ""), Any))
-            py = list[inner]  # type: ignore[valid-type]
+            py = list[inner]  # type: ignore[valid-type]  # a type built at run time
         else:
             py = _JSON_TYPES.get(typ, Any) if isinstance(typ, str) else Any
         fields[key] = (py, ...) if key in required else (py | None, None)
     return create_model(name, **fields)
 
 
-class OpenAIEndpoint:
+class OpenAIEndpoint(EndpointDefaults):
     """One model behind an OpenAI-compatible base URL; `complete()` is one HTTP request."""
 
     def __init__(
@@ -171,16 +163,19 @@ class OpenAIEndpoint:
         self.model = model
         self.route = route or infer_route(base_url)
         self.api_version = api_version
+        self.what = what
+        # Errors call it what the recipe does: the teacher, the judge (`eval.judge.endpoint`), ...
+        self.role = what.removesuffix(".endpoint").rsplit(".", 1)[-1]
         if self.route == "azure" and not api_version:
             raise UserError(f"an Azure OpenAI endpoint needs {what}.api_version, "
                             "e.g. \"2024-10-21\"")
-        key = read_api_key(api_key_env, api_key_file)
+        key = read_api_key(api_key_env, api_key_file, what)
         sent = {"Content-Type": "application/json", **(headers or {})}
         if key is not None:
             sent["api-key" if self.route == "azure" else "Authorization"] = (
                 key if self.route == "azure" else f"Bearer {key}")
         self._validators: dict[str, type[BaseModel]] = {}
-        self.on_headers: Callable[[httpx.Headers], None] | None = None
+        self.on_headers: HeaderListener | None = None
         # httpx's connection pool scans all its connections on every request, which costs more
         # than the request itself past a few dozen connections; small pools, least busy first,
         # keep that cost flat (docs/LOG.md: 2.4x the requests/s at 64 in flight).
@@ -192,17 +187,6 @@ class OpenAIEndpoint:
             limits=httpx.Limits(max_connections=4 * SHARD, max_keepalive_connections=4 * SHARD),
         ) for _ in range(shards)]
         self._busy = [0] * shards
-
-    @classmethod
-    def from_config(cls, cfg: EndpointConfig, what: str, timeout: float,
-                    max_connections: int) -> OpenAIEndpoint:
-        """The endpoint a recipe section describes; `what` names the section in errors."""
-        if not cfg.base_url or not cfg.model:
-            raise UserError(f"{what} needs base_url and model for kind = \"openai\"")
-        return cls(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                   api_key_file=cfg.api_key_file, headers=cfg.headers,
-                   api_version=cfg.api_version, route=cfg.route, timeout=timeout,
-                   max_connections=max_connections, what=what)
 
     def teacher(self) -> Teacher:
         return Teacher(route=self.route, host=urlparse(self.base_url).hostname,
@@ -263,7 +247,7 @@ class OpenAIEndpoint:
         if self.on_headers is not None:
             self.on_headers(resp.headers)
         if resp.status_code in FATAL_STATUS:
-            raise UserError(f"the teacher at {self.base_url} refused the request (HTTP "
+            raise UserError(f"the {self.role} at {self.base_url} refused the request (HTTP "
                             f"{resp.status_code}: {_server_message(resp)}); fix the model name, "
                             "key or parameters")
         if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code == 408:
@@ -300,8 +284,8 @@ class OpenAIEndpoint:
         try:
             await self._clients[0].get(f"{self.base_url}/models", timeout=10.0)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise UserError(f"cannot reach the teacher at {self.base_url} ({e}); check "
-                            "generate.teacher.base_url and that the server is up") from None
+            raise UserError(f"cannot reach the {self.role} at {self.base_url} ({e}); check "
+                            f"{self.what}.base_url and that the server is up") from None
         except httpx.HTTPError:
             return  # it answered something: reachable enough; the real request will tell more
 

@@ -13,12 +13,12 @@ import json
 from collections.abc import Iterator
 from functools import lru_cache
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Literal
 
 import reasoning_gym
 from reasoning_gym.factory import DATASETS
 
-from seed.endpoints.base import Completion
+from seed.endpoints.base import Completion, EndpointDefaults
 from seed.errors import UserError
 from seed.recipe import TaskSpec
 from seed.records import Provenance, Record, Source, Teacher
@@ -51,12 +51,12 @@ def _split(n: int, specs: list[TaskSpec]) -> list[int]:
     return counts
 
 
-class TasksEndpoint:
+class TasksEndpoint(EndpointDefaults):
     """reasoning-gym as a teacher: prompts from generators, answers from their ground truth."""
 
-    def __init__(self, tasks: list[TaskSpec]) -> None:
+    def __init__(self, tasks: list[TaskSpec], what: str = "generate.teacher") -> None:
         if not tasks:
-            raise UserError("the tasks teacher needs at least one [[generate.teacher.tasks]] entry")
+            raise UserError(f"the tasks teacher needs at least one [[{what}.tasks]] entry")
         for spec in tasks:
             _check(spec)
         self.tasks = tasks
@@ -72,7 +72,7 @@ class TasksEndpoint:
             for entry in _dataset(spec, count, family_seed) if count else ():
                 yield spec, family_seed, entry
 
-    def prompts(self, n: int, seed: int, purpose: str = "train",
+    def prompts(self, n: int, seed: int, purpose: Literal["train", "eval", "judge"] = "train",
                 exclude: set[str] | None = None) -> Iterator[Record]:
         """Prompt records (one user turn each) with the generator's provenance.
 
@@ -90,7 +90,7 @@ class TasksEndpoint:
                             index=entry["metadata"].get("source_index"))
             yield Record.new(
                 [{"role": "user", "content": q}],
-                provenance=Provenance(source=source, purpose=purpose),  # type: ignore[arg-type]
+                provenance=Provenance(source=source, purpose=purpose),
                 meta={"task": spec.name, "answer": str(entry["answer"]),
                       "entry": _jsonable(entry)},
             )

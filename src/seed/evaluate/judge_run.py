@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from seed.endpoints.base import Endpoint
+from seed.endpoints.factory import make_endpoint
 from seed.errors import UserError
 from seed.evaluate.annotations import load_annotations
 from seed.evaluate.judge import JudgeSettings, judge_pairwise, judge_single
@@ -29,42 +30,43 @@ from seed.evaluate.stats import bootstrap_ci, summarize
 from seed.files import load_jsonl, write_json_atomic
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
-from seed.recipe import EndpointConfig, JudgeConfig
+from seed.recipe import (
+    EndpointConfig,
+    JudgeConfig,
+    LocalEndpointConfig,
+    OpenAIEndpointConfig,
+    TasksEndpointConfig,
+)
 
 RESULTS, JUDGMENTS, GRADES, ANSWERS, CACHE = (
     "judge_results.json", "judgments.jsonl", "grades.jsonl", "answers.json", "cache.sqlite")
 
 
-def make_endpoint(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
-    """An endpoint from its recipe section; `what` names the section in errors."""
-    if cfg.kind == "openai":
-        from seed.endpoints.openai import OpenAIEndpoint
-
-        return OpenAIEndpoint.from_config(cfg, what, limits.timeout, limits.concurrency * 2)
-    if cfg.kind == "local":
-        from seed.endpoints.local import LocalModel
-
-        if not cfg.path:
-            raise UserError(f"{what} needs path for kind = \"local\"")
-        return LocalModel(cfg.path)
-    raise UserError(f"{what}: kind = \"{cfg.kind}\" cannot judge or answer open questions; use "
-                    "openai or local")
+def _answerer(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
+    """The endpoint that answers or judges open questions; `what` names its recipe section."""
+    if isinstance(cfg, TasksEndpointConfig):
+        raise UserError(f"{what}: kind = \"tasks\" cannot judge or answer open questions; use "
+                        "openai or local")
+    return make_endpoint(cfg, what, timeout=limits.timeout,
+                         max_connections=limits.concurrency * 2)
 
 
 def endpoint_name(cfg: EndpointConfig) -> str:
     """How results name an endpoint: the model asked for, or the model directory's name."""
-    if cfg.kind == "openai":
-        return cfg.model or "baseline"
-    return Path(cfg.path).name if cfg.path else cfg.kind
+    if isinstance(cfg, OpenAIEndpointConfig):
+        return cfg.model
+    if isinstance(cfg, LocalEndpointConfig):
+        return Path(cfg.path).name
+    return cfg.kind
 
 
 def _identity(cfg: EndpointConfig, max_tokens: int) -> str:
     """What decides an endpoint's answers, so saved answers of a retrained model are not reused."""
-    if cfg.kind == "openai":
+    if isinstance(cfg, OpenAIEndpointConfig):
         return f"{cfg.base_url} {cfg.model} {max_tokens}"
-    if cfg.kind == "tasks":
+    if isinstance(cfg, TasksEndpointConfig):
         return "ground truth"
-    root = Path(cfg.path or ".")
+    root = Path(cfg.path)
     weights = [(p.name, p.stat().st_mtime_ns, p.stat().st_size)
                for p in sorted(root.glob("*.safetensors"))]
     return f"{root.resolve()} {weights} {max_tokens}"
@@ -102,8 +104,8 @@ async def answer_questions(questions: list[Question], endpoint: Endpoint, max_to
         due = [q for q in questions if turn < len(q.turns) and q.id not in failed]
         for q in due:
             chats[q.id].append({"role": "user", "content": q.turns[turn]})
-        if hasattr(endpoint, "generate"):
-            texts = endpoint.generate([chats[q.id] for q in due], max_new_tokens=max_tokens)
+        texts = endpoint.answer_batch([chats[q.id] for q in due], max_tokens)
+        if texts is not None:
             replies = dict(zip([q.id for q in due], texts, strict=True))
         else:
             replies = {}
@@ -126,9 +128,12 @@ async def answer_questions(questions: list[Question], endpoint: Endpoint, max_to
 
 def self_preference(judge: EndpointConfig, baseline: EndpointConfig) -> bool:
     """Whether the judge is the baseline's own model (it may prefer its own style)."""
-    same_model = judge.model is not None and judge.model.lower() == (baseline.model or "").lower()
-    same_dir = judge.path is not None and judge.path == baseline.path
-    return same_model or same_dir
+    match judge, baseline:
+        case OpenAIEndpointConfig(), OpenAIEndpointConfig():
+            return judge.model.lower() == baseline.model.lower()
+        case LocalEndpointConfig(), LocalEndpointConfig():
+            return judge.path == baseline.path
+    return False
 
 
 def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,9 +177,9 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         raise UserError("eval.judge.baseline is not set and there is no teacher; name a baseline")
     limits = _limits(cfg)
     settings = JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir)
-    student_cfg = EndpointConfig(kind="local", path=str(student_dir))
+    student_cfg = LocalEndpointConfig(path=str(student_dir))
     student_name, baseline_name = "student", endpoint_name(baseline_cfg)
-    judge = make_endpoint(cfg.endpoint, "eval.judge.endpoint", limits)
+    judge = _answerer(cfg.endpoint, "eval.judge.endpoint", limits)
     opened: list[Endpoint] = [judge]
     cache = RequestCache(out_dir / CACHE)
 
@@ -185,10 +190,10 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         for name, ecfg, what in ((student_name, student_cfg, "the student"),
                                  (baseline_name, baseline_cfg, "eval.judge.baseline")):
             key = f"{name} {_identity(ecfg, cfg.answer_max_tokens)}"
-            if ecfg.kind == "tasks":  # a procedural teacher's answer is the ground truth
+            if isinstance(ecfg, TasksEndpointConfig):  # its answer is the ground truth
                 saved[key] = {q.id: q.reference for q in questions if q.reference}
             if key not in saved:  # models load only when their answers are not on disk yet
-                opened.append(make_endpoint(ecfg, what, limits))
+                opened.append(_answerer(ecfg, what, limits))
                 saved[key] = await answer_questions(questions, opened[-1],
                                                     cfg.answer_max_tokens, cache, limits)
                 write_json_atomic(answers_path, saved)
@@ -208,8 +213,7 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
             return await main()
         finally:
             for endpoint in opened:
-                if hasattr(endpoint, "aclose"):
-                    await endpoint.aclose()
+                await endpoint.aclose()
 
     try:
         counts = asyncio.run(guarded())

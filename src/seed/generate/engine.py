@@ -30,14 +30,11 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from seed.endpoints.base import Completion, Endpoint
-from seed.endpoints.openai import TransientError
+from seed.endpoints.base import Completion, Endpoint, TransientError
 from seed.errors import UserError
 from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache, cache_key
@@ -155,11 +152,26 @@ def parse_reset(value: str | None) -> float | None:
     return sum(float(n) * unit[u] for n, u in parts) if parts else None
 
 
-def _num(headers: httpx.Headers, name: str) -> float | None:
+def _num(headers: Mapping[str, str], name: str) -> float | None:
     try:
         return float(headers[name]) if name in headers else None
     except ValueError:
         return None
+
+
+def _tightened(bucket: TokenBucket | None, headers: Mapping[str, str],
+               kind: str) -> TokenBucket | None:
+    """The bucket after one response's `x-ratelimit-*-<kind>` headers; a limit the server states
+    where the recipe set none creates one."""
+    limit = _num(headers, f"x-ratelimit-limit-{kind}")
+    remaining = _num(headers, f"x-ratelimit-remaining-{kind}")
+    if limit is None and remaining is None:
+        return bucket
+    if bucket is None and limit:
+        bucket = TokenBucket(limit)
+    if bucket is not None:
+        bucket.tighten(limit, remaining, parse_reset(headers.get(f"x-ratelimit-reset-{kind}")))
+    return bucket
 
 
 class RateLimiter:
@@ -170,19 +182,9 @@ class RateLimiter:
         self.requests = TokenBucket(rpm) if rpm else None
         self.tokens = TokenBucket(tpm) if tpm else None
 
-    def observe(self, headers: httpx.Headers) -> None:
-        for kind in ("requests", "tokens"):
-            limit = _num(headers, f"x-ratelimit-limit-{kind}")
-            remaining = _num(headers, f"x-ratelimit-remaining-{kind}")
-            if limit is None and remaining is None:
-                continue
-            bucket = getattr(self, kind)
-            if bucket is None and limit:
-                bucket = TokenBucket(limit)
-                setattr(self, kind, bucket)
-            if bucket is not None:
-                bucket.tighten(limit, remaining,
-                               parse_reset(headers.get(f"x-ratelimit-reset-{kind}")))
+    def observe(self, headers: Mapping[str, str]) -> None:
+        self.requests = _tightened(self.requests, headers, "requests")
+        self.tokens = _tightened(self.tokens, headers, "tokens")
 
     async def acquire(self, tokens: float) -> None:
         if self.requests is not None:
@@ -224,10 +226,8 @@ class _Engine:
         self.endpoint, self.limits, self.cache = endpoint, limits, cache
         self.on_result, self.budget, self.stats = on_result, budget, stats
         self.limiter = RateLimiter(limits)
-        if hasattr(endpoint, "on_headers"):
-            endpoint.on_headers = self.limiter.observe
-        identity = getattr(endpoint, "identity", None)
-        self.identity = identity() if identity else endpoint.teacher().model_dump(mode="json")
+        endpoint.on_headers = self.limiter.observe
+        self.identity = endpoint.identity()
         self.fatal: UserError | None = None
 
     def _deliver(self, result: Result) -> None:
@@ -355,14 +355,13 @@ async def run(
 
 def run_sync(requests: Iterable[Request], endpoint: Endpoint, limits: Limits | None = None,
              **kwargs: Any) -> Stats:
-    """`run` for callers without an event loop; closes an HTTP endpoint's client afterwards."""
+    """`run` for callers without an event loop; closes the endpoint afterwards."""
 
     async def main() -> Stats:
         try:
             return await run(requests, endpoint, limits, **kwargs)
         finally:
-            if hasattr(endpoint, "aclose"):
-                await endpoint.aclose()
+            await endpoint.aclose()
 
     return asyncio.run(main())
 

@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from seed.endpoints.tasks import TasksEndpoint
-from seed.recipe import GenerateConfig
+from seed.errors import UserError
+from seed.recipe import GenerateConfig, TasksEndpointConfig
 from seed.records import write_records
 
 
 def generate_from_tasks(config: GenerateConfig, seed: int, out_dir: Path) -> dict[str, Any]:
     """Write `train.jsonl` (answered) and `eval.jsonl` (prompts with reference answers)."""
+    if not isinstance(config.teacher, TasksEndpointConfig):
+        raise UserError(f"generate.teacher.kind = \"{config.teacher.kind}\": procedural "
+                        "generation takes kind = \"tasks\"")
     teacher = TasksEndpoint(config.teacher.tasks)
     eval_prompts = list(
         teacher.prompts(config.eval_prompts, seed + config.eval_seed_offset, purpose="eval")

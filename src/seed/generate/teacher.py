@@ -27,7 +27,8 @@ from typing import Any
 
 from rich.console import Console
 
-from seed.endpoints.openai import OpenAIEndpoint
+from seed.endpoints.base import Endpoint
+from seed.endpoints.factory import make_endpoint
 from seed.errors import UserError
 from seed.files import hash_json, write_json_atomic
 from seed.generate import sources
@@ -41,11 +42,8 @@ from seed.records import Provenance, Record, Source, Teacher, read_records, repa
 from seed.runs import now_iso
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
-
-
-def make_endpoint(config: GenerateConfig) -> OpenAIEndpoint:
-    return OpenAIEndpoint.from_config(config.teacher, "generate.teacher", config.limits.timeout,
-                                      config.limits.concurrency * 2)
+# A multi-turn conversation under way: its prompt, its turns so far, each answer's logprobs.
+Conversation = tuple[sources.Prompt, list[dict[str, str]], list[Any]]
 
 
 def make_limits(config: GenerateConfig) -> Limits:
@@ -118,7 +116,7 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
     return out
 
 
-def job_key(endpoint: OpenAIEndpoint, config: GenerateConfig) -> str:
+def job_key(endpoint: Endpoint, config: GenerateConfig) -> str:
     """What makes two answers to one prompt interchangeable: teacher, parameters, turns."""
     return hash_json({"endpoint": endpoint.identity(), "params": request_params(config),
                       "turns": config.turns})[:16]
@@ -138,6 +136,9 @@ class Generation:
 
     def __init__(self, config: GenerateConfig, seed: int, out_dir: Path, console: Console) -> None:
         self.config, self.seed, self.out_dir, self.console = config, seed, out_dir, console
+        if config.teacher.kind != "openai":
+            raise UserError(f"generate.teacher.kind = \"{config.teacher.kind}\": prompts are "
+                            "answered by an openai teacher (a tasks teacher writes its own)")
         if config.turns > 1 and config.samples > 1:
             raise UserError("generate.turns > 1 needs generate.samples = 1 (sample whole "
                             "conversations by running again with another seed)")
@@ -153,13 +154,15 @@ class Generation:
         f = config.filters
         self.filter = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
                                    f.max_prompt_chars, f.embedding_model, f.embedding_threshold)
-        self.endpoint = make_endpoint(config)
+        self.endpoint = make_endpoint(config.teacher, "generate.teacher",
+                                      timeout=config.limits.timeout,
+                                      max_connections=config.limits.concurrency * 2)
         self.teacher = self.endpoint.teacher().model_copy(
             update={"params": request_params(config)})
         self.job = job_key(self.endpoint, config)
         self.limits = make_limits(config)
-        self.budget = Budget(config.teacher.model or "", config.prices or None, config.max_cost,
-                             config.max_tokens)
+        self.budget = Budget(self.teacher.model_requested or "", config.prices or None,
+                             config.max_cost, config.max_tokens)
         self.stats = Stats()
 
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
@@ -225,7 +228,7 @@ class Generation:
                           result.attempts)
 
     async def _multi_turn(self, prompts: Iterator[sources.Prompt]) -> None:
-        convs = [(p, list(p.messages), []) for p in prompts]
+        convs: list[Conversation] = [(p, list(p.messages), []) for p in prompts]
         params = request_params(self.config)
         for turn in range(1, self.config.turns + 1):
             answers: dict[int, Result] = {}
@@ -235,12 +238,12 @@ class Generation:
             if self.stats.stopped:
                 return
             last = turn == self.config.turns
-            keep = []
+            keep: list[Conversation] = []
             for i, (p, msgs, lps) in enumerate(convs):
                 r = answers.get(i)
-                if r is None or not r.ok:
-                    self.out.fail(p.key, msgs, r.error if r else "not answered", r.attempts if r
-                                  else 0)
+                if r is None or r.error is not None:
+                    self.out.fail(p.key, msgs, r.error if r and r.error else "not answered",
+                                  r.attempts if r else 0)
                     continue
                 if last:
                     self._save_turns(p, r, msgs, lps)
