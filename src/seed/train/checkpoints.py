@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from seed.files import hash_json, hash_path, load_jsonl, write_json_atomic, write_text_atomic
+from seed.quiet import quiet_progress_bars
 from seed.recipe import TrainConfig
 
 KEEP = 2  # checkpoints kept; older ones are deleted once a newer one is in place
@@ -44,14 +44,8 @@ def save_model(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenize
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    # transformers draws a progress bar per saved shard; the training bar is enough.
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_progress_bars():  # transformers draws a bar per saved shard
         save_dir_atomic(path, write)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
 
 
 def fingerprint(records: Path, config: TrainConfig, seed: int) -> str:

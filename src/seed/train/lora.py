@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
 from seed.recipe import LoraSettings
 
 
@@ -73,4 +74,5 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
 
 def save_adapter(model: PreTrainedModel, path: Path) -> None:
     """The adapter alone (adapter_config.json + weights), loadable with peft on top of the base."""
-    model.save_pretrained(path)
+    with quiet_progress_bars():
+        model.save_pretrained(path)

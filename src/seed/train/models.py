@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
 
 # hidden size, layers, attention heads, MLP width; names grow by roughly 4x in parameters.
 SIZES: dict[str, dict[str, int]] = {
@@ -65,7 +66,10 @@ def load_student(path: str | Path, **kwargs: Any) -> PreTrainedModel:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model directory (no config.json); check the path")
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+    with quiet_progress_bars():
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                      **kwargs)
+    return model
 
 
 def count_params(model: torch.nn.Module) -> int:
