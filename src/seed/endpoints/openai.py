@@ -54,7 +54,7 @@ def infer_route(base_url: str) -> str:
     return "local" if addr.is_private or addr.is_loopback else "direct"
 
 
-def read_api_key(env: str | None, file: str | None, what: str = "generate.teacher") -> str | None:
+def read_api_key(env: str | None, file: str | None, what: str) -> str | None:
     """The key from the named environment variable or file; None when neither is configured.
 
     `what` names the recipe section in errors.

@@ -175,6 +175,8 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
     baseline_cfg = cfg.baseline or teacher
     if baseline_cfg is None:
         raise UserError("eval.judge.baseline is not set and there is no teacher; name a baseline")
+    # The baseline's settings come from the teacher's section when it has none of its own.
+    baseline_where = "eval.judge.baseline" if cfg.baseline else "generate.teacher"
     limits = _limits(cfg)
     settings = JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir)
     student_cfg = LocalEndpointConfig(path=str(student_dir))
@@ -188,7 +190,7 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         saved = json.loads(answers_path.read_text()) if answers_path.exists() else {}
         answers: dict[str, dict[str, list[str]]] = {}
         for name, ecfg, what in ((student_name, student_cfg, "the student"),
-                                 (baseline_name, baseline_cfg, "eval.judge.baseline")):
+                                 (baseline_name, baseline_cfg, baseline_where)):
             key = f"{name} {_identity(ecfg, cfg.answer_max_tokens)}"
             if isinstance(ecfg, TasksEndpointConfig):  # its answer is the ground truth
                 saved[key] = {q.id: q.reference for q in questions if q.reference}
