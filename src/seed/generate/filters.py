@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
 
 _REFUSAL = re.compile(
     r"\bas an ai(?: language)? model\b|\bi(?:'m| am) (?:sorry|unable|not able)\b|"
@@ -107,7 +108,8 @@ class EmbeddingDuplicates:
                             "(no config.json); point generate.filters.embedding_model at one")
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        with quiet_progress_bars():
+            self.model = AutoModel.from_pretrained(path).eval()
         self.threshold = threshold
         self._kept: list[Any] = []
 

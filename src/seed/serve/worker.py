@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
 from seed.recipe import ServeConfig
 from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenLogprob
 
@@ -245,7 +246,8 @@ class _Core:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             config.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
         tokenizer = load_tokenizer(config.model)
-        model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
+        with quiet_progress_bars():
+            model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
         # transformers wraps `.to` in a decorator whose stub types the device as a model
         model = model.to(device).eval()  # type: ignore[arg-type]
         vocab_size = model.config.get_text_config().vocab_size

@@ -165,7 +165,7 @@ def kd_layout(inputs: ModeInputs) -> Layout:
         w = settings.weight
         return w * kd + (1 - w) * ce_scored + ce_rest, token_count(rows)
 
-    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens")
+    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens", inputs.source)
 
 
 def online_teacher(inputs: ModeInputs) -> PreTrainedModel:
@@ -199,4 +199,4 @@ def online_kd_layout(inputs: ModeInputs) -> Layout:
         ce, _ = sft_loss(out, rows["input_ids"], rows["mask"])
         return settings.weight * kd + (1 - settings.weight) * ce, n
 
-    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens")
+    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens", inputs.source)

@@ -134,4 +134,5 @@ def layout(inputs: ModeInputs) -> Layout:
         return dpo_loss(lp[:n], lp[n:], rows["reference"][:, 0], rows["reference"][:, 1],
                         config.dpo.beta)
 
-    return Layout(epoch_rows, loss, lambda rows: len(rows["chosen_ids"]), "one pair")
+    return Layout(epoch_rows, loss, lambda rows: len(rows["chosen_ids"]), "one pair",
+                  inputs.source)

@@ -59,6 +59,7 @@ class Layout:
     loss: Loss
     count: Callable[[Rows], int]
     unit: str  # what a row holds, for the log: "256 tokens" (packed) or "one pair"
+    source: str = "the records"  # the records file, for messages
     rows_per_epoch: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -225,8 +225,9 @@ def accumulate_gradients(model: torch.nn.Module, layout: Layout, batch: Rows,
     """
     count = layout.count(batch)
     if count == 0:
-        raise UserError("a training batch has nothing to learn from: no assistant turn survived "
-                        "rendering and truncation; check the records or raise train.seq_len")
+        raise UserError(f"{layout.source}: a training batch has nothing to learn from: no "
+                        "assistant turn survived rendering and truncation; check the records or "
+                        "raise train.seq_len")
     share = {k: v[runtime.rank::runtime.world] for k, v in batch.items()}
     loss_sum = torch.zeros((), device=runtime.device)
     for start in range(0, num_rows(share), micro_batch_size):

@@ -53,4 +53,4 @@ def layout(inputs: ModeInputs) -> Layout:
         return packed_rows(shuffled(examples, inputs.seed, epoch), config.seq_len, inputs.pad_id)
 
     loss = ChunkedLoss(inputs.model, config.loss_chunk) if config.loss_chunk else full_loss
-    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens")
+    return Layout(epoch_rows, loss, token_count, f"{config.seq_len} tokens", inputs.source)
