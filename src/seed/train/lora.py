@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +21,15 @@ from transformers import PreTrainedModel
 from seed.errors import UserError
 from seed.quiet import quiet_progress_bars
 from seed.recipe import LoraSettings
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers' deprecated `is_gradient_checkpointing`; nothing for the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
+                                FutureWarning)
+        yield
 
 
 def quantized_load_kwargs(settings: LoraSettings) -> dict[str, Any]:
@@ -47,10 +58,7 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
                         lora_dropout=settings.dropout,
                         target_modules=settings.target_modules, task_type="CAUSAL_LM")
     try:
-        with warnings.catch_warnings():
-            # peft asks transformers' deprecated `is_gradient_checkpointing`; nothing for the user.
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
-                                    FutureWarning)
+        with quiet_peft():
             wrapped = get_peft_model(model, config)
         # A PeftModel forwards every attribute the loop uses to the model it wraps.
         return cast(PreTrainedModel, wrapped)
@@ -67,8 +75,9 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     """A plain model with the adapters folded into the base weights; `model` is left unchanged."""
     import copy
 
-    # A PeftModel forwards merge_and_unload to its LoraModel, which mypy cannot see.
-    merged: PreTrainedModel = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+    with quiet_peft():
+        # A PeftModel forwards merge_and_unload to its LoraModel, which mypy cannot see.
+        merged: PreTrainedModel = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
     return merged
 
 
