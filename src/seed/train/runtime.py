@@ -33,13 +33,6 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(dev: torch.device, dtype: str) -> AbstractContextManager[object]:
-    """bf16 autocast on a GPU by default ("auto"), on any device for "bfloat16", else nothing."""
-    if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda"):
-        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @dataclass(frozen=True)
 class Runtime:
     """This process's place in the run: device, rank among `world` processes, precision."""
@@ -73,8 +66,15 @@ class Runtime:
         """`model` on this process's device; a 4-bit model was placed when loaded and stays."""
         return model if getattr(model, "is_loaded_in_4bit", False) else model.to(self.device)
 
+    @property
+    def bf16(self) -> bool:
+        """bf16 autocast: on a GPU by default ("auto"), on any device for "bfloat16"."""
+        return self.dtype == "bfloat16" or (self.dtype == "auto" and self.device.type == "cuda")
+
     def autocast(self) -> AbstractContextManager[object]:
-        return autocast(self.device, self.dtype)
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def barrier(self) -> None:
         if dist.is_initialized():
@@ -88,8 +88,7 @@ class Runtime:
 
     def describe(self) -> str:
         """One line for the log: e.g. `1 x cpu, float32, 2 threads` or `2 x cuda (fsdp), bf16`."""
-        precision = ("bf16 autocast" if self.dtype == "bfloat16"
-                     or (self.dtype == "auto" and self.device.type == "cuda") else "float32")
+        precision = "bf16 autocast" if self.bf16 else "float32"
         spread = f" ({'fsdp' if self.sharded else 'ddp'})" if self.world > 1 else ""
         return (f"{self.world} x {self.device.type}{spread}, {precision}, "
                 f"{self.threads} thread{'s' if self.threads != 1 else ''} each")
