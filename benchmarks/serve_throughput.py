@@ -6,11 +6,14 @@ requests of mixed prompt and reply lengths, greedy, all in this one run:
 - sequential: one `model.generate` call per request, one after another, in this process;
 - seed serve: 32 concurrent streaming requests (continuous batching);
 - transformers serve: the same 32 concurrent streaming requests, with and without its
-  `--continuous-batching` flag; the faster of the two is the comparison.
+  `--continuous-batching` flag; the faster of the two is the comparison;
+- with `--old-ref REF`, also `seed serve` from commit REF's `src/` (unpacked beside this tree, the
+  same venv), for a before/after check of a change (`new_vs_old` in the RESULT line).
 
 Output tokens/s is total completion tokens over wall time from the first request to the last byte.
 The machine is shared, so contenders are measured in turns within each round (all servers up,
-idle ones asleep) and the ratios are medians of per-round ratios.
+idle ones asleep; the order reversed every other round, ABBA) and the ratios are medians of
+per-round ratios.
 Time to first token and inter-token latency (gaps between streamed chunks): p50/p99 per server.
 Every process gets the same CPU thread count (--threads). Ends with one `RESULT` line.
 
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from helpers.models import tiny_model  # noqa: E402
 from helpers.servers import free_port, wait_until_up  # noqa: E402
+from old_tree import unpack_src  # noqa: E402
 
 SEED_TASKS = ROOT.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
 
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="rounds; ratios are per-round medians")
     ap.add_argument("--skip-transformers-serve", action="store_true")
+    ap.add_argument("--old-ref", help="also serve with this commit's src/ (before/after)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="seed-bench-"))
@@ -181,6 +186,15 @@ def main() -> None:
     contenders["seed serve"] = ([sys.executable, "-m", "seed", "serve", str(model_dir), "--port",
                                  str(port), "--model-name", "small", "--threads",
                                  str(args.threads)], f"http://127.0.0.1:{port}")
+    envs: dict[str, dict] = {}  # a contender's own environment, where it differs
+    if args.old_ref:
+        envs[f"seed serve @{args.old_ref}"] = {
+            **env, "PYTHONPATH": str(unpack_src(args.old_ref, tmp / "old"))}
+        port = free_port()
+        contenders[f"seed serve @{args.old_ref}"] = (
+            [sys.executable, "-m", "seed", "serve", str(model_dir), "--port", str(port),
+             "--model-name", "small", "--threads", str(args.threads)],
+            f"http://127.0.0.1:{port}")
     if not args.skip_transformers_serve:
         for label, flags in [("transformers serve", []),
                              ("transformers serve --continuous-batching",
@@ -194,20 +208,22 @@ def main() -> None:
     # of load from other users of the machine hits every contender of a round alike.
     rounds: list[dict[str, dict]] = []
     with contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(server(cmd, env, url))
+        urls = {name: stack.enter_context(server(cmd, envs.get(name, env), url))
                 for name, (cmd, url) in contenders.items()}
-        names = {name: ("small" if name == "seed serve" else str(model_dir)) for name in urls}
+        names = {name: ("small" if name.startswith("seed serve") else str(model_dir))
+                 for name in urls}
         for name, url in urls.items():  # warm-up (transformers serve loads lazily)
             asyncio.run(stream_all(url, names[name], [{**requests[0], "max_tokens": 4}]))
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
             row = {"sequential generate": seq.run()}
-            for name, url in urls.items():
-                row[name] = asyncio.run(stream_all(url, names[name], requests))
+            order = list(urls) if i % 2 == 0 else list(urls)[::-1]
+            for name in order:
+                row[name] = asyncio.run(stream_all(urls[name], names[name], requests))
             rounds.append(row)
 
     print(f"{'round':>5} {'contender':42} {'tokens':>7} {'wall s':>8} {'tok/s':>8} "
           f"{'TTFT p50/p99 ms':>18} {'ITL p50/p99 ms':>16}")
-    ratios_seq, ratios_tf = [], []
+    ratios_seq, ratios_tf, ratios_old = [], [], []
     for i, row in enumerate(rounds, 1):
         for name, r in row.items():
             lat = ""
@@ -219,14 +235,21 @@ def main() -> None:
         tf_best = [r["tok_s"] for k, r in row.items() if k.startswith("transformers serve")]
         if tf_best:
             ratios_tf.append(row["seed serve"]["tok_s"] / max(tf_best))
+        if args.old_ref:
+            old_row = row[f"seed serve @{args.old_ref}"]
+            ratios_old.append(row["seed serve"]["tok_s"] / old_row["tok_s"])
     seed_rows = [row["seed serve"] for row in rounds]
     vs_seq = statistics.median(ratios_seq)
     vs_tf = statistics.median(ratios_tf) if ratios_tf else float("nan")
     print(f"per-round seed/sequential: {[round(x, 2) for x in ratios_seq]}; seed/best "
           f"transformers serve: {[round(x, 2) for x in ratios_tf]} (medians below)")
+    old = ""
+    if ratios_old:
+        print(f"per-round seed/seed@{args.old_ref}: {[round(x, 3) for x in ratios_old]}")
+        old = f" new_vs_old={statistics.median(ratios_old):.3f}"
     print(f"RESULT vs_sequential={vs_seq:.2f} vs_transformers_serve={vs_tf:.2f} "
           f"ttft_p50_ms={statistics.median(r['ttft_p50_ms'] for r in seed_rows):.0f} "
-          f"itl_p50_ms={statistics.median(r['itl_p50_ms'] for r in seed_rows):.1f}")
+          f"itl_p50_ms={statistics.median(r['itl_p50_ms'] for r in seed_rows):.1f}{old}")
 
 
 if __name__ == "__main__":

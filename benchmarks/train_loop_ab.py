@@ -20,28 +20,21 @@ final losses must agree (the same data order and initial weights), and the scrip
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from old_tree import unpack_src  # noqa: E402
+
 SEED = [sys.executable, "-c", "from seed.cli import main; main()"]
 OLD_REF = "6422fa7"  # the last commit with loop.py + finetune.py
-
-
-def unpack_src(ref: str, into: Path) -> Path:
-    """`src/` of commit `ref`, unpacked under `into`."""
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], check=True,
-                          capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(into, filter="data")
-    return into / "src"
 
 
 def recipe_text(steps: int, eval_fraction: float, threads: int) -> str:
