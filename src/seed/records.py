@@ -52,6 +52,8 @@ class Teacher(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     requested_at: str | None = None
     responded_at: str | None = None
+    # True when the teacher sent no usable token counts and Seed charged its own upper bound
+    usage_estimated: bool | None = None
 
 
 class Source(BaseModel):

@@ -14,8 +14,15 @@ last user message contains the substring take the next fault in order; an empty 
 any request): `429` or `429:<retry-after>`, `500`, `timeout:<s>` (sleep before answering),
 `drop` (headers sent, then the connection is cut mid-body), `truncated` (a 200 whose JSON body is
 cut short), `slow:<s>` (the body trickles out over s seconds), `length` (finish_reason "length"),
-`badjson` (an answer that fails the schema), `ratelimit:<limit>:<remaining>:<reset>` (a 200 with
-`x-ratelimit-*-requests` headers). Each request is appended to the `--log` file as a JSON line.
+`badjson` (an answer that fails the schema), `garbled` (a 200 whose JSON is not a chat completion:
+choices a string, usage a word), `surrogate` (an answer holding a lone `\\ud800` escape),
+`ratelimit:<limit>:<remaining>:<reset>` (a 200 with `x-ratelimit-*-requests` headers). Each
+request is appended to the `--log` file as a JSON line.
+
+How every answer reports `usage`, set with `POST /_control/usage {"mode": M}`: `words` (the
+default: counts in words), `omit` (no usage key), `null`, `list` (an array instead of an object),
+`strings` ("12"), `floats` (12.0), `negative`, `zero`, `junk` (a word, a list, an object) or
+`total_only` (only total_tokens), as teachers that drop or garble it do.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 app = FastAPI()
-STATE: dict[str, Any] = {"latency": 0.0, "log": None, "model": "fault-model", "rules": []}
+STATE: dict[str, Any] = {"latency": 0.0, "log": None, "model": "fault-model", "rules": [],
+                         "usage": "words"}
 
 
 WORDS = ["river", "violin", "glacier", "compiler", "saffron", "lighthouse", "origami", "volcano",
@@ -75,6 +83,8 @@ def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
     for i in range(n):
         text = f"echo: {user}" if n == 1 else f"echo[{i}]: {user}"
         text = _scripted(user) or text
+        if fault == "surrogate":
+            text += " \ud800"
         if schema:
             text = json.dumps({"answer": text}) if fault != "badjson" else json.dumps({"x": 1})
         choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
@@ -89,11 +99,32 @@ def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
         choices.append(choice)
     words = sum(len(m["content"].split()) for m in body["messages"])
     out_words = sum(len(c["message"]["content"].split()) for c in choices)
-    return {"id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
-            "model": f"{STATE['model']}-2024", "system_fingerprint": "fp_fault",
-            "choices": choices,
-            "usage": {"prompt_tokens": words, "completion_tokens": out_words,
-                      "total_tokens": words + out_words}}
+    out = {"id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
+           "model": f"{STATE['model']}-2024", "system_fingerprint": "fp_fault", "choices": choices}
+    usage = _usage(STATE["usage"], words, out_words)
+    if STATE["usage"] != "omit":
+        out["usage"] = usage
+    return out
+
+
+def _usage(mode: str, prompt: int, completion: int) -> Any:
+    """`usage` as the mode sends it (see the module docstring)."""
+    total = prompt + completion
+    return {
+        "words": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": total},
+        "omit": None, "null": None, "list": [prompt, completion],
+        "strings": {"prompt_tokens": str(prompt), "completion_tokens": str(completion),
+                    "total_tokens": str(total)},
+        "floats": {"prompt_tokens": float(prompt), "completion_tokens": float(completion),
+                   "total_tokens": float(total)},
+        "negative": {"prompt_tokens": -prompt, "completion_tokens": -completion,
+                     "total_tokens": -total},
+        "zero": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "junk": {"prompt_tokens": "lots", "completion_tokens": [completion],
+                 "total_tokens": {"n": total}},
+        "total_only": {"total_tokens": total},
+    }[mode]
 
 
 def _next_fault(user: str) -> str | None:
@@ -108,6 +139,14 @@ async def set_faults(request: Request) -> dict[str, int]:
     spec = await request.json()
     STATE["rules"].append({"match": spec.get("match", ""), "faults": deque(spec["faults"])})
     return {"rules": len(STATE["rules"])}
+
+
+@app.post("/_control/usage")
+async def set_usage(request: Request) -> dict[str, str]:
+    mode = (await request.json())["mode"]
+    _usage(mode, 0, 0)  # an unknown mode is a KeyError here, not on the next answer
+    STATE["usage"] = mode
+    return {"usage": mode}
 
 
 @app.get("/v1/models")
@@ -158,6 +197,8 @@ async def _chat(request: Request, body: dict[str, Any]) -> Response:
     if kind == "timeout":
         await asyncio.sleep(float(arg or 30))
     blob = json.dumps(_answer(body, kind or None)).encode()
+    if kind == "garbled":
+        blob = json.dumps({"choices": "echo", "usage": "lots", "model": 7}).encode()
     if kind == "truncated":
         return Response(blob[: len(blob) // 2], media_type="application/json")
     if kind == "drop":

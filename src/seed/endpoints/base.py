@@ -21,12 +21,18 @@ HeaderListener = Callable[[Mapping[str, str]], None]
 
 
 class TransientError(Exception):
-    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if any."""
+    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if any.
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    `paid` holds the texts of an answer that arrived but cannot be used (it fails its schema, it
+    has no choices) with the usage it came with: the teacher bills it all the same.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None,
+                 paid: tuple[list[str], dict[str, Any]] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.paid = paid
 
 
 @dataclass
@@ -37,8 +43,11 @@ class Completion:
     finish_reason: str = "stop"
     model: str | None = None
     system_fingerprint: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
+    # The token counts as the server sent them (any JSON); the engine replaces them with what it
+    # charged (`seed.generate.budget.billed_usage`), and says whether it counted them itself.
+    usage: dict[str, Any] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] | None = None
+    usage_estimated: bool = False
 
 
 class Endpoint(Protocol):

@@ -9,6 +9,10 @@ the answer into `Completion`s, or raises:
 - `seed.errors.UserError` for what retrying cannot fix (400, 401, 403, 404), with the server's
   message.
 
+A body is read defensively: choices that are not objects, content that is not text, fields of the
+wrong type are a `TransientError`, never a crash. `usage` is passed on as the server sent it; what
+it is worth is the budget's call (`seed.generate.budget.billed_usage`).
+
 The API key is read from an environment variable or a file when the endpoint is built, kept only in
 the client's headers, and never logged, cached or written: `teacher()` and `identity()` omit it.
 This module does not retry, pace or cache; that is the engine's job (`seed.generate.engine`).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 from ipaddress import ip_address
 from pathlib import Path
@@ -26,13 +31,14 @@ from urllib.parse import urlparse
 
 import certifi
 import httpx
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, PydanticUserError, ValidationError, create_model
 
 from seed.endpoints.base import Completion, EndpointDefaults, HeaderListener, TransientError
 from seed.errors import UserError
 from seed.records import Teacher
 
 FATAL_STATUS = {400, 401, 403, 404, 422}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SHARD = 8  # connections per httpx client
 
 
@@ -64,16 +70,24 @@ def read_api_key(env: str | None, file: str | None, what: str) -> str | None:
         if not key:
             raise UserError(f"the API key variable {env} is not set; export it or set "
                             f"{what}.api_key_file")
-        return key
-    if file:
+    elif file:
         path = Path(file).expanduser()
         if not path.is_file():
             raise UserError(f"{file}: API key file not found; check {what}.api_key_file")
-        key = path.read_text(encoding="utf-8").strip()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise UserError(f"{file}: the API key file is not UTF-8 text; write the key alone "
+                            "on one line") from None
         if not key:
             raise UserError(f"{file}: the API key file is empty")
-        return key
-    return None
+    else:
+        return None
+    if not key.isascii() or any(c.isspace() for c in key):
+        where = env or file
+        raise UserError(f"{where}: the API key holds spaces or non-ASCII characters, which no "
+                        "HTTP header can carry; give the key alone, as the provider issued it")
+    return key
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -100,42 +114,96 @@ def _server_message(resp: httpx.Response) -> str:
         return resp.text[:300] or resp.reason_phrase
 
 
+def _clean(text: str) -> str:
+    """`text` with each lone half of a surrogate pair as U+FFFD.
+
+    JSON can escape half of a pair alone (`"\\ud800"`), which no UTF-8 file can hold and no
+    reader of records would accept: a paid answer is kept, and can be written, without it.
+    """
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
     content = (choice.get("logprobs") or {}).get("content")
     if content is None:
         return None
     return [
-        {"token": t["token"], "logprob": t["logprob"],
-         "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]}
+        {"token": _clean(t["token"]), "logprob": float(t["logprob"]),
+         "top_logprobs": [{"token": _clean(a["token"]), "logprob": float(a["logprob"])}
                           for a in t.get("top_logprobs") or []]}
         for t in content
     ]
+
+
+def _text(message: Any) -> str:
+    """A choice's message content: a string, null (nothing said), or a list of text parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is None:
+        return ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        content = "".join(p["text"] for p in content if isinstance(p.get("text"), str))
+    if not isinstance(content, str):
+        raise TypeError("message.content is not text")
+    return _clean(content)
+
+
+def _optional_str(value: Any) -> str | None:
+    return _clean(value) if isinstance(value, str) else None
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def parse_choices(data: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A chat completion body's choices (in index order) and its usage as sent (only the counts'
+    keys; what they hold is the budget's to judge). TypeError, KeyError or AttributeError when
+    the body is not a chat completion."""
+    choices = data["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise TypeError("choices is not a list of objects")
+    usage = data.get("usage")
+    usage = {k: usage[k] for k in USAGE_KEYS if k in usage} if isinstance(usage, dict) else {}
+    index = [c.get("index", 0) if isinstance(c.get("index", 0), int) else 0 for c in choices]
+    return [c for _, c in sorted(zip(index, choices, strict=True), key=lambda p: p[0])], usage
 
 
 _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
                                "array": list, "object": dict, "null": type(None)}
 
 
+SCHEMA_HELP = ("generate.response_schema must be a JSON schema of type object with properties "
+               "(each an object with a type)")
+
+
+def _json_type(spec: dict[str, Any]) -> Any:
+    typ = spec.get("type")
+    return _JSON_TYPES.get(typ, Any) if isinstance(typ, str) else Any
+
+
 def schema_model(schema: dict[str, Any], name: str = "Answer") -> type[BaseModel]:
     """A pydantic model checking an object JSON schema: its properties, their types, `required`."""
-    if schema.get("type") != "object" or "properties" not in schema:
-        raise UserError("generate.response_schema must be a JSON schema of type object with "
-                        "properties")
-    required = set(schema.get("required", []))
+    props, required = schema.get("properties"), schema.get("required", [])
+    if (schema.get("type") != "object" or not isinstance(props, dict)
+            or not all(isinstance(k, str) and isinstance(v, dict) for k, v in props.items())
+            or not isinstance(required, list)):
+        raise UserError(SCHEMA_HELP)
     fields: dict[str, Any] = {}
-    for key, spec in schema["properties"].items():
-        typ = spec.get("type")
-        if isinstance(typ, str) and typ == "object" and "properties" in spec:
+    for key, spec in props.items():
+        items = spec.get("items")
+        if spec.get("type") == "object" and "properties" in spec:
             py: Any = schema_model(spec, name=f"{name}_{key}")
-        elif isinstance(typ, str) and typ == "array" and isinstance(spec.get("items"), dict):
-            item = spec["items"]
-            inner = (schema_model(item, f"{name}_{key}") if item.get("type") == "object"
-                     and "properties" in item else _JSON_TYPES.get(item.get("type", ""), Any))
+        elif spec.get("type") == "array" and isinstance(items, dict):
+            inner = (schema_model(items, f"{name}_{key}") if items.get("type") == "object"
+                     and "properties" in items else _json_type(items))
             py = list[inner]  # type: ignore[valid-type]  # a type built at run time
         else:
-            py = _JSON_TYPES.get(typ, Any) if isinstance(typ, str) else Any
+            py = _json_type(spec)
         fields[key] = (py, ...) if key in required else (py | None, None)
-    return create_model(name, **fields)
+    try:
+        return create_model(name, **fields)
+    except (PydanticUserError, NameError, TypeError, ValueError) as e:  # `model_config`, ...
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"generate.response_schema: {why}; rename the property") from None
 
 
 class OpenAIEndpoint(EndpointDefaults):
@@ -170,6 +238,11 @@ class OpenAIEndpoint(EndpointDefaults):
             raise UserError(f"an Azure OpenAI endpoint needs {what}.api_version, "
                             "e.g. \"2024-10-21\"")
         key = read_api_key(api_key_env, api_key_file, what)
+        for name, value in (headers or {}).items():
+            line = name + value
+            if not name.strip() or not line.isascii() or not line.isprintable():
+                raise UserError(f"{what}.headers: {name!r}: an HTTP header is one line of ASCII; "
+                                "fix its name or value")
         sent = {"Content-Type": "application/json", **(headers or {})}
         if key is not None:
             sent["api-key" if self.route == "azure" else "Authorization"] = (
@@ -242,7 +315,7 @@ class OpenAIEndpoint(EndpointDefaults):
             raise TransientError("timeout") from None
         except httpx.ConnectError as e:
             raise TransientError(f"cannot connect to {self.base_url} ({e})") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        except httpx.RequestError as e:  # dropped, reset, garbled or badly encoded mid-answer
             raise TransientError(f"connection dropped ({type(e).__name__})") from None
         if self.on_headers is not None:
             self.on_headers(resp.headers)
@@ -257,26 +330,28 @@ class OpenAIEndpoint(EndpointDefaults):
             raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}")
         try:
             data = resp.json()
-            choices = data["choices"]
-        except (json.JSONDecodeError, ValueError, KeyError, TypeError):
+            choices, usage = parse_choices(data)
+            answers = [(_text(c.get("message")), _logprobs(c)) for c in choices]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # ValueError covers a body that is not JSON, not UTF-8, or cut short
             raise TransientError("the response body is not a chat completion (truncated JSON?)")\
                 from None
-        usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+        paid = ([text for text, _ in answers], usage)
         out = []
-        for choice in sorted(choices, key=lambda c: c.get("index", 0)):
-            text = (choice.get("message") or {}).get("content") or ""
+        for choice, (text, logprobs) in zip(choices, answers, strict=True):
             if validator is not None:
                 try:
                     validator.model_validate_json(text)
                 except ValidationError as e:
                     raise TransientError(f"answer fails the response schema "
-                                         f"({e.errors()[0]['msg']})") from None
+                                         f"({e.errors()[0]['msg']})", paid=paid) from None
             out.append(Completion(
-                text=text, finish_reason=choice.get("finish_reason") or "stop",
-                model=data.get("model"), system_fingerprint=data.get("system_fingerprint"),
-                usage=usage, logprobs=_logprobs(choice)))
+                text=text, finish_reason=_optional_str(choice.get("finish_reason")) or "stop",
+                model=_optional_str(data.get("model")),
+                system_fingerprint=_optional_str(data.get("system_fingerprint")),
+                usage=usage, logprobs=logprobs))
         if not out:
-            raise TransientError("the response has no choices")
+            raise TransientError("the response has no choices", paid=paid)
         return out
 
     async def check_reachable(self) -> None:

@@ -5,13 +5,31 @@ a recipe overrides or extends them under `[generate.prices]`. A model is matched
 the longest known prefix (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`). The budget only counts and
 decides; the engine stops taking new work when `exhausted()` says so and lets requests in flight
 finish, so the final spend can pass the cap by at most what those requests cost.
+
+The budget fails closed: a reply is never free because its teacher did not say what it cost.
+`billed_usage` takes the teacher's `prompt_tokens` and `completion_tokens` where they are counts
+(an integer, a float with no fraction, a string of digits) and counts itself where they are not
+(missing, null, negative, junk, or 0 for a non-empty text): the UTF-8 bytes of the request's
+messages and of the replies, plus `TEMPLATE_TOKENS` per message and per reply for the chat
+template's markers. Every token of a byte-level BPE tokenizer (GPT-2, tiktoken's, Llama 3's, Qwen's)
+covers at least one byte, so the count is an upper bound on what such a teacher bills for the
+visible text; hidden reasoning tokens, which only the teacher can count, are the one thing it cannot
+see. A run with estimated counts says so once on stderr, and each answer's provenance says so
+(`teacher.usage_estimated`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from seed.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Tokens a chat template adds around one message or one reply (role markers, separators): OpenAI
+# documents 3-4 per message plus 3 to prime the reply; 8 leaves headroom for other templates.
+TEMPLATE_TOKENS = 8
 
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
@@ -37,6 +55,40 @@ def price_for(model: str, overrides: dict[str, tuple[float, float]] | None = Non
     return table[max(prefixes, key=len)] if prefixes else None
 
 
+def _count(value: object) -> int | None:
+    """A token count as a teacher may send it (12, 12.0, "12"), or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value >= 0 else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def text_tokens(texts: list[str]) -> int:
+    """An upper bound on the tokens of these texts, each in a template (see the docstring)."""
+    return sum(len(t.encode("utf-8", "surrogatepass")) + TEMPLATE_TOKENS for t in texts)
+
+
+def billed_usage(reported: object, messages: list[dict[str, str]], replies: list[str]
+                 ) -> tuple[dict[str, int], bool]:
+    """(prompt_tokens, completion_tokens, total_tokens) to charge for one reply, and whether any
+    of it was estimated because the teacher's own count was missing or not a count."""
+    raw = reported if isinstance(reported, dict) else {}
+    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    asked = [m.get("content") or "" for m in messages]
+    estimated = False
+    if prompt is None or (prompt == 0 and any(asked)):
+        prompt, estimated = text_tokens(asked), True
+    if completion is None or (completion == 0 and any(replies)):
+        completion, estimated = text_tokens(replies), True
+    return ({"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}, estimated)
+
+
 @dataclass
 class Budget:
     """Tokens and dollars spent so far against optional caps."""
@@ -47,6 +99,7 @@ class Budget:
     max_tokens: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated_requests: int = 0  # replies whose usage the budget counted itself
 
     def __post_init__(self) -> None:
         self.price = price_for(self.model, self.prices)
@@ -55,9 +108,16 @@ class Budget:
                             f"`\"{self.model}\" = [input, output]` (dollars per million tokens) "
                             "under [generate.prices]")
 
-    def add(self, usage: dict[str, int]) -> None:
+    def add(self, usage: dict[str, int], estimated: bool = False) -> None:
+        """Charge one reply (`billed_usage`'s counts); the first estimated one is warned about."""
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         self.completion_tokens += usage.get("completion_tokens", 0)
+        if estimated:
+            self.estimated_requests += 1
+            if self.estimated_requests == 1:
+                log.warning("the teacher (model %r) sent no usable token counts (usage); tokens "
+                            "and cost are counted from the UTF-8 bytes of each request and reply, "
+                            "an upper bound", self.model)
 
     @property
     def tokens(self) -> int:

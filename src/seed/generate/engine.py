@@ -13,7 +13,8 @@ The public entry point, for generation and for any stage that needs a teacher or
 - `cache`: a `RequestCache`; an answer is committed there *before* `on_result` sees it, and a
   request found there is delivered without being sent, so a rerun after a crash pays nothing twice.
 - `budget`: a `Budget`; once it is exhausted no new request starts, those in flight finish and are
-  delivered, and `stats.stopped` says why.
+  delivered, and `stats.stopped` says why. Every reply is charged what `billed_usage` says: the
+  teacher's counts, or Seed's own upper bound where the teacher sent none it can trust.
 
 `run_sync(...)` is the same for callers without an event loop; `complete_all(prompts, endpoint)`
 answers a plain list of prompts and returns the texts.
@@ -36,7 +37,7 @@ from typing import Any
 
 from seed.endpoints.base import Completion, Endpoint, TransientError
 from seed.errors import UserError
-from seed.generate.budget import Budget
+from seed.generate.budget import Budget, billed_usage
 from seed.generate.cache import RequestCache, cache_key
 from seed.runs import now_iso
 
@@ -246,12 +247,25 @@ class _Engine:
                 comps = await self.endpoint.complete(req.messages, **params)
         except TimeoutError:
             raise TransientError("timeout") from None
-        usage = comps[0].usage if comps else {}
-        self.limiter.settle(estimate, usage.get("total_tokens", 0))
-        if self.budget is not None:
-            self.budget.add(usage)
-        self.stats.completion_tokens += usage.get("completion_tokens", 0)
+        except TransientError as e:
+            if e.paid is not None:  # an answer arrived, unusable but billed
+                self._charge(req, estimate, *e.paid)
+            raise
+        usage, estimated = self._charge(req, estimate, [c.text for c in comps],
+                                        comps[0].usage if comps else {})
+        for c in comps:  # what was charged travels with the answer, into the cache and records
+            c.usage, c.usage_estimated = usage, estimated
         return comps
+
+    def _charge(self, req: Request, estimate: float, replies: list[str],
+                reported: dict[str, Any]) -> tuple[dict[str, int], bool]:
+        """Count one answer against the budget and the rate limits, as `billed_usage` says."""
+        usage, estimated = billed_usage(reported, req.messages, replies)
+        self.limiter.settle(estimate, usage["total_tokens"])
+        if self.budget is not None:
+            self.budget.add(usage, estimated)
+        self.stats.completion_tokens += usage["completion_tokens"]
+        return usage, estimated
 
     async def _answer(self, req: Request) -> Result:
         lim = self.limits

@@ -36,8 +36,11 @@ def figures(stats: Stats, budget: Budget | None) -> dict[str, str]:
         "failures": f"{stats.failed:,}",
     }
     if budget is not None:
-        out["tokens"] = f"{budget.tokens:,}"
-        out["cost"] = _money(budget.cost)
+        # Counted by Seed where the teacher sent no usable usage: say the figures are bounds.
+        bound = f" (upper bound: {budget.estimated_requests:,} replies counted by Seed)" \
+            if budget.estimated_requests else ""
+        out["tokens"] = f"{budget.tokens:,}{bound}"
+        out["cost"] = _money(budget.cost) + bound
         remaining = None if stats.total is None else stats.total - stats.cached
         out["projected"] = _money(budget.projected(stats.paid, remaining))
     return out

@@ -30,6 +30,7 @@ from seed.files import read_jsonl
 from seed.generate.filters import NearDuplicates, is_refusal, similarity
 from seed.records import Source, record_id
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 Ask = Callable[[list[list[dict[str, str]]]], Awaitable[list[str | None]]]
 
 
@@ -52,6 +53,14 @@ def _kind(path: Path, kind: str) -> str:
 
 
 def _jsonl_messages(row: Any, where: str) -> list[dict[str, str]]:
+    msgs = _row_messages(row, where)
+    if any(_SURROGATE.search(m["content"]) for m in msgs):
+        raise UserError(f"{where}: holds half of a UTF-16 surrogate pair (a lone \\ud800-"
+                        "\\udfff escape), which is not text; fix or remove that line")
+    return msgs
+
+
+def _row_messages(row: Any, where: str) -> list[dict[str, str]]:
     if isinstance(row, dict) and isinstance(row.get("prompt"), str):
         return [{"role": "user", "content": row["prompt"]}]
     msgs = row.get("messages") if isinstance(row, dict) else None
@@ -77,6 +86,18 @@ def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None
         for lineno, row in read_jsonl(path):
             yield Prompt(_jsonl_messages(row, f"{path}:{lineno}"), source)
         return
+    try:
+        yield from _text_prompts(path, fmt, column, source)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8 (or point generate.prompts "
+                        "at the prompts file)") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: not a CSV file Seed can read ({e}); fix the file or set "
+                        "generate.prompts format") from None
+
+
+def _text_prompts(path: Path, fmt: str, column: str | None, source: Source) -> Iterator[Prompt]:
+    """The prompts of a CSV file (a named column) or a text file (one per line)."""
     with path.open(encoding="utf-8", newline="") as f:
         if fmt == "csv":
             reader = csv.DictReader(f)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from rich.console import Console
 
 from seed.endpoints.base import Endpoint
 from seed.endpoints.factory import make_endpoint
+from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, write_json_atomic
 from seed.generate import sources
@@ -37,7 +40,7 @@ from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
 from seed.generate.filters import PromptFilter, is_refusal, length_ok
 from seed.generate.progress import live, summary
-from seed.recipe import GenerateConfig
+from seed.recipe import MAX_CONCURRENCY, GenerateConfig
 from seed.records import Provenance, Record, Source, Teacher, read_records, repair_torn_tail
 from seed.runs import now_iso
 
@@ -63,17 +66,24 @@ def request_params(config: GenerateConfig) -> dict[str, Any]:
     return params
 
 
+def answered(out_dir: Path, job: str) -> set[str]:
+    """The prompts this job already has records for; reads (and checks) `train.jsonl` and writes
+    nothing. Answers of another teacher or other parameters do not count."""
+    path = out_dir / RECORDS
+    if not path.exists():
+        return set()
+    return {r.meta["prompt_key"] for r in read_records(path)
+            if r.meta.get("job") == job and "prompt_key" in r.meta}
+
+
 class Output:
     """The records file, the failures file and the set of prompts already answered."""
 
-    def __init__(self, out_dir: Path, job: str) -> None:
+    def __init__(self, out_dir: Path, done: set[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / RECORDS
         repair_torn_tail(self.path)
-        self.done: set[str] = set()
-        if self.path.exists():  # answers of another teacher or other parameters do not count
-            self.done = {r.meta["prompt_key"] for r in read_records(self.path)
-                         if r.meta.get("job") == job and "prompt_key" in r.meta}
+        self.done = done
         self._records = self.path.open("ab", buffering=0)
         repair_torn_tail(out_dir / FAILED)
         self._failed = (out_dir / FAILED).open("ab", buffering=0)
@@ -104,7 +114,8 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
     for i, c in enumerate(result.completions):
         answered_by = teacher.model_copy(update={
             "model_returned": c.model, "system_fingerprint": c.system_fingerprint,
-            "requested_at": result.requested_at, "responded_at": result.responded_at})
+            "requested_at": result.requested_at, "responded_at": result.responded_at,
+            "usage_estimated": c.usage_estimated or None})
         meta: dict[str, Any] = {"prompt_key": prompt.key, "job": job, "sample": i,
                                 "finish_reason": c.finish_reason}
         lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
@@ -151,6 +162,8 @@ class Generation:
         if not config.prompts and not config.self_instruct:
             raise UserError("no prompts: add [[generate.prompts]] with a path, "
                             "[generate.self_instruct], or pass --prompts FILE")
+        if config.response_schema is not None:
+            schema_model(config.response_schema)
         f = config.filters
         self.filter = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
                                    f.max_prompt_chars, f.embedding_model, f.embedding_threshold)
@@ -271,39 +284,56 @@ class Generation:
         else:
             self.out.fail(p.key, msgs, "filtered: refusal or empty answer", r.attempts)
 
-    async def _main(self) -> None:
-        try:
-            await self.endpoint.check_reachable()
-            generated = await self._generated()
-            prompts = self._stream(generated)
-            with live(self.stats, self.budget, self.console):
-                if self.config.turns > 1:
-                    await self._multi_turn(prompts)
-                else:
-                    reqs = (Request(p.key, p.messages, request_params(self.config), payload=p)
-                            for p in prompts)
-                    await run(reqs, self.endpoint, self.limits, cache=self.cache,
-                              on_result=self._save, budget=self.budget, stats=self.stats)
-        finally:
-            await self.endpoint.aclose()
-
-    def run(self) -> dict[str, Any]:
-        self.out = Output(self.out_dir, self.job)
+    @contextmanager
+    def _opened(self) -> Iterator[None]:
+        """The output, once every check has passed: the records are read first, then the cache
+        is opened, so a broken records file or an unreadable cache leaves no new file behind."""
+        done = answered(self.out_dir, self.job)
         self.cache = RequestCache(self.out_dir / CACHE)
-        already = len(self.out.done)
-        self.stats.total = (self.total if self.limit is None else min(self.total, self.limit)) \
-            - already if self.total else None
         try:
-            asyncio.run(self._main())
+            self.out = Output(self.out_dir, done)
+        except BaseException:
+            self.cache.close()
+            raise
+        self.already = len(done)
+        if self.total:
+            limit = self.total if self.limit is None else min(self.total, self.limit)
+            self.stats.total = limit - self.already
+        try:
+            yield
         finally:
             self.out.close()
             self.cache.close()
-        info = {"records_written": self.out.written, "prompts_already_done": already,
+
+    async def _main(self) -> None:
+        try:
+            await self.endpoint.check_reachable()
+            with self._opened():
+                await self._answer_all()
+        finally:
+            await self.endpoint.aclose()
+
+    async def _answer_all(self) -> None:
+        generated = await self._generated()
+        prompts = self._stream(generated)
+        with live(self.stats, self.budget, self.console):
+            if self.config.turns > 1:
+                await self._multi_turn(prompts)
+            else:
+                reqs = (Request(p.key, p.messages, request_params(self.config), payload=p)
+                        for p in prompts)
+                await run(reqs, self.endpoint, self.limits, cache=self.cache,
+                          on_result=self._save, budget=self.budget, stats=self.stats)
+
+    def run(self) -> dict[str, Any]:
+        asyncio.run(self._main())
+        info = {"records_written": self.out.written, "prompts_already_done": self.already,
                 "prompts_answered": len(self.out.done), "failed": self.out.failed,
                 "filtered_prompts": self.filter.dropped, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
                 "completion_tokens": self.budget.completion_tokens, "cost": self.budget.cost,
+                "usage_estimated_requests": self.budget.estimated_requests,
                 "stopped": self.stats.stopped}
         write_json_atomic(self.out_dir / SUMMARY, info)
         for line in summary(self.stats, self.budget):
@@ -323,6 +353,10 @@ def apply_overrides(config: GenerateConfig, prompts: list[Path] | None, max_cost
     from seed.recipe import PromptFile
 
     update: dict[str, Any] = {}
+    if max_cost is not None and not (0 < max_cost < math.inf):
+        raise UserError(f"--max-cost {max_cost}: give a number of dollars above 0")
+    if max_tokens is not None and max_tokens < 1:
+        raise UserError(f"--max-tokens {max_tokens}: give at least 1")
     if prompts:
         update["prompts"] = [*config.prompts, *(PromptFile(path=str(p)) for p in prompts)]
     if max_cost is not None:
@@ -330,7 +364,7 @@ def apply_overrides(config: GenerateConfig, prompts: list[Path] | None, max_cost
     if max_tokens is not None:
         update["max_tokens"] = max_tokens
     if concurrency is not None:
-        if concurrency < 1:
-            raise UserError(f"--concurrency {concurrency}: give at least 1")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise UserError(f"--concurrency {concurrency}: give 1 to {MAX_CONCURRENCY:,}")
         update["limits"] = config.limits.model_copy(update={"concurrency": concurrency})
     return config.model_copy(update=update)
