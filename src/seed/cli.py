@@ -62,8 +62,10 @@ def generate(
 ) -> None:
     """Write teacher-answered training records (an HTTP teacher resumes where it stopped)."""
     from seed.recipe import load_recipe
+    from seed.runs import check_output_dir
 
     r, _ = load_recipe(recipe)
+    check_output_dir(out, "--out")
     if r.generate.teacher.kind == "openai":
         from seed.generate.teacher import apply_overrides, generate_from_teacher
 
@@ -97,15 +99,19 @@ def train(
 ) -> None:
     """Train a student on records the terms gate allows; resumes from the last checkpoint in OUT."""
     from seed.policy.commands import gate_before_training, record_check, write_cards
-    from seed.recipe import PolicyConfig, TrainConfig, load_recipe
+    from seed.recipe import MAX_SEED, PolicyConfig, TrainConfig, load_recipe
     from seed.records import count_records
+    from seed.runs import check_output_dir
 
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED}")
     cfg, rseed, policy = TrainConfig(), 0, PolicyConfig()
     if recipe:
         r, _ = load_recipe(recipe)
         cfg, rseed, policy = r.train, r.seed, r.policy
     if cfg.student.checkpoint and not Path(cfg.student.checkpoint).is_dir():
         raise UserError(f"{cfg.student.checkpoint}: no such model directory")
+    check_output_dir(out, "--out")
     count_records(records)  # validates the whole file before any training output is written
     check = gate_before_training(records, policy, console, student_name=student_name,
                                  distribute=distribute, accept_terms_risk=accept_terms_risk)
@@ -160,7 +166,9 @@ def import_(
 ) -> None:
     """Turn an instruction dataset into records with declared provenance."""
     from seed.policy.importers import import_dataset
+    from seed.runs import check_output_file
 
+    check_output_file(out, "--out")
     info = import_dataset(file, fmt, out, name=name, teacher=teacher, license=license,  # type: ignore[arg-type]
                           dpi=dpi, dpi_id=dpi_id)
     who = info["teacher"]["model_requested"] if info["teacher"] else "no teacher declared"
@@ -179,8 +187,10 @@ def eval_(
     """Grade a student on verifiable held-out tasks; writes results.json and samples.jsonl."""
     from seed.evaluate.verify import evaluate_tasks
     from seed.recipe import EvalConfig, load_recipe
+    from seed.runs import check_output_dir
 
     cfg = load_recipe(recipe)[0].eval if recipe else EvalConfig()
+    check_output_dir(out, "--out")
     info = evaluate_tasks(model, records, out, cfg, baseline_dir=baseline)
     console.print(f"accuracy {info['accuracy']:.1%} on {info['n']} held-out prompts")
 
@@ -225,10 +235,12 @@ def judge(
     from seed.evaluate.judge_report import write_judge_report
     from seed.evaluate.judge_run import run_judge
     from seed.recipe import load_recipe
+    from seed.runs import check_output_dir
 
     r, _ = load_recipe(recipe)
     if r.eval.judge is None:
         raise UserError(f"{recipe}: no [eval.judge] section; add one naming the judge endpoint")
+    check_output_dir(out, "--out")
     cfg = r.eval.judge
     if questions:
         cfg = cfg.model_copy(update={"questions": str(questions)})

@@ -18,7 +18,7 @@ from rich.console import Console
 from seed.errors import UserError
 from seed.recipe import JudgeConfig, Recipe, load_recipe
 from seed.records import count_records
-from seed.runs import Run
+from seed.runs import Run, check_output_dir
 
 GENERATE_OUT = ["data/train.jsonl", "data/eval.jsonl"]
 TRAIN_OUT = ["train/model", "train/initial", "train/metrics.jsonl"]
@@ -81,7 +81,8 @@ def _generate_http(generation: Any) -> dict[str, Any]:
                         "in data/, raise the cap and run again to finish")
     return {"train_records": count_records(generation.out_dir / "train.jsonl"),
             "eval_records": 0, **{k: info[k] for k in ("requests_paid", "answers_from_cache",
-                                                       "failed", "cost")}}
+                                                       "failed", "cost",
+                                                       "usage_estimated_requests")}}
 
 
 def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
@@ -165,6 +166,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
     """Run every stage of a recipe; return the run directory."""
     console = console or Console()
     recipe, text = load_recipe(path)
+    check_output_dir(Path(recipe.runs_dir) / recipe.name, f"{path}: runs_dir")
     run = Run(Path(recipe.runs_dir) / recipe.name)
     gen_config = [recipe.generate.model_dump(), recipe.seed]
     generated = run.is_fresh("generate", run.inputs_hash(gen_config, []))
