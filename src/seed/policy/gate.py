@@ -11,7 +11,6 @@ the registry; it writes nothing (cards are `cards.py`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from seed.errors import UserError
 from seed.policy.terms import BUILTIN, LicenseEntry, Obligation, Terms, TermsEntry, load_terms
 from seed.records import Record, Source, Teacher, read_records
+from seed.runs import read_manifest
 
 Verdict = Literal["allow", "warn", "block"]
 _RANK = {"allow": 0, "warn": 1, "block": 2}
@@ -260,7 +260,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("policy")
-        if recorded:
+        recorded = read_manifest(manifest).get("policy")
+        if isinstance(recorded, dict) and recorded:
             return recorded
     return check_file(run_dir / "data" / "train.jsonl", Use()).to_dict()

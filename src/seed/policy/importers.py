@@ -6,6 +6,11 @@ array or JSON lines. Provenance comes from `--teacher ROUTE:MODEL`, `--license N
 Provenance Initiative summary (`--dpi`): its "Model Generated" names the teacher and its "Licenses"
 the data license. Nothing is guessed: without them the records carry no teacher and the gate
 treats them as unknown. This module parses and labels; judging is `gate.py`'s job.
+
+A DPI entry is read against the fields' documented types (the DPI's `_template_spec.yaml`):
+"Model Generated" a list of strings (or null), "Licenses" a list of {"License", "License URL"}
+objects, the names and URLs strings. Anything else is an error naming the file, the dataset and
+the field, never a guess: a string read as a list would name a teacher one letter long.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seed.errors import UserError
 from seed.files import read_jsonl
@@ -37,14 +42,22 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Items of a JSON array file, or lines of a JSONL file, with their 1-based position."""
     if not path.is_file():
         raise UserError(f"{path}: no such dataset file; check the path")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            yield from enumerate(json.loads(text), 1)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e}); fix the file") from None
+    with path.open("rb") as f:
+        is_array = f.read(4096).lstrip().startswith(b"[")
+    if is_array:
+        yield from enumerate(_json(path, "fix the file"), 1)
         return
     yield from read_jsonl(path)
+
+
+def _json(path: Path, fix: str) -> Any:
+    """A whole JSON file's value; a file that is not UTF-8 JSON is one line naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {fix}") from None
 
 
 def _alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
@@ -69,6 +82,18 @@ def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
 _PARSERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages}
 
 
+def _why(e: Exception) -> str:
+    """One line on why an item did not parse."""
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    if isinstance(e, KeyError):
+        return f"no {e} field"
+    if isinstance(e, UnicodeEncodeError):  # JSON's lone \ud800-\udfff escapes are not text
+        return "it holds half of a UTF-16 surrogate pair, which is not text"
+    return f"{type(e).__name__}: {e}"
+
+
 def parse_teacher(spec: str) -> Teacher:
     """`ROUTE:MODEL` (e.g. `direct:gpt-4o`, `local:meta-llama/Llama-3.1-8B-Instruct`)."""
     route, sep, model = spec.partition(":")
@@ -80,15 +105,62 @@ def parse_teacher(spec: str) -> Teacher:
                                    "declared_by": "seed import --teacher"})
 
 
-def read_dpi(path: str | Path, dataset_id: str | None = None) -> dict[str, Any]:
+class DpiLicense(BaseModel):
+    """One item of a DPI entry's "Licenses"."""
+
+    model_config = ConfigDict(extra="allow")
+
+    license: str = Field(alias="License")
+    url: str | None = Field(None, alias="License URL")
+
+
+class DpiEntry(BaseModel):
+    """The fields of a DPI entry that provenance is read from, with their documented types."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_generated: list[str] | None = Field(alias="Model Generated")
+    licenses: list[DpiLicense] = Field(alias="Licenses")
+    human_annotation: str | None = Field(None, alias="Human Annotation")
+    name: str | None = Field(None, alias="Dataset Name")
+    uid: str | None = Field(None, alias="Unique Dataset Identifier")
+    hf_url: str | None = Field(None, alias="Hugging Face URL")
+    url: str | None = Field(None, alias="Dataset URL")
+
+
+# What each field holds, and (under "[]") what each item of a list field holds.
+_DPI_TYPES = {"Model Generated": "a list of model names", "Model Generated[]": "a model name",
+              "Licenses": "a list of {\"License\", \"License URL\"} objects",
+              "Licenses[]": "a {\"License\", \"License URL\"} object"}
+
+
+def _dpi_entry(entry: Any, path: Path, dataset_id: str) -> DpiEntry:
+    """`entry` checked against the DPI's documented types; a mismatch names the field."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: dataset {dataset_id!r} is not an object of fields; is it a DPI "
+                        "data summary?")
+    try:
+        return DpiEntry.model_validate(entry)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        where = "".join(f"[{p}]" if p.isdigit() else f"[{json.dumps(p)}]" for p in loc)
+        field = loc[0] + ("[]" if loc[-1].isdigit() else "") if len(loc) < 3 else loc[-1]
+        should = _DPI_TYPES.get(field, "a string")
+        if err["type"] == "missing":
+            raise UserError(f"{path}: dataset {dataset_id!r} lacks {where}; add it as "
+                            f"{should}") from None
+        got = "null" if err["input"] is None else type(err["input"]).__name__
+        raise UserError(f"{path}: dataset {dataset_id!r}, field {where}: is {got}, should be "
+                        f"{should}; fix the summary") from None
+
+
+def read_dpi(path: str | Path, dataset_id: str | None = None) -> DpiEntry:
     """One dataset's entry from a Data Provenance Initiative summary file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such Data Provenance summary; check the path")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); is it a DPI data summary?") from None
+    summary = _json(path, "is it a DPI data summary?")
     if not isinstance(summary, dict) or not summary:
         raise UserError(f"{path}: not a DPI data summary (expected an object of datasets)")
     if dataset_id is None:
@@ -99,25 +171,22 @@ def read_dpi(path: str | Path, dataset_id: str | None = None) -> dict[str, Any]:
     if dataset_id not in summary:
         raise UserError(f"--dpi-id {dataset_id!r}: not in {path}; pick one of "
                         f"{', '.join(sorted(summary))}")
-    entry = summary[dataset_id]
-    if "Licenses" not in entry or "Model Generated" not in entry:
-        raise UserError(f"{path}: dataset {dataset_id!r} lacks 'Licenses' or 'Model Generated'")
-    return entry
+    return _dpi_entry(summary[dataset_id], path, dataset_id)
 
 
-def dpi_provenance(entry: dict[str, Any]) -> tuple[Teacher | None, Source]:
+def dpi_provenance(entry: DpiEntry) -> tuple[Teacher | None, Source]:
     """Teacher and source declared by a DPI entry: its generating model and its data licenses."""
-    models = [m for m in entry.get("Model Generated") or [] if m]
-    licenses = [lic["License"] for lic in entry.get("Licenses") or [] if lic.get("License")]
+    models = [m for m in entry.model_generated or [] if m.strip()]
+    licenses = [lic.license for lic in entry.licenses if lic.license.strip()]
     terms = [name for name in licenses if name.lower() in _DPI_TERMS]
     data_licenses = [name for name in licenses if name.lower() not in _DPI_TERMS]
     if not models and terms:
         models = [f"{terms[0]} (model not named)"]
-    human = not models and str(entry.get("Human Annotation", "")).lower() == "yes"
+    human = not models and (entry.human_annotation or "").strip().lower() == "yes"
     if len(models) > 1:
         log.warning("DPI entry %s names %d generating models; records are labelled with the "
-                    "first, %r", entry.get("Unique Dataset Identifier"), len(models), models[0])
-    name = entry.get("Dataset Name") or entry.get("Unique Dataset Identifier") or "dataset"
+                    "first, %r", entry.uid, len(models), models[0])
+    name = entry.name or entry.uid or "dataset"
     teacher = None
     if models or human:
         teacher = Teacher.model_validate({
@@ -127,10 +196,8 @@ def dpi_provenance(entry: dict[str, Any]) -> tuple[Teacher | None, Source]:
     # model_validate: url, dpi_id and license_urls are extra fields Source allows (not declared)
     source = Source.model_validate({
         "kind": "import", "name": name, "license": "; ".join(data_licenses) or None,
-        "url": entry.get("Hugging Face URL") or entry.get("Dataset URL") or None,
-        "dpi_id": entry.get("Unique Dataset Identifier"),
-        "license_urls": [lic.get("License URL") for lic in entry.get("Licenses") or []
-                         if lic.get("License URL")]})
+        "url": entry.hf_url or entry.url or None, "dpi_id": entry.uid,
+        "license_urls": [lic.url for lic in entry.licenses if lic.url]})
     return teacher, source
 
 
@@ -157,11 +224,11 @@ def import_dataset(path: str | Path, fmt: Format, out: str | Path, *, name: str 
     records = []
     for i, row in _rows(path):
         try:
-            records.append(Record.new(_PARSERS[fmt](row), provenance=prov,
-                                      meta={"import_index": i}))
+            record = Record.new(_PARSERS[fmt](row), provenance=prov, meta={"import_index": i})
         except (KeyError, TypeError, ValueError, ValidationError) as e:
-            raise UserError(f"{path}: item {i} is not a {fmt} record ({type(e).__name__}: "
-                            f"{e}); check --format") from None
+            raise UserError(f"{path}: item {i} is not a {fmt} record "
+                            f"({_why(e)}); check --format") from None
+        records.append(record)
     if not records:
         raise UserError(f"{path}: no items found; is it empty?")
     n = write_records(out, records)

@@ -149,7 +149,11 @@ def _parse(data: dict, where: str, origin: str) -> tuple[list[TermsEntry], list[
     out_e: list[TermsEntry] = []
     out_l: list[LicenseEntry] = []
     for kind, model, out in (("entry", TermsEntry, out_e), ("license", LicenseEntry, out_l)):
-        for i, raw in enumerate(data.get(kind, [])):
+        tables = data.get(kind, [])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise UserError(f"{where}: {kind} must be an array of tables, each written "
+                            f"[[{kind}]]; fix the file")
+        for i, raw in enumerate(tables):
             try:
                 out.append(model.model_validate({**raw, "origin": origin}))  # type: ignore[arg-type]
             except ValidationError as e:
@@ -167,6 +171,8 @@ def _read_toml(path: Path) -> dict:
         raise UserError(f"{path}: no such terms overrides file; check the path")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the terms file as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
 
