@@ -1,40 +1,98 @@
 """API keys: read from a flag, the environment or a file, checked in constant time.
 
-A keys file holds one key per line (blank lines and `#` comments ignored). Keys are never logged:
-the usage log names a key by its position ("key-2"), not its value.
+A keys file holds one key per line (blank lines and `#` comments ignored). A key is printable
+ASCII without spaces (what an `Authorization` header can carry); anything else, an empty key or
+file, or a file that is not UTF-8 is refused at start, naming the file and line but never the key.
+A keys file other users can read is warned about. Keys are never logged: the usage log names a key
+by its position ("key-2"), not its value.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import os
+import re
 from pathlib import Path
 
 from seed.errors import UserError
 
+log = logging.getLogger(__name__)
 
-def load_keys(api_key: str | None, keys_file: Path | None) -> list[str]:
-    """All accepted keys; an empty list means the server is open."""
-    keys = [api_key] if api_key else []
+_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+
+
+def load_keys(api_key: str | None, keys_file: Path | None,
+              environ: dict[str, str] | None = None) -> list[str]:
+    """All accepted keys; an empty list means the server is open.
+
+    An `SEED_API_KEY` that is set but empty is refused too (the command line drops it as unset):
+    a server started to need a key never runs open by a blank variable.
+    """
+    env = os.environ if environ is None else environ
+    if api_key is None and "SEED_API_KEY" in env:
+        api_key = env["SEED_API_KEY"]
+    keys = []
+    if api_key is not None:
+        if not api_key.strip():
+            raise UserError("--api-key (SEED_API_KEY) is empty; give a key, or leave both unset "
+                            "to serve without keys")
+        if not _KEY.fullmatch(api_key):
+            raise UserError("--api-key (SEED_API_KEY) holds a space or a non-ASCII character; "
+                            "a key is printable ASCII without spaces")
+        keys.append(api_key)
     if keys_file is not None:
-        if not keys_file.is_file():
-            raise UserError(f"{keys_file}: no such keys file; give one key per line")
-        lines = keys_file.read_text(encoding="utf-8").splitlines()
-        keys += [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
-        if not keys:
-            raise UserError(f"{keys_file}: the keys file holds no key; give one key per line")
+        keys += read_keys_file(keys_file)
+    return keys
+
+
+def read_keys_file(path: Path) -> list[str]:
+    """The keys in `path`, one per line; a line that cannot be a key is refused by its number."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such keys file; give one key per line")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the keys file ({e.strerror}); check its "
+                        "permissions") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise UserError(f"{path}: line 1 starts with a byte-order mark; save the keys file as "
+                        "UTF-8 without one")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {bad} is not UTF-8; a key is printable ASCII") from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if not _KEY.fullmatch(key):
+            raise UserError(f"{path}: line {number} holds a space or a non-ASCII character; "
+                            "give one key per line, printable ASCII without spaces")
+        keys.append(key)
+    if not keys:
+        raise UserError(f"{path}: the keys file holds no key; give one key per line")
+    mode = path.stat().st_mode
+    if mode & 0o004:
+        log.warning("%s: the keys file is readable by every user (mode %o); chmod 600 it",
+                    path, mode & 0o777)
     return keys
 
 
 def match_key(keys: list[str], authorization: str | None) -> str | None:
-    """The label of the key in an `Authorization: Bearer ...` header, or None if it matches none.
+    """The label of the key in an `Authorization: Bearer ...` header (the scheme in any case), or
+    None if it matches none.
 
     Every key is compared (in constant time each), so timing says nothing about which one is close.
     """
-    if not authorization or not authorization.startswith("Bearer "):
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
         return None
-    given = authorization[len("Bearer "):].strip().encode()
+    token = given.strip().encode("latin-1", "replace")
     found = None
     for i, key in enumerate(keys):
-        if hmac.compare_digest(given, key.encode()):
+        if hmac.compare_digest(token, key.encode()):
             found = f"key-{i + 1}"
     return found
