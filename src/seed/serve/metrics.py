@@ -1,7 +1,9 @@
 """Prometheus metrics for the server, rendered in the text exposition format (version 0.0.4).
 
 Counters, gauges read at scrape time, and histograms with fixed buckets: the few lines needed here
-rather than a client library. This module knows nothing about HTTP routes or the engine.
+rather than a client library. When the server has keys, /metrics needs one like /v1 does (see
+seed.serve.guard); requests refused at the edge (400 Host, 401, 413) are counted like any other.
+This module knows nothing about HTTP routes or the engine.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class ServerMetrics:
         self.requests = Counter("seed_requests_total", "Requests answered, by route and status.")
         self.prompt_tokens = Counter("seed_prompt_tokens_total", "Prompt tokens processed.")
         self.generation_tokens = Counter("seed_generation_tokens_total", "Tokens generated.")
+        self.usage_log_errors = Counter("seed_usage_log_errors_total",
+                                        "Finished requests the usage log could not record.")
         self.ttft = Histogram("seed_time_to_first_token_seconds",
                               "Time from request to the first generated token.")
         self.latency = Histogram("seed_request_latency_seconds", "Time from request to last byte.")
@@ -88,7 +92,7 @@ class ServerMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.requests, self.prompt_tokens, self.generation_tokens, self.ttft,
-                  self.latency, self.queue, self.running):
+        for m in (self.requests, self.prompt_tokens, self.generation_tokens,
+                  self.usage_log_errors, self.ttft, self.latency, self.queue, self.running):
             lines += m.render()
         return "\n".join(lines) + "\n"

@@ -1,18 +1,28 @@
 """One request's accounting: metrics when it ends, and a line in the usage log if there is one.
 
 The usage log is append-only JSONL (time, key label, route, model, status, tokens, latency); a key
-appears by its label ("key-2"), never its value.
+appears by its label ("key-2"), never its value, and the one string a client chooses (the model
+name) is cut to `MODEL_CHARS` characters. The log is checked writable at start; a write that fails
+later (disk full, the path replaced) never fails the request it records: it is counted in
+`seed_usage_log_errors_total` and warned about at most once a minute.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seed.errors import UserError
 from seed.serve.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+MODEL_CHARS = 256
+WARN_EVERY_S = 60.0
 
 
 class UsageLog:
@@ -20,13 +30,45 @@ class UsageLog:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._warned_at: float | None = None
+        self._failed_since_warning = 0
 
-    def append(self, entry: dict) -> None:
+    @classmethod
+    def open(cls, path: Path) -> UsageLog:
+        """The log at `path`, its directory made; refused in one line if it cannot be appended."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8"):
+                pass
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"serve.usage_log (--usage-log) {path}: a directory on its path is a "
+                            "file; give a file in a writable directory") from None
+        except OSError as e:
+            raise UserError(f"serve.usage_log (--usage-log) {path}: cannot append to it "
+                            f"({e.strerror or e}); give a file in a writable directory") from None
+        return cls(path)
+
+    def append(self, entry: dict) -> bool:
+        """Write `entry` as one line; False (and a warning now and then) if the write failed."""
         line = json.dumps(entry, separators=(",", ":")) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+        with self._lock:
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(line)
+                return True
+            except OSError as e:
+                self._warn(e)
+                return False
+
+    def _warn(self, error: OSError) -> None:
+        self._failed_since_warning += 1
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < WARN_EVERY_S:
+            return
+        log.warning("usage log %s: %d request(s) not written (%s); requests are still answered",
+                    self.path, self._failed_since_warning, error.strerror or error)
+        self._warned_at, self._failed_since_warning = now, 0
 
 
 @dataclass
@@ -60,9 +102,10 @@ class RequestRecord:
             m.prompt_tokens.inc(self.prompt_tokens)
         if self.completion_tokens:
             m.generation_tokens.inc(self.completion_tokens)
-        if self.usage_log is not None:
-            self.usage_log.append({
+        if self.usage_log is not None and not self.usage_log.append({
                 "time": round(time.time(), 3), "key": self.key, "route": self.route,
-                "model": self.model, "status": status, "prompt_tokens": self.prompt_tokens,
+                "model": None if self.model is None else self.model[:MODEL_CHARS],
+                "status": status, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "latency_s": round(latency, 4),
-                "ttft_s": None if self.ttft is None else round(self.ttft, 4)})
+                "ttft_s": None if self.ttft is None else round(self.ttft, 4)}):
+            m.usage_log_errors.inc()
