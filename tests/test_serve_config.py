@@ -49,7 +49,7 @@ def test_a_serve_only_recipe_serves_its_model_with_its_keys_and_log(model_dir, t
             served_models(url, "sk-wrong")
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(e["route"], e["key"], e["status"]) for e in entries] == [
-        ("/v1/chat/completions", "key-1", 200)]
+        ("/v1/chat/completions", "key-1", 200), ("/v1/models", None, 401)]
     assert KEY not in log.read_text()
 
 

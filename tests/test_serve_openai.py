@@ -21,6 +21,7 @@ from helpers.models import tiny_model
 from helpers.serve import running_server, seed_env
 
 KEY = "sk-test-serve"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPT = [{"role": "user", "content": "Hello! How can I help you today?"}]
 
 
@@ -225,7 +226,8 @@ def test_errors_map_to_the_clients_exception_types(client, server):
 
 def test_usage_log_and_metrics_count_requests_without_the_key(client, server):
     greedy(client, max_tokens=4)
-    text = httpx.get(server["url"] + "/metrics").text
+    assert httpx.get(server["url"] + "/metrics").status_code == 401  # keys are set
+    text = httpx.get(server["url"] + "/metrics", headers=AUTH).text
     route = re.escape('{route="/v1/chat/completions",status="200"}')
     done = re.search(r"seed_requests_total" + route + r" (\d+)", text)
     assert done and int(done.group(1)) >= 1
@@ -234,8 +236,9 @@ def test_usage_log_and_metrics_count_requests_without_the_key(client, server):
     assert "seed_queue_depth 0" in text and "seed_running_sequences" in text
     log = server["usage_log"].read_text()
     assert KEY not in log
-    last = json.loads(log.splitlines()[-1])
-    assert last["key"] == "key-2" and last["status"] == 200 and last["completion_tokens"] >= 1
+    *_, chat, refused = [json.loads(line) for line in log.splitlines()]
+    assert chat["key"] == "key-2" and chat["status"] == 200 and chat["completion_tokens"] >= 1
+    assert (refused["route"], refused["key"], refused["status"]) == ("/metrics", None, 401)
 
 
 def test_client_disconnect_cancels_generation(client, server):
@@ -244,7 +247,7 @@ def test_client_disconnect_cancels_generation(client, server):
     next(iter(stream))
     stream.close()
     for _ in range(100):
-        metrics = httpx.get(server["url"] + "/metrics").text
+        metrics = httpx.get(server["url"] + "/metrics", headers=AUTH).text
         if "seed_running_sequences 0" in metrics:
             break
         time.sleep(0.05)

@@ -1,8 +1,9 @@
-"""The FastAPI app: OpenAI routes, keys, errors in OpenAI's shape, metrics, and the chat page.
+"""The FastAPI app: OpenAI routes, errors in OpenAI's shape, metrics, and the chat page.
 
 Routes are the same whichever backend answers: a local model (`backend.py`, its engine in a
-second process) or an upstream OpenAI-compatible server (`upstream.py`). This module holds no
-generation logic.
+second process) or an upstream OpenAI-compatible server (`upstream.py`). Keys, the Host header and
+the body size are decided before any route runs, in one place (`guard.py`); /metrics needs a key
+when the server has keys. This module holds no generation logic.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import (
@@ -24,8 +24,9 @@ from starlette.responses import (
     StreamingResponse,
 )
 
-from seed.serve.auth import match_key
-from seed.serve.errors import APIError, unauthorized
+from seed.recipe import ServeConfig
+from seed.serve.errors import APIError
+from seed.serve.guard import Guard, allowed_hosts, key_label
 from seed.serve.metrics import ServerMetrics
 from seed.serve.openai_format import (
     ChatCompletion,
@@ -51,6 +52,7 @@ class Backend(Protocol):
                           rec: RequestRecord) -> Response: ...
     def queue_depth(self) -> int: ...
     def running(self) -> int: ...
+    def problem(self) -> str | None: ...  # why /health is a 503, or None when all is well
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -58,6 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Bad request (the message names the field)"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
+        (413, "Request body over the server's limit (serve.max_body_bytes)"),
         (429, "Queue full; retry after Retry-After seconds"),
         (503, "The model's engine process stopped; the server must be restarted")]}
 # Each server-sent event: `data` holds one JSON chunk, or `[DONE]` at the end.
@@ -66,12 +69,22 @@ _STREAM = {"text/event-stream": {"schema": {
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
 
 
-def create_app(backend: Backend, *, keys: list[str] | None = None,
-               usage_log: Path | None = None) -> FastAPI:
-    """The server for `backend`; with `keys`, every /v1 route needs one of them."""
+# Routes by name in /metrics; any other path a client sends is counted as "other".
+_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics",
+                     "/health", "/"})
+
+
+def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None = None,
+               usage_log: UsageLog | None = None) -> FastAPI:
+    """The server for `backend`; with `keys`, every path but /health, / and the docs needs one."""
     keys = keys or []
-    log = UsageLog(usage_log) if usage_log else None
     metrics = ServerMetrics(backend.queue_depth, backend.running)
+
+    def refused(path: str, status: int, key: str | None) -> None:
+        """Count a request answered before its route runs: refused at the edge, or an invalid
+        body (other HTTP errors, an unknown path on a keyless server, are not counted)."""
+        route = path if path in _ROUTES else "other"
+        RequestRecord(route=route, metrics=metrics, usage_log=usage_log, key=key).finish(status)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -83,22 +96,17 @@ def create_app(backend: Backend, *, keys: list[str] | None = None,
 
     app = FastAPI(title="Seed", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API for a Seed model.")
-
-    def key_label(request: Request) -> str | None:
-        if not keys:
-            return None
-        label = match_key(keys, request.headers.get("authorization"))
-        if label is None:
-            metrics.requests.inc(route=request.url.path, status="401")
-            raise unauthorized()
-        return label
+    app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes,
+                       hosts=allowed_hosts(config.host, config.allowed_hosts),
+                       on_refused=refused)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> Response:
         return e.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> Response:
+    async def _invalid(request: Request, e: RequestValidationError) -> Response:
+        refused(request.url.path, 400, key_label(request.scope))
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid body"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         where = ".".join(loc) or "body"
@@ -110,9 +118,9 @@ def create_app(backend: Backend, *, keys: list[str] | None = None,
         return JSONResponse(error_body(str(e.detail), code=str(e.status_code)),
                             status_code=e.status_code, headers=getattr(e, "headers", None))
 
-    async def answer(route: str, req: Any, http: Request, key: str | None, call: Any) -> Response:
-        rec = RequestRecord(route=route, metrics=metrics, usage_log=log, key=key,
-                            model=req.model)
+    async def answer(route: str, req: Any, http: Request, call: Any) -> Response:
+        rec = RequestRecord(route=route, metrics=metrics, usage_log=usage_log,
+                            key=key_label(http.scope), model=req.model)
         try:
             response = await call(req, http, rec)
         except APIError as e:
@@ -130,30 +138,28 @@ def create_app(backend: Backend, *, keys: list[str] | None = None,
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **_ERRORS, 200: {"content": _STREAM, "description": "A chat completion, or a stream of "
                          "chat.completion.chunk events when `stream` is true"}})
-    async def chat_completions(req: ChatCompletionRequest, http: Request,
-                               key: str | None = Depends(key_label)) -> Response:
-        return await answer("/v1/chat/completions", req, http, key, backend.chat)
+    async def chat_completions(req: ChatCompletionRequest, http: Request) -> Response:
+        return await answer("/v1/chat/completions", req, http, backend.chat)
 
     @app.post("/v1/completions", response_model=Completion, responses={
         **_ERRORS, 200: {"content": _STREAM, "description": "A completion, or a stream of "
                          "text_completion events when `stream` is true"}})
-    async def completions(req: CompletionRequest, http: Request,
-                          key: str | None = Depends(key_label)) -> Response:
-        return await answer("/v1/completions", req, http, key, backend.completions)
+    async def completions(req: CompletionRequest, http: Request) -> Response:
+        return await answer("/v1/completions", req, http, backend.completions)
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
-    async def models(key: str | None = Depends(key_label)) -> Response:
+    async def models() -> Response:
         return JSONResponse(await backend.models())
 
     @app.get("/health", response_model=Health, responses={503: _ERRORS[503]})
     async def health() -> Response:
-        problem = getattr(backend, "problem", lambda: None)()  # a model backend's engine process
+        problem = backend.problem()  # a model backend's engine process, or the upstream
         if problem:
             return JSONResponse(error_body(problem, "server_error", code="engine_unavailable"),
                                 status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: _ERRORS[401]})
     async def prometheus() -> Response:
         return PlainTextResponse(metrics.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -44,3 +44,19 @@ def overloaded(retry_after: int = 1) -> APIError:
     return APIError(429, "The server is at capacity (its queue is full); retry after a moment.",
                     type_="rate_limit_error", code="rate_limit_exceeded",
                     headers={"Retry-After": str(retry_after)})
+
+
+def invalid_host() -> APIError:
+    return APIError(400, "The Host header names a host this server does not answer to; use "
+                    "localhost, or add the name to serve.allowed_hosts.", code="invalid_host")
+
+
+def request_too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than this server's limit of {limit} bytes "
+                    "(serve.max_body_bytes); send a smaller one.", code="request_too_large")
+
+
+def upstream_failed(status: int, base: str, why: str, code: str) -> APIError:
+    """The upstream could not give an answer (502, 504): `why` says what happened, in a clause."""
+    return APIError(status, f"The upstream server at {base} {why}.", type_="server_error",
+                    code=code)

@@ -3,7 +3,8 @@
 Everything comes from one `ServeConfig` (seed.recipe), built by the command from a recipe's
 `[serve]` table and its flags. A model directory is served by two processes: this one (HTTP,
 tokenization, response chunks) and the engine process it spawns (`worker.py`) with the same
-config; this module makes sure the second never outlives it.
+config; this module makes sure the second never outlives it. What every request must pass first
+(Host, key, body size) is `guard.py`'s.
 """
 
 from __future__ import annotations
@@ -13,19 +14,25 @@ from typing import TYPE_CHECKING
 from seed.errors import UserError
 from seed.recipe import ServeConfig
 from seed.serve.auth import load_keys
+from seed.serve.usage import UsageLog
 
 if TYPE_CHECKING:
     from seed.serve.app import Backend
 
 
 def run_server(config: ServeConfig) -> None:
-    """Serve until interrupted. Binds 127.0.0.1 unless `config.host` says otherwise."""
+    """Serve until interrupted. Binds 127.0.0.1 unless `config.host` says otherwise.
+
+    Keys and the usage log are checked before a model loads, so a mistake in either is one line
+    at once rather than after the load.
+    """
     import uvicorn
 
     from seed.serve.app import create_app
 
-    api_key = config.api_key.get_secret_value() if config.api_key else None
+    api_key = None if config.api_key is None else config.api_key.get_secret_value()
     keys = load_keys(api_key, config.keys_file)
+    usage_log = UsageLog.open(config.usage_log) if config.usage_log else None
     if (config.model is None) == (config.upstream is None):
         raise UserError("give either a model directory or --upstream URL (serve.model or "
                         "serve.upstream in a recipe), one of them")
@@ -33,13 +40,13 @@ def run_server(config: ServeConfig) -> None:
     if config.upstream is not None:
         from seed.serve.upstream import UpstreamBackend
 
-        backend = UpstreamBackend(config.upstream)
+        backend = UpstreamBackend(config.upstream, timeout=config.upstream_timeout)
     else:
         from seed.serve.backend import LocalBackend
 
         backend = LocalBackend(config)
     try:  # a model backend owns an engine process: stopped however uvicorn ends
-        app = create_app(backend, keys=keys, usage_log=config.usage_log)
+        app = create_app(backend, config, keys=keys, usage_log=usage_log)
         print(f"seed serve: {backend.model_name} on http://{config.host}:{config.port} "
               f"({'keys required' if keys else 'no keys'})", flush=True)
         # A long keep-alive: clients (openai, httpx) reuse idle connections, and one the server
