@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import openai
 import pytest
@@ -112,3 +113,23 @@ def test_the_api_key_stays_out_of_reprs_and_dumps_but_reaches_the_engine_process
     copy = pickle.loads(pickle.dumps(config))  # how the spawned engine process receives it
     assert copy.api_key is not None and copy.api_key.get_secret_value() == "sk-secret-value"
     assert (copy.model, copy.max_running, copy.port) == (tmp_path, 3, 8000)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"max_running": 5000}, "serve.max_running: input should be less than or equal to 4096"),
+    ({"max_queue": -1}, "serve.max_queue: input should be greater than or equal to 0"),
+    ({"max_body_bytes": 0}, "serve.max_body_bytes: input should be greater than 0"),
+    ({"upstream_timeout": 0}, "serve.upstream_timeout: input should be greater than 0"),
+    ({"allowed_hosts": ["http://seed.internal:80"]},
+     "serve.allowed_hosts: 'http://seed.internal:80' is not a host name"),
+], ids=["max-running", "max-queue", "max-body-bytes", "upstream-timeout", "allowed-hosts"])
+def test_serve_settings_that_cannot_work_are_refused_naming_the_limit(tmp_path, table, message):
+    recipe = write_recipe(tmp_path / "serve.toml", {"serve": {"model": tmp_path, **table}})
+    with pytest.raises(UserError, match=re.escape(f"{recipe}: {message}")):
+        load_serve_config(recipe, {})
+
+
+def test_allowed_hosts_are_kept_lowercase(tmp_path):
+    recipe = write_recipe(tmp_path / "serve.toml", {"serve": {
+        "model": tmp_path, "allowed_hosts": ["Seed.Internal", "[fd00::1]"]}})
+    assert load_serve_config(recipe, {}).allowed_hosts == ["seed.internal", "[fd00::1]"]
