@@ -36,6 +36,7 @@ FILES: dict[str, str | bytes] = {
     "under_file.toml": f'name = "x"\nruns_dir = "plain_file/runs"\n{TASKS}',
     "good.toml": f'name = "kept"\n{TASKS}',
     "plain_file": "not a directory\n",
+    "binary.jsonl": bytes(range(256)) * 4,
     "alpaca.json": json.dumps(ALPACA),
     "latin1.json": '[{"instruction": "caf\xe9", "output": "x"}]'.encode("latin-1"),
     "dpi_string.json": dpi(**{"Model Generated": "OpenAI GPT-4"}),
@@ -66,6 +67,9 @@ CASES = {
     "DPI Model Generated a string": (
         ["import", "alpaca.json", "--format", "alpaca", "--out", "i.jsonl", "--dpi",
          "dpi_string.json"], ["dpi_string.json", "'ds'", '["Model Generated"]', "is str"]),
+    "a directory as the recipe": (["run", "runs"], ["runs", "is a directory"]),
+    "a binary file as records": (["check", "binary.jsonl"], ["binary.jsonl:1",
+                                                          "not a valid record"]),
     "terms entry as a table": (["check", "records.jsonl", "--terms", "terms_table.toml"],
                                ["terms_table.toml", "[[entry]]"]),
 }
