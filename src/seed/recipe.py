@@ -7,18 +7,21 @@ optional where a stage can be left out; their defaults are the values the quicks
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from seed.errors import UserError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are valid TOML floats, and no setting of Seed's means anything with them
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TaskSpec(Strict):
@@ -84,15 +87,21 @@ class EvolInstructConfig(Strict):
     keep_original: bool = True
 
 
+# Requests in flight at most: each is a coroutine and a pooled connection, and past this many a
+# machine runs out of sockets before any teacher's rate limit is the bound.
+MAX_CONCURRENCY = 10_000
+DAY = 86_400.0  # seconds: the longest wait (a timeout, a backoff) that is not a mistake
+
+
 class LimitsConfig(Strict):
-    concurrency: int = Field(32, gt=0)
+    concurrency: int = Field(32, gt=0, le=MAX_CONCURRENCY)
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     max_attempts: int = Field(6, gt=0)
-    timeout: float = Field(120.0, gt=0)
+    timeout: float = Field(120.0, gt=0, le=DAY)
     retry_on_length: bool = False
-    backoff_base: float = Field(1.0, gt=0)  # seconds before the first retry; doubles each time
-    backoff_max: float = Field(60.0, gt=0)
+    backoff_base: float = Field(1.0, gt=0, le=DAY)  # seconds before the first retry; doubles
+    backoff_max: float = Field(60.0, gt=0, le=DAY)
 
 
 class FiltersConfig(Strict):
@@ -114,7 +123,7 @@ class GenerateConfig(Strict):
     self_instruct: SelfInstructConfig | None = None
     evol_instruct: EvolInstructConfig | None = None
     turns: int = Field(1, gt=0)  # user turns per conversation; the teacher writes follow-ups
-    samples: int = Field(1, gt=0)  # answers per prompt (`n`)
+    samples: int = Field(1, gt=0, le=128)  # answers per prompt (`n`; OpenAI's limit is 128)
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, logprobs, ...
     response_schema: dict[str, Any] | None = None  # JSON schema the answer must satisfy
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -126,6 +135,42 @@ class GenerateConfig(Strict):
     # Evaluation items come from a seed this far from the training seed (reasoning-gym builds item
     # i from Random(seed + i), so nearby seeds share items); overlapping questions are dropped too.
     eval_seed_offset: int = 1_000_000_007
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, prices: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for model, pair in prices.items():
+            if min(pair) < 0:  # a negative price would let a budget grow forever
+                raise PydanticCustomError("price", "{model}: prices are dollars per million "
+                                          "tokens, 0 or more", {"model": repr(model)})
+        return prices
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters Seed itself reads have the types it reads them as; others go to the
+        teacher as they are, and it answers for them."""
+        if "n" in params:
+            raise PydanticCustomError("params_n", "n: set generate.samples instead")
+        for key, (types, least) in _PARAM_TYPES.items():
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) != (types is bool)
+                                      or not isinstance(value, types)
+                                      or (least is not None and value < least)):
+                raise PydanticCustomError("param_type", "{key}: {value} is not {what}",
+                                          {"key": key, "value": repr(value),
+                                           "what": _PARAM_WHAT[key]})
+        return params
+
+
+# generate.params that Seed reads (to pace and count requests): their types and least values.
+_PARAM_TYPES: dict[str, tuple[Any, float | None]] = {
+    "max_tokens": (int, 1), "max_completion_tokens": (int, 1), "logprobs": (bool, None),
+    "top_logprobs": (int, 0), "temperature": ((int, float), 0)}
+_PARAM_WHAT = {"max_tokens": "a whole number of tokens, 1 or more",
+               "max_completion_tokens": "a whole number of tokens, 1 or more",
+               "logprobs": "true or false", "top_logprobs": "a whole number, 0 or more",
+               "temperature": "a number, 0 or more"}
 
 
 class StudentConfig(Strict):
@@ -183,7 +228,7 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(200, gt=0)
     log_every: int = Field(10, gt=0)
-    threads: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, gt=0, le=4096)  # 4096 ran (slowly); 100000 aborted
     lora: LoraSettings | None = None
     distill: DistillSettings = Field(default_factory=DistillSettings)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
@@ -210,10 +255,10 @@ class JudgeConfig(Strict):
     json_schema: bool = True  # send response_format with a JSON schema (constrained decoding)
     max_tokens: int = Field(512, gt=0)  # the judge's reply
     answer_max_tokens: int = Field(256, gt=0)  # the student's and the baseline's answers
-    concurrency: int = Field(8, gt=0)  # judge and baseline requests in flight
+    concurrency: int = Field(8, gt=0, le=MAX_CONCURRENCY)  # judge and baseline requests in flight
     requests_per_minute: float | None = Field(None, gt=0)
     max_attempts: int = Field(6, gt=0)
-    timeout: float = Field(120.0, gt=0)  # seconds per request
+    timeout: float = Field(120.0, gt=0, le=DAY)  # seconds per request
 
 
 class EvalConfig(Strict):
@@ -248,27 +293,57 @@ class ServeConfig(Strict):
     api_key: SecretStr | None = Field(None, exclude=True)  # --api-key or SEED_API_KEY only
     keys_file: Path | None = None  # accepted keys, one per line
     usage_log: Path | None = None  # one JSON line per request (a key by its label, never its value)
-    max_running: int = Field(32, gt=0)  # sequences in one batch
+    # Host names a loopback-bound server also answers to (localhost, 127.0.0.1 and [::1] always
+    # do); any other Host header is refused, so a web page cannot reach it by DNS rebinding.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # The largest request body read (seed.serve.guard says why 8 MiB); 1 GiB of JSON never parses.
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, le=1024 ** 3)
+    upstream_timeout: float = Field(600.0, gt=0)  # seconds an upstream may take to answer
+    max_running: int = Field(32, gt=0, le=4096)  # sequences in one batch
     max_queue: int = Field(256, ge=0)  # waiting sequences before a 429
     max_prefill_tokens: int = Field(2048, gt=0)  # prompt tokens prefilled per engine step
     threads: int | None = Field(None, gt=0)  # CPU threads for the model; default: torch's choice
     device: str | None = None  # default: cuda when there is one, else cpu
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on a GPU, else float32
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not _HOST_NAME.fullmatch(host):
+                raise PydanticCustomError("host_name", "'{host}' is not a host name; give names "
+                                          "like seed.internal or [fd00::1], without a scheme or "
+                                          "port", {"host": host})
+        return [h.lower() for h in hosts]
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+MAX_SEED = 2**32 - 1  # what every seeded generator takes (numpy's range; torch's is wider)
 
 NO_KEYS_IN_RECIPES = ("keep keys out of recipes: list them in the file serve.keys_file names, or "
                       "pass --api-key (SEED_API_KEY)")
 
 
 class Recipe(Strict):
-    name: str
-    seed: int = 0
+    name: str  # the run directory's name: runs_dir/<name>
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     runs_dir: str = "runs"
     generate: GenerateConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig | None = None  # `seed serve --recipe` reads only this table
+
+    @field_validator("name")
+    @classmethod
+    def _one_directory_name(cls, name: str) -> str:
+        # The run is written to runs_dir/<name>: a path there would write somewhere else.
+        if name.strip() in ("", ".") or any(bad in name for bad in ("/", "\\", "..", "\0")):
+            raise PydanticCustomError("run_name", "{name} is not a plain directory name (no "
+                                      "'/', '\\' or '..'); it names the run directory "
+                                      "runs_dir/<name>", {"name": repr(name)})
+        return name
 
     @field_validator("serve", mode="before")
     @classmethod
@@ -319,17 +394,23 @@ def _describe(err: Mapping[str, Any]) -> str:
         return f"{where}: unknown key"
     if err["type"] == "missing":
         return f"{where}: missing key"
-    return f"{where}: {err['msg'].lower()}"
+    msg = err["msg"]  # pydantic's messages start with a capital; the values in them are kept
+    return f"{where}: {msg[:1].lower()}{msg[1:]}"
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
     """A recipe file's tables and its text; a missing file or bad TOML is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give the recipe's TOML file")
     if not path.is_file():
         raise UserError(f"{path}: no such recipe file; check the path")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         return tomllib.loads(text), text
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8 "
+                        "TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
 
