@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from helpers.cli import cli_env, run_cli, torchrun
@@ -44,9 +45,9 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path:
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
-    state = torch.load(next((tmp_path / "two").glob("checkpoints/*/state.pt")), weights_only=False)
-    assert {k: v.shape for k, v in state["model"].items()} == {
-        k: v.shape for k, v in w1.items() if k in state["model"]}
+    saved = load_file(next((tmp_path / "two").glob("checkpoints/*/model.safetensors")))
+    assert {k: v.shape for k, v in saved.items()} == {
+        k: v.shape for k, v in w1.items() if k in saved}
     # A rerun without the final model resumes the sharded run from that checkpoint, the same way.
     shutil.rmtree(tmp_path / "two" / "model")
     (tmp_path / "two" / "summary.json").unlink()

@@ -28,7 +28,7 @@ from seed.errors import UserError
 from seed.train.data import Example
 from seed.train.layout import Layout, ModeInputs, Rows, logits, packed_rows, shuffled, token_count
 from seed.train.losses import logit_kd_loss, sft_loss, topk_kd_loss
-from seed.train.models import load_student
+from seed.train.models import first_line, load_student
 
 
 @dataclass
@@ -174,11 +174,16 @@ def online_teacher(inputs: ModeInputs) -> PreTrainedModel:
     if not path:
         raise UserError("train.mode = 'online_kd' needs train.distill.teacher, a local model "
                         "directory that shares the student's tokenizer")
-    teacher_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    teacher = load_student(path, "train.distill.teacher")
+    try:
+        teacher_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"train.distill.teacher = {path!r}: its tokenizer does not load "
+                        f"({first_line(e)}); save the tokenizer with the model") from None
     if teacher_tok.get_vocab() != inputs.tokenizer.get_vocab():
         raise UserError(f"train.distill.teacher = {path}: its tokenizer differs from the "
                         "student's; online distillation needs the same vocabulary")
-    teacher = inputs.runtime.place(load_student(path))
+    teacher = inputs.runtime.place(teacher)
     return teacher.eval().requires_grad_(False)
 
 

@@ -19,6 +19,7 @@ records came from or how models are graded.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -31,24 +32,30 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
 from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
 from seed.train import checkpoints
-from seed.train.data import TEMPLATE_SETTING
 from seed.train.layout import Layout, ModeInputs, Rows, num_rows
+from seed.train.limits import check_fits
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
-from seed.train.models import build_student, count_params, load_student, student_config
+from seed.train.models import (
+    build_student,
+    count_params,
+    load_student,
+    student_config,
+    student_shape,
+)
 from seed.train.modes import build_layout
 from seed.train.optim import make_optimizer
 from seed.train.runtime import Runtime
 from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import flops_per_token, mfu, peak_flops
-from seed.train.tokenizer import train_tokenizer
+from seed.train.tokenizer import load_saved_tokenizer, train_tokenizer
 
 Scheduler = torch.optim.lr_scheduler.LambdaLR
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +76,7 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     """
     records, out_dir, console = Path(records), Path(out_dir), console or Console()
     runtime = Runtime.start(config)
+    check_fits(config, student_shape(config.student), runtime)
     finished = open_run(records, out_dir, config, seed, runtime)
     if finished is not None:
         return finished
@@ -136,9 +144,10 @@ def load_or_build_student(out_dir: Path, records: list[Record], config: TrainCon
     initial = out_dir / "initial"
     if not (initial / "config.json").is_file():
         if config.student.checkpoint:
-            model = load_student(config.student.checkpoint)
-            tokenizer = load_tokenizer(config.student.checkpoint, config.student.chat_template,
-                                       template_setting=TEMPLATE_SETTING)
+            model = load_student(config.student.checkpoint, "train.student.checkpoint")
+            tokenizer = load_saved_tokenizer(config.student.checkpoint,
+                                             config.student.chat_template,
+                                             "train.student.checkpoint")
         else:
             tokenizer = train_tokenizer((m["content"] for r in records for m in r.chat()),
                                         config.tokenizer.kind, config.tokenizer.vocab_size)
@@ -148,8 +157,10 @@ def load_or_build_student(out_dir: Path, records: list[Record], config: TrainCon
         if runtime.is_main:
             checkpoints.save_model(initial, model, tokenizer)
     runtime.barrier()
-    tokenizer = load_tokenizer(initial, template_setting=TEMPLATE_SETTING)
-    model = load_student(initial, **(quantized_load_kwargs(config.lora) if config.lora else {}))
+    rebuild = f"delete {initial} and run again to rebuild it"
+    tokenizer = load_saved_tokenizer(initial)
+    model = load_student(initial, fix=rebuild,
+                         **(quantized_load_kwargs(config.lora) if config.lora else {}))
     return model, tokenizer
 
 
@@ -173,24 +184,48 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig,
 def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Scheduler, config: TrainConfig, runtime: Runtime,
            console: Console) -> Counters:
-    """Load the newest checkpoint into model, optimizer, schedule and RNG; its counters."""
-    found = checkpoints.checkpoints(out_dir)
-    counters = Counters()
-    if found:
-        state = checkpoints.load_checkpoint(found[-1], runtime.device)
-        if runtime.sharded:
-            load_full_state(model, optimizer, state["model"], state["optimizer"])
-        else:
-            model.load_state_dict(state["model"], strict=not config.lora)
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        counters = Counters(state["step"], state["tokens"], state["elapsed_s"])
-        if runtime.is_main:
-            console.print(f"resuming from step {counters.step} ({found[-1].name})")
+    """Load the newest checkpoint that loads into model, optimizer, schedule and RNG; its counters.
+
+    One that does not load is reported in one warning line and set aside as `step-N.corrupt`, and
+    the one before it is tried; when none loads the run starts from step 0 (the set-aside ones are
+    kept). Every rank reads the same files, so all pick the same checkpoint.
+    """
+    expected = {k: v.shape for k, v in trainable_state(model, config.lora is not None).items()}
+    counters, bad, resumed = Counters(), [], None
+    for path in reversed(checkpoints.checkpoints(out_dir)):
+        try:
+            checkpoint = checkpoints.load_checkpoint(path, runtime.device, expected)
+        except checkpoints.BadCheckpoint as e:
+            bad.append((path, str(e)))
+            continue
+        load_state(checkpoint, model, optimizer, scheduler, config, runtime)
+        counters, resumed = Counters(**checkpoint.counters), path
+        break
+    runtime.barrier()  # every rank has read the checkpoints before any is renamed
     if runtime.is_main:
+        for path, why in bad:
+            kept = checkpoints.set_aside(path)
+            log.warning("checkpoint %s does not load (%s); kept as %s", path, why, kept.name)
+        if resumed is not None:
+            console.print(f"resuming from step {counters.step} ({resumed.name})")
+        elif bad:
+            log.warning("no checkpoint in %s loads; training starts from step 0",
+                        out_dir / "checkpoints")
         checkpoints.keep_metrics_until(out_dir / "metrics.jsonl", counters.step)
     return counters
+
+
+def load_state(checkpoint: checkpoints.Checkpoint, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, scheduler: Scheduler, config: TrainConfig,
+               runtime: Runtime) -> None:
+    """Put a checkpoint's weights, optimizer state, schedule and RNG in place."""
+    if runtime.sharded:
+        load_full_state(model, optimizer, checkpoint.model, checkpoint.optimizer)
+    else:
+        model.load_state_dict(checkpoint.model, strict=not config.lora)
+        optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    torch.set_rng_state(checkpoint.rng)
 
 
 def wrap_model(model: torch.nn.Module, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
@@ -357,9 +392,9 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         full_state(model, optimizer) if runtime.sharded
         else (trainable_state(model, config.lora is not None), optimizer.state_dict()))
     if runtime.is_main:
-        checkpoints.save_checkpoint(out_dir, {
-            **asdict(counters), "model": model_state, "optimizer": optimizer_state,
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
+        checkpoints.save_checkpoint(out_dir, checkpoints.Checkpoint(
+            model_state, optimizer_state, scheduler.state_dict(), torch.get_rng_state(),
+            asdict(counters)))
 
 
 def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,

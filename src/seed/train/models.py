@@ -7,14 +7,23 @@ This module builds and loads models; it knows nothing about data or the training
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 from seed.errors import UserError
 from seed.quiet import quiet_progress_bars
+from seed.recipe import StudentConfig
 
 # hidden size, layers, attention heads, MLP width; names grow by roughly 4x in parameters.
 SIZES: dict[str, dict[str, int]] = {
@@ -52,6 +61,44 @@ def student_config(size: str, vocab_size: int, max_positions: int, pad_token_id:
     )
 
 
+@dataclass(frozen=True)
+class StudentShape:
+    """What bounds a student's memory and input, read before any weights are loaded."""
+
+    hidden_size: int
+    layers: int
+    vocab_size: int | None  # None: a student built from scratch (its tokenizer is not trained yet)
+    context: int | None  # max_position_embeddings of a checkpoint; None: built to fit seq_len
+
+
+def student_shape(student: StudentConfig) -> StudentShape:
+    """The shape of the student `train.student` names: a size, or a checkpoint's config.json."""
+    if not student.checkpoint:
+        if student.size not in SIZES:
+            raise UserError(f"train.student.size = {student.size!r}: use one of "
+                            f"{', '.join(SIZES)}")
+        shape = SIZES[student.size]
+        return StudentShape(shape["hidden_size"], shape["num_hidden_layers"], None, None)
+    path = Path(student.checkpoint)
+    if not (path / "config.json").is_file():
+        raise UserError(f"train.student.checkpoint = {str(path)!r}: not a model directory (no "
+                        "config.json); check the path")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (*LOAD_ERRORS, TypeError) as e:
+        raise UserError(f"train.student.checkpoint = {str(path)!r}: its config.json does not "
+                        f"load ({first_line(e)}); point it at a transformers model directory"
+                        ) from None
+    text = getattr(config, "text_config", None) or config
+
+    def number(name: str) -> int | None:
+        value = getattr(text, name, None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    return StudentShape(number("hidden_size") or 1, number("num_hidden_layers") or 1,
+                        number("vocab_size"), number("max_position_embeddings"))
+
+
 def build_student(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
     """A randomly initialised student; the same seed gives the same weights."""
     torch.manual_seed(seed)
@@ -61,15 +108,35 @@ def build_student(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
     return model
 
 
-def load_student(path: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """A causal LM from a local model directory: a checkpoint or a trained student."""
+# What transformers and safetensors raise for a directory whose files are missing or damaged.
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+
+
+def load_student(path: str | Path, setting: str | None = None,
+                 fix: str = "point it at a saved transformers model", **kwargs: Any
+                 ) -> PreTrainedModel:
+    """A causal LM from a local model directory: a checkpoint or a trained student.
+
+    A directory that does not load is a UserError naming `setting` (the recipe key that gave the
+    path, if any) and what to do (`fix`).
+    """
     path = Path(path)
+    where = f"{setting} = {str(path)!r}" if setting else str(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a model directory (no config.json); check the path")
-    with quiet_progress_bars():
-        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                                      **kwargs)
+        raise UserError(f"{where}: not a model directory (no config.json); check the path")
+    try:
+        with quiet_progress_bars():
+            model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, **kwargs)
+    except LOAD_ERRORS as e:
+        raise UserError(f"{where}: the model does not load ({first_line(e)}); {fix}") from None
     return model
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (library messages run to paragraphs)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def count_params(model: torch.nn.Module) -> int:

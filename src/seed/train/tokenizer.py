@@ -6,17 +6,22 @@ and `chars` (one token per byte, no merges). All share the special tokens of the
 below; `<|end|>` closes every turn and is the eos token, so generation stops after an assistant
 turn.
 This module knows nothing about models or training; it only turns text into ids and back. A saved
-tokenizer (ours or a checkpoint's) is loaded with `seed.endpoints.local.load_tokenizer`.
+tokenizer (ours or a checkpoint's) is loaded with `seed.endpoints.local.load_tokenizer`, through
+`load_saved_tokenizer`, which turns a directory whose tokenizer does not load into a UserError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from seed.endpoints.local import load_tokenizer
 from seed.errors import UserError
+from seed.train.data import TEMPLATE_SETTING
+from seed.train.models import first_line
 
 PAD, END = "<|pad|>", "<|end|>"
 ROLES = ("system", "user", "assistant", "tool")
@@ -62,3 +67,16 @@ def train_tokenizer(texts: Iterable[str], kind: str = "digits",
                                       additional_special_tokens=SPECIAL_TOKENS[2:])
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
+
+
+def load_saved_tokenizer(path: str | Path, template: str | None = None,
+                         setting: str | None = None) -> PreTrainedTokenizerBase:
+    """A saved tokenizer with its chat template (`load_tokenizer`); one that does not load is a
+    UserError naming `setting`, the recipe key that gave the directory, if any."""
+    try:
+        return load_tokenizer(path, template, template_setting=TEMPLATE_SETTING)
+    except (OSError, ValueError, KeyError) as e:
+        where = f"{setting} = {str(path)!r}" if setting else str(path)
+        raise UserError(f"{where}: its tokenizer does not load ({first_line(e)}); the directory "
+                        "needs the "
+                        "tokenizer files saved with the model (tokenizer.json, ...)") from None
