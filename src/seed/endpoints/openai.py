@@ -223,7 +223,11 @@ class OpenAIEndpoint(EndpointDefaults):
         max_connections: int = 256,
         what: str = "generate.teacher",
     ) -> None:
-        parsed = urlparse(base_url)
+        try:
+            parsed = urlparse(base_url)
+            parsed.port  # noqa: B018  # a port that is not a number raises here, not mid-run
+        except ValueError:  # an unclosed [IPv6 address, a port out of range
+            parsed = urlparse("")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise UserError(f"{what}.base_url = {base_url!r} is not an http(s) URL; "
                             "give one like https://api.openai.com/v1")
