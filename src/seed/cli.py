@@ -312,6 +312,13 @@ def serve(
                                                "there is one, else cpu).")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto (bfloat16 on a GPU, else float32), "
                                               "float32 or bfloat16.")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(
+        help="Largest request body read; a larger one is a 413 (default 8 MiB).")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="A Host name a loopback-bound server also answers to (repeatable; localhost, "
+        "127.0.0.1 and [::1] always do).")] = None,
+    upstream_timeout: Annotated[float | None, typer.Option(
+        help="Seconds an upstream may take to answer (default 600).")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
     from seed.recipe import load_serve_config
@@ -321,7 +328,9 @@ def serve(
         "model": model, "upstream": upstream, "host": host, "port": port, "api_key": api_key,
         "keys_file": keys_file, "model_name": model_name, "max_running": max_running,
         "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens,
-        "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype}))
+        "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype,
+        "max_body_bytes": max_body_bytes, "allowed_hosts": allowed_host or None,
+        "upstream_timeout": upstream_timeout}))
 
 
 def main() -> None:

@@ -453,5 +453,6 @@ def _source(loc: tuple[int | str, ...], flags: dict[str, Any], recipe: str | Pat
     """Where a serve setting came from: its flag, or `serve.<key>` in the recipe."""
     key = str(loc[0]) if loc else ""
     if key in flags:
-        return "MODEL" if key == "model" else "--" + key.replace("_", "-")
+        flag = {"model": "MODEL", "allowed_hosts": "--allowed-host"}.get(key)
+        return flag or "--" + key.replace("_", "-")
     return f"{recipe}: serve.{key}" if key else f"{recipe}: [serve]"
