@@ -1,4 +1,5 @@
-"""The JSONL reader for files that are not records: its one torn-line rule, gzip, line numbers."""
+"""JSONL files: the reader's one torn-line rule, gzip, line numbers, and appending after a last line
+without its newline."""
 
 import gzip
 import json
@@ -7,7 +8,7 @@ import logging
 import pytest
 
 from seed.errors import UserError
-from seed.files import load_jsonl, read_jsonl
+from seed.files import append_jsonl, jsonl_lines, load_jsonl, read_jsonl, seal_jsonl
 
 
 def test_values_come_with_their_line_numbers_and_blank_lines_are_skipped(tmp_path):
@@ -68,3 +69,43 @@ def test_a_gzipped_file_is_read_the_same(tmp_path):
 def test_a_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"nope\.jsonl: no such file; check the path"):
         load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_raw_lines_follow_the_same_rule_for_readers_that_parse_their_own_way(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": 2}\n{"a": 3, "b"')
+    assert list(jsonl_lines(path)) == [(1, b'{"a": 1}\n'), (3, b'{"a": 2}\n')]
+    path.write_bytes(b'{"a": 1}\n{"a": 2}')
+    assert list(jsonl_lines(path)) == [(1, b'{"a": 1}\n'), (2, b'{"a": 2}')]
+
+
+def test_sealing_gives_a_valid_last_line_its_newline_and_cuts_a_torn_one(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}')
+    assert seal_jsonl(path) == 0
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    assert seal_jsonl(path) == 0  # already at a line boundary: unchanged
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_text('{"a": 1}\n{"a": "t\u00e9')
+    assert seal_jsonl(path) == len('{"a": "t\u00e9'.encode())
+    assert path.read_text() == '{"a": 1}\n'
+    path.write_text('{"a": "only a torn line')
+    assert seal_jsonl(path) == len('{"a": "only a torn line')
+    assert path.read_bytes() == b""
+
+
+def test_sealing_leaves_a_missing_or_empty_file_as_it_is(tmp_path):
+    assert seal_jsonl(tmp_path / "none.jsonl") == 0
+    assert not (tmp_path / "none.jsonl").exists()
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert seal_jsonl(tmp_path / "empty.jsonl") == 0
+    assert (tmp_path / "empty.jsonl").read_bytes() == b""
+
+
+def test_appending_puts_each_value_on_a_line_of_its_own(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, [{"n": 1}])
+    path.write_text(path.read_text() + '{"n": 2}')  # ended by hand, without a newline
+    append_jsonl(path, [{"n": 3}, {"n": "\u00e9"}])
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        '{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": "\u00e9"}']
