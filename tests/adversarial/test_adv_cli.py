@@ -44,6 +44,10 @@ FILES: dict[str, str | bytes] = {
     "records.jsonl": json.dumps({"id": "a", "messages": [
         {"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]}) + "\n",
     "runs/kept/manifest.json": "{not json",
+    "empty.jsonl": "",
+    "preference_word.json": json.dumps([{"instruction": "a", "output_1": "b", "output_2": "c",
+                                         "preference": "left"}]),
+    "one_verdict.jsonl": json.dumps({"verdicts": [1], "model": "m", "baseline": "b"}) + "\n",
 }
 
 CASES = {
@@ -72,6 +76,11 @@ CASES = {
                                                           "not a valid record"]),
     "terms entry as a table": (["check", "records.jsonl", "--terms", "terms_table.toml"],
                                ["terms_table.toml", "[[entry]]"]),
+    "no judgments to count": (["stats", "empty.jsonl"], ["empty.jsonl", "holds no judgments"]),
+    "a preference that is a word": (["stats", "preference_word.json"],
+                                    ["preference_word.json: item 0", "'left'"]),
+    "one verdict where two belong": (["stats", "one_verdict.jsonl"],
+                                     ["one_verdict.jsonl:1", "not a Seed judgment line"]),
 }
 
 

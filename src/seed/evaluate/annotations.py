@@ -93,8 +93,13 @@ def load_annotations(path: str | Path) -> AnnotationSet:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); "
                             "pass an AlpacaEval annotations.json") from e
-        return _from_alpaca_eval(path, items)
-    return _from_seed_lines(path)
+        found = _from_alpaca_eval(path, items)
+    else:
+        found = _from_seed_lines(path)
+    if not found.rows and not found.unparseable:
+        raise UserError(f"{path}: holds no judgments; pass a judgments.jsonl written by `seed "
+                        "judge` or an AlpacaEval annotations.json")
+    return found
 
 
 def _from_alpaca_eval(path: Path, items: list[Any]) -> AnnotationSet:
@@ -104,7 +109,12 @@ def _from_alpaca_eval(path: Path, items: list[Any]) -> AnnotationSet:
         if not isinstance(item, dict) or any(k not in item for k in need):
             raise UserError(f"{path}: item {n} lacks one of {', '.join(need)}; "
                             "pass an AlpacaEval annotations.json")
-        pref = _alpaca_preference(item["preference"])
+        try:
+            pref = _alpaca_preference(item["preference"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: item {n}: preference {item['preference']!r} is not a "
+                            "number in [1, 2], 0 or null; pass an AlpacaEval annotations.json"
+                            ) from None
         models.add(item.get("generator_2", "model"))
         baselines.add(item.get("generator_1", "baseline"))
         if pref is None:
@@ -134,10 +144,10 @@ def _from_seed_lines(path: Path) -> AnnotationSet:
             verdicts = item["verdicts"]
             models.add(item["model"])
             baselines.add(item["baseline"])
+            pref = combine_verdicts(*verdicts)
         except (KeyError, TypeError) as e:
             raise UserError(f"{path}:{lineno}: not a Seed judgment line ({e}); pass a "
                             "judgments.jsonl written by `seed judge` or `seed run`") from e
-        pref = combine_verdicts(*verdicts)
         if pref is None:
             dropped += 1
             continue
