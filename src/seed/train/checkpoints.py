@@ -5,7 +5,7 @@ of them), metrics.jsonl, model/ (the final student), summary.json, and inputs.js
 fingerprint of the config, seed and records that produced them. Outputs of other inputs are
 removed before a run starts, never resumed from. Every directory is written under a temporary name,
 fsynced and renamed into place, so a kill or a power cut at any moment leaves the old one or the
-new one.
+new one; one that cannot be written (a full disk) is a UserError, its partial copy removed.
 
 A checkpoint is three files, and loading one executes no code from them:
 - model.safetensors: the trained weights (a tensor tied to another is stored once);
@@ -26,12 +26,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -81,9 +83,15 @@ def save_dir_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    fsync_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        fsync_tree(tmp)
+    except OSError as e:  # a full disk or a directory made read-only under a running job
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{path}: cannot be written ({e.strerror or e}); free space or fix the "
+                        "permissions and run again (training resumes from its last checkpoint)"
+                        ) from None
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -93,10 +101,52 @@ def save_dir_atomic(path: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def safetensors_io() -> Iterator[None]:
+    """safetensors' failed writes (a full disk) as the OSError they are."""
+    try:
+        yield
+    except SafetensorError as e:
+        if "I/O error" not in str(e):
+            raise
+        raise OSError(str(e)) from None
+
+
+class _Recorder:
+    """A file torch.save writes through; it keeps the OSError that torch reports as RuntimeError."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def torch_save(value: Any, path: Path) -> None:
+    """`torch.save(value)` into `path`; a failed write is the OSError, not torch's RuntimeError."""
+    with path.open("wb") as f:
+        recorder = _Recorder(f)
+        try:
+            torch.save(value, cast(BinaryIO, recorder))  # it calls only write and flush
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
+
+
 def save_model(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """`save_pretrained` of the model and its tokenizer into `path`, atomically."""
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        with safetensors_io():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     with quiet_progress_bars():  # transformers draws a bar per saved shard
@@ -149,8 +199,9 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
 
 def _write(tmp: Path, checkpoint: Checkpoint) -> None:
     tensors, aliases = _untie(checkpoint.model)
-    save_file(tensors, tmp / WEIGHTS)
-    torch.save(checkpoint.optimizer, tmp / OPTIMIZER)
+    with safetensors_io():
+        save_file(tensors, tmp / WEIGHTS)
+    torch_save(checkpoint.optimizer, tmp / OPTIMIZER)
     body = {"counters": checkpoint.counters, "scheduler": checkpoint.scheduler,
             "rng": base64.b64encode(checkpoint.rng.cpu().numpy().tobytes()).decode("ascii"),
             "aliases": aliases,

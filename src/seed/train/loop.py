@@ -107,7 +107,11 @@ def open_run(records: Path, out_dir: Path, config: TrainConfig, seed: int,
              runtime: Runtime) -> dict[str, Any] | None:
     """Clear outputs of other inputs; the summary if this run already finished, else None."""
     if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{out_dir}: cannot be made ({e.strerror}); give a directory you "
+                            "can write to") from None
         checkpoints.start_fresh_if_changed(out_dir, checkpoints.fingerprint(records, config, seed))
     runtime.barrier()
     summary = out_dir / "summary.json"
