@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,73 @@ def test_a_continued_piece_near_the_context_end_next_to_a_longer_one() -> None:
         want_short = model(torch.tensor([short])).logits[0, -1]
     torch.testing.assert_close(logits[0], want_long, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits[1], want_short, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("limit, value", [("max_running", 0), ("max_waiting", -1),
+                                          ("max_prefill_tokens", 0)])
+def test_limits_no_engine_can_run_with_are_refused_when_it_is_built(limit: str, value: int,
+                                                                    tokenizer) -> None:
+    with pytest.raises(ValueError, match=f"{limit} must be at least .* \\(got {value}\\)"):
+        Engine(_model("qwen2"), tokenizer, eos_ids={2}, **{limit: value})
+
+
+def _collecting_engine(tokenizer, **kw) -> tuple[Engine, dict[tuple[int, int], list[Event]]]:
+    """An engine whose events are kept by (tag, index)."""
+    events: dict[tuple[int, int], list[Event]] = {}
+
+    def sink(posts: list[tuple[Sequence, Event]]) -> None:
+        for seq, ev in posts:
+            events.setdefault((seq.tag, ev.index), []).append(ev)
+
+    return Engine(_model("qwen2"), tokenizer, eos_ids={-1}, on_events=sink, **kw), events
+
+
+def _wait(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_cancelled_sequence_leaves_the_queue_at_once_and_its_slot_at_the_next_step(
+        tokenizer) -> None:
+    engine, events = _collecting_engine(tokenizer, max_running=1)
+    engine.start()
+    try:
+        [running] = engine.submit([5, 6, 7], [SamplingParams(max_tokens=200, temperature=0)],
+                                  tag=0)
+        _wait(lambda: (0, 0) in events)
+        waiting = engine.submit([8, 9], [SamplingParams(max_tokens=5, temperature=0)] * 3, tag=1)
+        assert engine.queue_depth == 3
+        engine.cancel(waiting)
+        assert engine.queue_depth == 0  # no engine step needed
+        engine.cancel([running])
+        _wait(lambda: engine.running == 0)
+        steps = engine.steps
+    finally:
+        engine.stop()
+    assert not any(tag == 1 for tag, _ in events)
+    assert steps < 150 and not any(e.finish_reason for e in events[(0, 0)])
+
+
+def test_a_stop_string_ends_its_sequence_once_and_frees_its_slot(tokenizer) -> None:
+    engine, events = _collecting_engine(tokenizer, max_running=4)
+    prompt = [5, 9, 33, 120, 7]
+    engine.start()
+    try:
+        engine.submit(prompt, [SamplingParams(max_tokens=40, temperature=0)], tag=0)
+        _wait(lambda: any(e.finish_reason for e in events.get((0, 0), [])))
+        text = "".join(e.text for e in events[(0, 0)])
+        stop = text[len(text) // 3:len(text) // 3 + 2]
+        before = engine.steps
+        engine.submit(prompt, [SamplingParams(max_tokens=40, temperature=0, stop=(stop,))] * 3,
+                      tag=1)
+        _wait(lambda: all(any(e.finish_reason for e in events.get((1, i), [])) for i in range(3)))
+        _wait(lambda: engine.running == 0)
+        steps = engine.steps - before
+    finally:
+        engine.stop()
+    for i in range(3):
+        assert [e.finish_reason for e in events[(1, i)] if e.finish_reason] == ["stop"]
+        assert "".join(e.text for e in events[(1, i)]) == text[:text.find(stop)]
+    assert steps < 39  # it stopped where the stop string appeared, not at max_tokens

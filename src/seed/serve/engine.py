@@ -104,6 +104,8 @@ class Engine:
     def __init__(self, model: Any, tokenizer: Any, *, eos_ids: set[int], max_running: int = 32,
                  max_waiting: int = 256, max_prefill_tokens: int = 2048,
                  on_events: Callable[[list[tuple[Sequence, Event]]], None] | None = None):
+        _check_limits(max_running=max_running, max_waiting=max_waiting,
+                      max_prefill_tokens=max_prefill_tokens)
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -165,11 +167,16 @@ class Engine:
             self._cond.notify()
         return seqs
 
-    @staticmethod
-    def cancel(seqs: list[Sequence]) -> None:
-        """Stop generating for these sequences (the client went away); safe from any thread."""
-        for s in seqs:
-            s.cancelled = True
+    def cancel(self, seqs: list[Sequence]) -> None:
+        """Stop generating for these sequences (the client went away); safe from any thread.
+
+        A waiting one leaves the queue now, so the queue holds only sequences someone waits for
+        (its depth is what the API side counts); a running one frees its slot at the next step.
+        """
+        with self._cond:
+            for s in seqs:
+                s.cancelled = True
+            self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
 
     # -- the engine thread -------------------------------------------------------------------
 
@@ -206,9 +213,6 @@ class Engine:
         width = 0
         while self._waiting and self.running + len(taken) < self.max_running:
             s = self._waiting[0]
-            if s.cancelled:
-                self._waiting.popleft()
-                continue
             if self.runner.chunked:
                 if budget <= 0:
                     break
@@ -323,6 +327,7 @@ class Engine:
             event = self._event(s, reason)
             if event is not None:
                 posts.append((s, event))
+                reason = event.finish_reason  # a stop string ends the sequence here too
             if reason is not None or s.cancelled:
                 self._slots[slot] = None
                 self.runner.free(slot)
@@ -337,10 +342,13 @@ class Engine:
             if s is None or s.params.temperature <= 0:
                 picked.append(greedy[j])
                 continue
-            probs = torch.softmax(logits[j] / s.params.temperature, dim=-1)
+            # A temperature under 1e-30 would overflow float32 logits to inf (and NaN after the
+            # softmax); one that low picks the top token anyway.
+            probs = torch.softmax(logits[j] / max(s.params.temperature, 1e-30), dim=-1)
             if s.params.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 keep = sorted_p.cumsum(0) - sorted_p < s.params.top_p
+                keep[0] = True  # a top_p that float32 rounds to 0 still keeps the top token
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
             picked.append(int(torch.multinomial(probs, 1, generator=s.generator)))
         return picked
@@ -420,6 +428,14 @@ class Engine:
     def _reset_batch(self) -> None:
         self._slots, self._last = [], []
         self.runner.reset()
+
+
+def _check_limits(**limits: int) -> None:
+    """Refuse limits no engine can run with (no slot, a negative queue, no prefill budget)."""
+    least = {"max_running": 1, "max_waiting": 0, "max_prefill_tokens": 1}
+    for name, value in limits.items():
+        if value < least[name]:
+            raise ValueError(f"the engine's {name} must be at least {least[name]} (got {value})")
 
 
 def _held(s: Sequence | None) -> Sequence:

@@ -18,10 +18,11 @@ Messages are plain picklable tuples over one multiprocessing Pipe (a Unix socket
                     ("counts", running, waiting)
 
 Back-pressure lives on the API side: at most max_running + max_queue sequences are outstanding
-(QueueFull, a 429). If the engine process dies, every open request gets an error event and later
-submits raise EngineDead (a 503); if the API process dies, the engine's pipe closes and it exits.
-This module knows nothing about HTTP or the OpenAI wire format (backend.py) nor how sequences are
-scheduled (engine.py).
+(QueueFull, a 429). A cancel frees the API side's count and, in the engine, the sequence's place
+in the queue (or its slot) at once, so the two counts never disagree. If the engine process
+dies, every open request gets an error event and later submits raise EngineDead (a 503); if the
+API process dies, the engine's pipe closes and it exits. This module knows nothing about HTTP or
+the OpenAI wire format (backend.py) nor how sequences are scheduled (engine.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often a busy engine process re-reports its counts when no step does
+# The finish reason of a submit the engine's own queue refused (the API side answers 429). The
+# API side's bound is below the engine's and a cancel empties the engine's queue at once, so this
+# only guards against the two ever disagreeing.
+QUEUE_FULL = "error: queue full"
 
 
 class EngineDead(Exception):
@@ -172,7 +177,7 @@ class EngineProcess:
                 continue
             lps = [TokenLogprob(t, lp, top) for t, lp, top in logprobs]
             route.queue.put_nowait(Event(index, text, token_ids, lps, finish))
-            if finish:
+            if finish and index in route.open:
                 route.open.discard(index)
                 self._outstanding -= 1
                 if not route.open:
@@ -252,8 +257,8 @@ class _Core:
         model = model.to(device).eval()  # type: ignore[arg-type]
         vocab_size = model.config.get_text_config().vocab_size
         self.grammar = GrammarTokenizer(tokenizer, vocab_size, eos_ids)
-        # The API side bounds what is outstanding; the slack here only absorbs cancelled sequences
-        # that still sit in the engine's waiting queue.
+        # The API side bounds what is outstanding and a cancel leaves this queue at once: twice
+        # that bound here is only a guard (QUEUE_FULL if it is ever reached).
         self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=config.max_running,
                              max_waiting=2 * (config.max_running + config.max_queue),
                              max_prefill_tokens=config.max_prefill_tokens,
@@ -283,7 +288,7 @@ class _Core:
                 elif msg[0] == "cancel":
                     entry = self.tags.pop(msg[1], None)
                     if entry is not None:
-                        Engine.cancel(entry.seqs)
+                        self.engine.cancel(entry.seqs)
         except (EOFError, OSError):
             pass  # the API process is gone: stop rather than keep a core busy for nobody
         finally:
@@ -299,8 +304,7 @@ class _Core:
         except Exception as e:  # QueueFull, or a grammar the API side already checked
             log.warning("submit failed: %s", e)
             self.tags.pop(tag, None)
-            reason = "error: the engine's queue is full" if isinstance(e, QueueFull) else (
-                f"error: {e}")
+            reason = QUEUE_FULL if isinstance(e, QueueFull) else f"error: {e}"
             self._send(("events", [(tag, i, "", [], [], reason) for i in range(len(fields))],
                         self.engine.running, self.engine.queue_depth))
 
