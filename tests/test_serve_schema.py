@@ -51,7 +51,9 @@ def check_operation(op, mode, served: str) -> None:
     def run(case):
         body = case.body
         if isinstance(body, dict) and "model" in body:
-            if zlib.crc32(repr(sorted(body)).encode()) % 5:  # four in five name the served model
+            # four in five name the served model, unless the name is what a negative case broke
+            named = isinstance(body["model"], str) and len(body["model"]) <= 256
+            if named and zlib.crc32(repr(sorted(body)).encode()) % 5:
                 body["model"] = "tiny"
             if isinstance(body.get("max_tokens"), int):
                 body["max_tokens"] = min(body["max_tokens"], 8)

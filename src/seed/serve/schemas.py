@@ -1,16 +1,49 @@
 """The OpenAI request bodies `seed serve` accepts, as pydantic models (validated on arrival).
 
 A malformed body is a 400 naming the field; the same models are the requests in the app's OpenAPI
-schema. The response shapes are declared and built in `openai_format.py`, not here.
+schema. Every string is whole Unicode (a lone surrogate sent as a JSON escape could be neither
+tokenized nor written back as UTF-8), and each string Seed echoes or keeps (the model name in
+errors and the usage log, stop strings, `user`) has a length bound, as do lists and the nesting
+of a JSON schema. The response shapes are declared and built in `openai_format.py`, not here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-Text = Annotated[str, Field(min_length=1)]
+MAX_NAME_CHARS = 256  # model, user, a message's name, a JSON schema's name
+MAX_STOP_CHARS = 1000  # each of at most 4 stop strings
+MAX_MESSAGES = 2048  # OpenAI's own bound on `messages`
+MAX_SCHEMA_DEPTH = 64  # nested objects and arrays in a response_format schema
+MAX_SEED = 2**63 - 1  # a signed 64-bit seed, as OpenAI documents it
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _whole_unicode(text: str) -> str:
+    if not text.isascii() and _SURROGATE.search(text):
+        raise PydanticCustomError("unicode", "the text holds a lone surrogate (U+D800-U+DFFF); "
+                                  "send valid Unicode")
+    return text
+
+
+def _texts(value: Any) -> Any:
+    """Check the strings of a union field (str | list[...]) once it is validated; a validator on
+    each member would put its own name in the error's location."""
+    for text in [value] if isinstance(value, str) else value or []:
+        if isinstance(text, str):
+            _whole_unicode(text)
+    return value
+
+
+Str = Annotated[str, AfterValidator(_whole_unicode)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_whole_unicode)]
+Text = Annotated[str, Field(min_length=1)]  # in a union field, which _texts checks
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 TokenId = Annotated[int, Field(ge=0)]
 
 
@@ -23,15 +56,15 @@ class TextPart(BaseModel):
     model_config = ConfigDict(strict=True)
 
     type: Literal["text"]
-    text: str
+    text: Str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Annotated[str | list[TextPart] | None, AfterValidator(_texts)] = None
+    name: Name | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -50,10 +83,16 @@ class StreamOptions(BaseModel):
 class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(populate_by_name=True, strict=True)
 
-    name: str = "response"
-    description: str | None = None
+    name: Name = "response"
+    description: Str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _plain_json(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        _check_json(schema)
+        return schema
 
 
 class ResponseFormat(BaseModel):
@@ -64,22 +103,23 @@ class ResponseFormat(BaseModel):
 
 
 class _Sampling(_Request):
-    model: str
+    model: Name
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
-    seed: int | None = None
+    stop: Annotated[Stop | Annotated[list[Stop], Field(max_length=4)] | None,
+                    AfterValidator(_texts)] = None
+    seed: int | None = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    user: Name | None = None
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -87,9 +127,28 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: (Text | Annotated[list[Text], Field(min_length=1)]
-             | Annotated[list[TokenId], Field(min_length=1)]
-             | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
+    prompt: Annotated[Text | Annotated[list[Text], Field(min_length=1, max_length=16)]
+                      | Annotated[list[TokenId], Field(min_length=1)]
+                      | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
+                                  Field(min_length=1, max_length=16)],
+                      AfterValidator(_texts)]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
+
+
+def _check_json(value: Any) -> None:
+    """A JSON value with whole-Unicode strings (keys too), nested at most MAX_SCHEMA_DEPTH deep;
+    walked without recursion, so no nesting can exhaust the stack."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, str):
+            _whole_unicode(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_SCHEMA_DEPTH:
+                raise PydanticCustomError("depth", "nested more than {depth} levels deep",
+                                          {"depth": MAX_SCHEMA_DEPTH})
+            if isinstance(item, dict):
+                todo += [(k, depth) for k in item]
+            todo += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
