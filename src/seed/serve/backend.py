@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 from transformers import AutoConfig
 
 from seed.endpoints.local import check_model_dir, load_tokenizer
@@ -35,9 +37,10 @@ from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
 from seed.serve.grammar import GrammarTokenizer
 from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord
-from seed.serve.worker import EngineDead, EngineProcess
+from seed.serve.worker import QUEUE_FULL, EngineDead, EngineProcess
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+T = TypeVar("T")
 
 
 class LocalBackend:
@@ -69,12 +72,18 @@ class LocalBackend:
             "do_sample", True) else 0.0
         self.default_top_p = float(gen.get("top_p", 1.0))
         self.default_max_new = gen.get("max_new_tokens")
+        # No prompt longer than this (in characters) can fit: each token spells at most this many.
+        self.max_prompt_chars = self.context * _longest_token_chars(self.tokenizer)
+        # Templates and tokenization run here, one at a time, so the event loop never waits on a
+        # long prompt (the tokenizer's settings are not safe to change from two threads at once).
+        self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed-prompt")
         self.engine = EngineProcess(config, tuple(sorted(eos_ids)))
         try:  # the grammar tokenizer is built here while the engine process loads the model
             self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
             self.engine.wait_ready()
         except BaseException:
             self.engine.stop()
+            self._prompts.shutdown(wait=False)
             raise
         self._token_text: dict[int, str] = {}
         backend_tok = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -85,6 +94,7 @@ class LocalBackend:
 
     def stop(self) -> None:
         self.engine.stop()
+        self._prompts.shutdown(wait=False, cancel_futures=True)
 
     def queue_depth(self) -> int:
         return self.engine.waiting
@@ -105,24 +115,19 @@ class LocalBackend:
         if req.model != self.model_name:
             raise model_not_found(req.model)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
-        except Exception as e:  # the template itself refuses (e.g. roles must alternate)
-            raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
-        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
+        prompt_ids = await self._off_loop(self._chat_ids, messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
         grammar = self._grammar(req)
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
                               req.top_logprobs or 0, grammar)
-        stream = _Run(self, prompt_ids, params, grammar, rec)
+        run = _Run(self, prompt_ids, params, grammar, rec)
         meta = fmt.response_meta("chatcmpl", self.model_name, self.fingerprint)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._chat_chunks(stream, fmt.ChatChunks(meta, usage)),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
-        replies = await stream.collect(http)
-        return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self, stream.usage()))
+            return _EngineStream(self._chat_chunks(run, fmt.ChatChunks(meta, usage)), [run], rec)
+        [replies] = await _collect([run], http)
+        return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self, run.usage()))
 
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response:
@@ -133,9 +138,11 @@ class LocalBackend:
         prompts = _prompt_list(req.prompt)
         if len(prompts) * req.n > 16:
             raise bad_request("At most 16 completions per request (prompts x n).", "n")
-        runs = []
         for p in prompts:
-            ids = p if isinstance(p, list) else self.tokenizer(p)["input_ids"]
+            if isinstance(p, str):
+                self._check_chars(len(p), "prompt")
+        runs = []
+        for p, ids in zip(prompts, await self._off_loop(self._prompt_ids, prompts), strict=True):
             if any(not 0 <= t < self.vocab_size for t in ids):
                 raise bad_request(f"Token ids must be in [0, {self.vocab_size}).", "prompt")
             params = self._params(req, len(ids), req.max_tokens, req.logprobs is not None,
@@ -155,11 +162,11 @@ class LocalBackend:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = fmt.CompletionChunks(meta, usage)
-            return StreamingResponse(self._completion_chunks(started, echoes, req.n, chunks),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
+            return _EngineStream(self._completion_chunks(started, echoes, req.n, chunks), started,
+                                 rec)
         choices = []
-        for k, run in enumerate(started):
-            for i, r in enumerate(await run.collect(http)):
+        for k, replies in enumerate(await _collect(started, http)):
+            for i, r in enumerate(replies):
                 lps = (fmt.completion_logprobs(r["logprobs"], self)
                        if req.logprobs is not None else None)
                 choices.append(fmt.completion_choice(k * req.n + i, echoes[k] + r["text"], lps,
@@ -212,9 +219,39 @@ class LocalBackend:
                 raise bad_request(f"response_format: {e}", "response_format") from e
         return [SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0, stop=tuple(stops),
-            seed=None if req.seed is None else req.seed + i, logprobs=logprobs, top_logprobs=top,
+            seed=None if req.seed is None else (req.seed + i) % 2**64, logprobs=logprobs,
+            top_logprobs=top,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0) for i in range(req.n)]
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        """Refuse, before any templating, a prompt too long to fit however it tokenizes."""
+        if chars > self.max_prompt_chars:
+            raise bad_request(f"The prompt has {chars} characters, more than this model's "
+                              f"{self.context}-token context can hold ({self.max_prompt_chars} "
+                              "at most); shorten it.", param)
+
+    async def _off_loop(self, work: Callable[[Any], T], arg: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._prompts, work, arg)
+
+    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt's token ids. A special token typed in a message (`<|im_start|>system`) is
+        encoded as its text: only the template's own markers become special tokens. A chat holding
+        none encodes exactly as its rendered text does."""
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False,
+                sanitize_control_tokens=True)
+        except Exception as e:  # the template itself refuses (e.g. roles must alternate)
+            raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
+        return list(ids)
+
+    def _prompt_ids(self, prompts: list[str | list[int]]) -> list[list[int]]:
+        """Completion prompts as token ids (a raw prompt is the client's whole text: its special
+        tokens are meant)."""
+        return [p if isinstance(p, list) else self.tokenizer(p)["input_ids"] for p in prompts]
 
     # -- response shapes --------------------------------------------------------------------------
 
@@ -248,14 +285,14 @@ class LocalBackend:
                 if ev.finish_reason:
                     yield chunks.chunk(ev.index, {}, None, _finish(ev))
             if run.error:
-                yield fmt.sse(fmt.error_body(run.error, "server_error"))
+                yield fmt.sse(fmt.error_body(run.error.message, run.error.type))
             elif chunks.include_usage:
                 yield chunks.usage(run.usage())
             yield fmt.sse("[DONE]")
 
     async def _completion_chunks(self, runs: list[_Run], echoes: list[str], n: int,
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[str]:
-        errors: list[str] = []
+        errors: list[APIError] = []
         try:
             async for piece in self._completion_events(runs, echoes, n, chunks.chunk, errors):
                 yield piece
@@ -263,14 +300,14 @@ class LocalBackend:
             for run in runs:
                 run.cancel()
         if errors:
-            yield fmt.sse(fmt.error_body(errors[0], "server_error"))
+            yield fmt.sse(fmt.error_body(errors[0].message, errors[0].type))
         elif chunks.include_usage:
             yield chunks.usage(fmt.total_usage([r.usage() for r in runs]))
         yield fmt.sse("[DONE]")
 
     async def _completion_events(self, runs: list[_Run], echoes: list[str], n: int,
                                  chunk: Callable[..., str],
-                                 errors: list[str]) -> AsyncIterator[str]:
+                                 errors: list[APIError]) -> AsyncIterator[str]:
         offsets: dict[int, int] = {}
         for k, run in enumerate(runs):
             if echoes[k]:
@@ -302,7 +339,7 @@ class _Run:
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.error: str | None = None
+        self.error: APIError | None = None  # why the run ended early, once it has
         try:
             self.tag = backend.engine.submit(prompt_ids, params, grammar, self.queue)
         except QueueFull:
@@ -322,7 +359,7 @@ class _Run:
 
     async def events(self) -> AsyncIterator[Event]:
         """Events until every sequence has finished; a slow reader gets them merged per choice."""
-        open_ = len(self.params)
+        open_ = set(range(len(self.params)))
         while open_:
             pending = [await self.queue.get()]
             while not self.queue.empty():
@@ -333,41 +370,87 @@ class _Run:
                     self.completion_tokens += len(ev.token_ids)
                     self.rec.completion_tokens += len(ev.token_ids)
                 if ev.finish_reason and ev.finish_reason.startswith("error"):
-                    self.error = (self.backend.engine.dead
-                                  or f"Generation failed ({ev.finish_reason}); please retry.")
+                    self.error = self._failure(ev.finish_reason)
                     return
                 yield ev
                 if ev.finish_reason:
-                    open_ -= 1
+                    open_.discard(ev.index)
 
-    async def collect(self, http: Request) -> list[fmt.Reply]:
-        """Every sequence's text, logprobs and finish reason; cancels if the client leaves."""
+    def _failure(self, reason: str) -> APIError:
+        if reason == QUEUE_FULL:
+            return overloaded()
+        message = self.backend.engine.dead or f"Generation failed ({reason}); please retry."
+        return APIError(500, message, type_="server_error")
+
+    async def collect(self) -> list[fmt.Reply]:
+        """Every sequence's text, logprobs and finish reason."""
         # every sequence's last event sets its finish reason; "length" only holds the place
         results: list[fmt.Reply] = [{"text": "", "logprobs": [], "finish_reason": "length"}
                                     for _ in self.params]
         async with self:
-            gen = self.events()
-            while True:
-                step = asyncio.ensure_future(anext(gen, None))
-                while not step.done():
-                    await asyncio.wait([step], timeout=0.5)
-                    if not step.done() and await http.is_disconnected():
-                        step.cancel()
-                        raise APIError(499, "The client closed the request.")
-                ev = step.result()
-                if ev is None:
-                    break
+            async for ev in self.events():
                 r = results[ev.index]
                 r["text"] += ev.text
                 r["logprobs"] += ev.logprobs
                 if ev.finish_reason:
                     r["finish_reason"] = _finish(ev)
         if self.error:
-            raise APIError(500, self.error, type_="server_error")
+            raise self.error
         return results
 
     def usage(self) -> fmt.Usage:
         return fmt.usage(self.prompt_tokens, self.completion_tokens)
+
+
+async def _collect(runs: list[_Run], http: Request) -> list[list[fmt.Reply]]:
+    """Every run's replies, for a response sent whole. A client that leaves first is noticed at
+    once (its disconnect message, not a poll between events) and its runs are cancelled: 499."""
+    tasks = [asyncio.ensure_future(run.collect()) for run in runs]
+    gone = asyncio.ensure_future(_disconnected(http.receive))
+    try:
+        for task in tasks:
+            await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                raise APIError(499, "The client closed the request.")
+        return [task.result() for task in tasks]  # the first failure, if one failed
+    finally:
+        for job in [gone, *tasks]:  # a failed run ends the others too
+            if not job.cancel() and not job.cancelled():
+                job.exception()  # seen: a second failure is not logged as unretrieved
+        for run in runs:
+            run.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone. The body has been read, so the only message left for
+    the request is its disconnect."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.1)  # a server that repeats an empty body: do not spin
+
+
+class _EngineStream(StreamingResponse):
+    """Server-sent events whose runs are cancelled however the response ends. A client that
+    leaves before the first chunk cancels the response before its body starts, so the body's
+    own cleanup (cancel, count the request) never runs; this does both."""
+
+    def __init__(self, body: AsyncIterable[str], runs: list[_Run], rec: RequestRecord):
+        super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.runs, self.rec = runs, rec
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for run in self.runs:
+                run.cancel()
+            self.rec.finish(499)  # a no-op when the stream ended and counted itself
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    """The most characters of text one token can stand for: its vocabulary's longest piece (a
+    byte-level piece spells one character per byte, a SentencePiece byte token `<0xE3>` or a
+    WordPiece `##ing` more than it stands for), so `context` x this bounds what can fit."""
+    return max((len(piece) for piece in tokenizer.get_vocab()), default=1)
 
 
 def _byte_level_table() -> dict[str, int]:
