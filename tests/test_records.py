@@ -57,3 +57,19 @@ def test_a_broken_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
 def test_a_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such records file"):
         list(read_records(tmp_path / "nope.jsonl"))
+
+
+def test_a_valid_last_record_without_its_newline_is_counted_and_the_next_record_starts_a_line(
+        tmp_path):
+    from seed.records import Record, RecordWriter, count_records, read_records
+
+    path = tmp_path / "records.jsonl"
+    first, last, added = (Record.new([{"role": "user", "content": q},
+                                      {"role": "assistant", "content": a}])
+                          for q, a in [("1 + 1 =", "2"), ("2 + 2 =", "4"), ("3 + 3 =", "6")])
+    path.write_text(first.to_line() + last.to_line().rstrip("\n"))
+    assert count_records(path) == 2
+    with RecordWriter(path) as writer:
+        writer.write(added)
+    assert list(read_records(path)) == [first, last, added]
+    assert path.read_text().splitlines() == [r.to_line().rstrip("\n") for r in (first, last, added)]

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seed.errors import UserError
+from seed.files import jsonl_lines, seal_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +138,13 @@ def _parse(line: bytes, path: Path, lineno: int) -> Record:
 
 
 def read_records(path: str | Path) -> Iterator[Record]:
-    """Stream the records of a JSONL file; a torn last line is logged and skipped."""
+    """Stream the records of a JSONL file; a torn last line is logged and skipped, a valid last
+    record without its newline kept (files.jsonl_lines: the one torn-line rule)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such records file; check the path")
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                log.warning("%s:%d: torn last line (%d bytes) skipped; a resumed writer repairs it",
-                            path, lineno, len(raw))
-                return
-            if raw.strip():
-                yield _parse(raw, path, lineno)
+    for lineno, raw in jsonl_lines(path):
+        yield _parse(raw, path, lineno)
 
 
 def count_records(path: str | Path) -> int:
@@ -159,43 +155,13 @@ def count_records(path: str | Path) -> int:
     return sum(1 for _ in read_records(path))
 
 
-def repair_torn_tail(path: Path) -> int:
-    """Cut a torn last line (one without its newline) off the file; return the bytes removed."""
-    if not path.exists():
-        return 0
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        # Walk back to the last newline; everything after it is the torn line.
-        pos, chunk = size, 65536
-        while pos > 0:
-            start = max(0, pos - chunk)
-            f.seek(start)
-            buf = f.read(pos - start)
-            nl = buf.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-        return size - keep
-
-
 class RecordWriter:
     """Append records to a JSONL file, one whole line per write; repairs a torn tail on open."""
 
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        removed = repair_torn_tail(self.path)
+        removed = seal_jsonl(self.path)
         if removed:
             log.warning("%s: removed a torn last line (%d bytes) left by a crash",
                         self.path, removed)

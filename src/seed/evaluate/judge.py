@@ -33,10 +33,9 @@ from typing import Any
 from seed.endpoints.base import Endpoint
 from seed.errors import UserError
 from seed.evaluate.questions import Question
-from seed.files import read_jsonl
+from seed.files import read_jsonl, seal_jsonl
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
-from seed.records import repair_torn_tail
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 VERDICTS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
@@ -151,7 +150,7 @@ def parse_single(text: str) -> tuple[int | None, str]:
 
 
 def _done(path: Path, key: Any) -> set:
-    repair_torn_tail(path)
+    seal_jsonl(path)
     if not path.exists():
         return set()
     return {key(row) for _, row in read_jsonl(path)}

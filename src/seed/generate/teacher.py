@@ -33,7 +33,7 @@ from seed.endpoints.base import Endpoint
 from seed.endpoints.factory import make_endpoint
 from seed.endpoints.openai import schema_model
 from seed.errors import UserError
-from seed.files import hash_json, write_json_atomic
+from seed.files import hash_json, seal_jsonl, write_json_atomic
 from seed.generate import sources
 from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache
@@ -41,7 +41,7 @@ from seed.generate.engine import Limits, Request, Result, Stats, complete_all, r
 from seed.generate.filters import PromptFilter, is_refusal, length_ok
 from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
-from seed.records import Provenance, Record, Source, Teacher, read_records, repair_torn_tail
+from seed.records import Provenance, Record, Source, Teacher, read_records
 from seed.runs import now_iso
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
@@ -82,10 +82,10 @@ class Output:
     def __init__(self, out_dir: Path, done: set[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / RECORDS
-        repair_torn_tail(self.path)
+        seal_jsonl(self.path)
         self.done = done
         self._records = self.path.open("ab", buffering=0)
-        repair_torn_tail(out_dir / FAILED)
+        seal_jsonl(out_dir / FAILED)
         self._failed = (out_dir / FAILED).open("ab", buffering=0)
         self.written = 0
         self.failed = 0
