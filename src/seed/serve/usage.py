@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seed.errors import UserError
+from seed.files import seal_jsonl
 from seed.serve.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,13 @@ class UsageLog:
 
     @classmethod
     def open(cls, path: Path) -> UsageLog:
-        """The log at `path`, its directory made; refused in one line if it cannot be appended."""
+        """The log at `path`, its directory made, its last line whole (files.seal_jsonl: a line torn
+        by a kill is cut); refused in one line if it cannot be appended."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8"):
                 pass
+            seal_jsonl(path)
         except (FileExistsError, NotADirectoryError):
             raise UserError(f"serve.usage_log (--usage-log) {path}: a directory on its path is a "
                             "file; give a file in a writable directory") from None
