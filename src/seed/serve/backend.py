@@ -4,7 +4,10 @@ It renders chats with the model's chat template, applies `generation_config.json
 (400, both lengths stated) a prompt that does not fit the context instead of truncating it, compiles
 `response_format` schemas for constrained decoding, and turns the engine's events into the
 `chat.completion` / `text_completion` objects or server-sent-event chunks that `openai_format.py`
-declares and builds (this module holds no response shape of its own).
+declares and builds (this module holds no response shape of its own). Templates and tokenization
+run on one worker thread, never on the event loop, after a prompt too long to fit by its
+characters alone has been refused; a special token typed in a message stays text. A client that
+leaves (streaming or not) cancels its sequences at once and is counted as a 499.
 
 This process never loads the weights: it keeps the tokenizer (templates, token texts, grammar
 checks) and reads context length, vocabulary size and end-of-sequence ids from the config files.
