@@ -191,9 +191,9 @@ def test_a_lone_surrogate_anywhere_is_a_400_naming_the_field(server):
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"]
-        assert error["param"].startswith(param), error
+        assert error["param"] == param, error
     r = post_raw(url, b'{"model":"tiny","prompt":"\\ud800 hi","max_tokens":2}', "/v1/completions")
-    assert r.status_code == 400 and r.json()["error"]["param"].startswith("prompt")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
 
 
 def test_a_seed_past_64_bits_is_a_400_and_the_largest_one_draws_the_same_replies(server):

@@ -36,7 +36,7 @@ from seed.serve.openai_format import (
     ModelList,
     error_body,
 )
-from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
+from seed.serve.schemas import ChatCompletionRequest, CompletionRequest, error_param
 from seed.serve.usage import RequestRecord, UsageLog
 
 
@@ -108,8 +108,7 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     async def _invalid(request: Request, e: RequestValidationError) -> Response:
         refused(request.url.path, 400, key_label(request.scope))
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid body"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
+        where = error_param(tuple(first.get("loc", ())))
         msg = f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
         return JSONResponse(error_body(msg, param=where), status_code=400)
 

@@ -152,3 +152,22 @@ def _check_json(value: Any) -> None:
             if isinstance(item, dict):
                 todo += [(k, depth) for k in item]
             todo += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+
+
+def _field_names(models: tuple[type[BaseModel], ...]) -> frozenset[str]:
+    names: set[str] = set()
+    for model in models:
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+    return frozenset(names)
+
+
+_FIELDS = _field_names((ChatCompletionRequest, CompletionRequest, ChatMessage, TextPart,
+                        StreamOptions, JsonSchemaSpec, ResponseFormat))
+
+
+def error_param(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as the field a client wrote: `messages.0.content`, without
+    the body prefix and the union members pydantic names on the way (`str`, `constrained-str`)."""
+    parts = [str(p) for p in loc if isinstance(p, int) or p in _FIELDS]
+    return ".".join(parts) or "body"
