@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(not MT_BENCH.is_dir(), reason=f"reference data missing: {MT_BENCH}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MT_BENCH.is_dir(),
+                                                   reason=f"reference data missing: {MT_BENCH}")]
 
 
 def seed(*args: str) -> subprocess.CompletedProcess:

@@ -6,6 +6,8 @@ baseline is the recipe's procedural teacher, whose answers are the tasks' ground
 
 import json
 
+import pytest
+
 from helpers.cli import run_cli
 from helpers.recipes import write_recipe
 
@@ -21,6 +23,7 @@ RECIPE = {
 }
 
 
+@pytest.mark.slow
 def test_recipe_with_a_judge_section_gets_a_judge_stage_and_report_section(judge_server, tmp_path):
     url, log = judge_server
     write_recipe(tmp_path / "r.toml", RECIPE, {"eval.judge.endpoint.base_url": url})

@@ -4,6 +4,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers.cli import cli_env, run_cli
 from helpers.recipes import teacher_recipe, write_prompts, write_recipe
 from helpers.servers import fault_server
@@ -23,6 +25,7 @@ def seed(*args: str, cwd: Path, key: str | None = "sk-test") -> subprocess.Compl
     return run_cli(*args, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_run_with_an_http_teacher_generates_trains_and_reports(tmp_path):
     with fault_server(tmp_path, key="sk-test") as server:
         prompts = write_prompts(tmp_path / "p.jsonl", 12)

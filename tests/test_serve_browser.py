@@ -23,6 +23,7 @@ playwright_api = pytest.importorskip("playwright.sync_api",
                                      reason="playwright is not installed (pip install playwright)")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed: apt-get install -y chromium")
 def test_chat_page_streams_a_reply(tmp_path):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from helpers.models import tiny_model
 from helpers.serve import load_test, running_server
 
 
+@pytest.mark.slow
 def test_hundred_clients_get_answers_or_429(tmp_path):
     model = tiny_model(tmp_path / "tiny")
     with running_server(str(model), "--max-running", "32", "--max-queue", "32") as url:

@@ -33,6 +33,7 @@ def _run(tmp_path: Path, launcher: list[str], records: Path, out: Path, config: 
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     records = write_chats(tmp_path / "r.jsonl", sums())

@@ -114,6 +114,7 @@ def _seed_train(records: Path, out: Path, recipe: Path) -> subprocess.Popen:
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run(
         arithmetic_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", RECIPE)

@@ -53,6 +53,7 @@ def _traced_train(tmp_path: Path, name: str, recipe: Path, records: Path,
     return {p.stem: set(json.loads(p.read_text())) for p in trace_dir.glob("rank*.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_quickstart_recipe_runs_the_same_functions_on_one_cpu_and_under_torchrun(
         tmp_path: Path) -> None:
