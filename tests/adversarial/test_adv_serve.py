@@ -154,6 +154,9 @@ def test_clients_that_hang_up_leave_no_dead_places_in_the_queue(server):
         for t in normal:
             t.start()
         wait_for(url, running=1, waiting=2)  # two wait behind the busy one, two are refused
+        deadline = time.monotonic() + 30
+        while len(answers) < 2 and time.monotonic() < deadline:  # the refusals, before the busy
+            time.sleep(0.01)  # one ends and frees its slot (else a late thread is served)
     for t in normal:
         t.join()
     assert sorted(r.status_code for r in answers) == [200, 200, 429, 429]
