@@ -125,6 +125,12 @@ def test_stop_sequence_cuts_the_answer_before_it(client):
     r = greedy(client, max_tokens=20, stop=[stop, "never-appears"])
     assert r.choices[0].message.content == full[:full.index(stop)]
     assert r.choices[0].finish_reason == "stop"
+    # lm-evaluation-harness sends a task's `until` strings and the EOS text: more than OpenAI's 4
+    many = greedy(client, max_tokens=20, stop=[f"never-{i}" for i in range(4)] + [stop])
+    assert many.choices[0].message.content == full[:full.index(stop)]
+    with pytest.raises(openai.BadRequestError) as e:
+        greedy(client, stop=[f"never-{i}" for i in range(65)])
+    assert e.value.body["param"] == "stop"
     streamed = "".join(c.choices[0].delta.content or "" for c in
                        greedy(client, max_tokens=20, stop=stop, stream=True) if c.choices)
     assert streamed == full[:full.index(stop)]
@@ -183,6 +189,16 @@ def test_json_object_mode_gives_an_object(client):
         assert isinstance(json.loads(r.choices[0].message.content), dict)
     else:
         assert r.choices[0].message.content.startswith("{")
+
+
+def test_models_retrieve_names_the_served_model_and_404s_others(client):
+    card = client.models.retrieve("tiny")
+    assert (card.id, card.object, card.owned_by) == ("tiny", "model", "seed")
+    assert card.created == client.models.list().data[0].created
+    for name in ("other", "org/tiny"):
+        with pytest.raises(openai.NotFoundError) as e:
+            client.models.retrieve(name)
+        assert e.value.body["code"] == "model_not_found" and name in e.value.body["message"]
 
 
 def test_completions_route_with_echo_and_logprobs(client):
@@ -295,6 +311,7 @@ def test_upstream_mode_fronts_another_server(server, model_dir, tmp_path):
                            if c.choices)
         assert streamed == direct.choices[0].message.content
         assert [m.id for m in fc.models.list().data] == ["tiny"]
+        assert fc.models.retrieve("tiny").id == "tiny"
         with pytest.raises(openai.NotFoundError):
             fc.chat.completions.create(model="other", messages=PROMPT)
         with pytest.raises(openai.AuthenticationError):

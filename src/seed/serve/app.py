@@ -25,7 +25,7 @@ from starlette.responses import (
 )
 
 from seed.recipe import ServeConfig
-from seed.serve.errors import APIError
+from seed.serve.errors import APIError, model_not_found
 from seed.serve.guard import Guard, allowed_hosts, key_label
 from seed.serve.metrics import ServerMetrics
 from seed.serve.openai_format import (
@@ -33,6 +33,7 @@ from seed.serve.openai_format import (
     Completion,
     ErrorResponse,
     Health,
+    ModelCard,
     ModelList,
     error_body,
 )
@@ -149,6 +150,15 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
     async def models() -> Response:
         return JSONResponse(await backend.models())
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard,
+             responses={401: _ERRORS[401], 404: _ERRORS[404]})
+    async def model(model_id: str) -> Response:
+        """One served model (`client.models.retrieve`); a name may hold `/` (`org/name`)."""
+        found = [m for m in (await backend.models())["data"] if m["id"] == model_id]
+        if not found:
+            raise model_not_found(model_id[:256])
+        return JSONResponse(found[0])
 
     @app.get("/health", response_model=Health, responses={503: _ERRORS[503]})
     async def health() -> Response:

@@ -16,7 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 MAX_NAME_CHARS = 256  # model, user, a message's name, a JSON schema's name
-MAX_STOP_CHARS = 1000  # each of at most 4 stop strings
+MAX_STOP_CHARS = 1000  # each stop string
+# OpenAI takes 4 stop strings; lm-evaluation-harness sends a task's `until` strings plus the EOS
+# text (5 or more), so Seed takes more, bounded (each is checked against every new token's text).
+MAX_STOPS = 64
 MAX_MESSAGES = 2048  # OpenAI's own bound on `messages`
 MAX_SCHEMA_DEPTH = 64  # nested objects and arrays in a response_format schema
 MAX_SEED = 2**63 - 1  # a signed 64-bit seed, as OpenAI documents it
@@ -107,7 +110,7 @@ class _Sampling(_Request):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: Annotated[Stop | Annotated[list[Stop], Field(max_length=4)] | None,
+    stop: Annotated[Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None,
                     AfterValidator(_texts)] = None
     seed: int | None = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
     n: int = Field(1, ge=1, le=16)
