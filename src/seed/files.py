@@ -44,11 +44,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
-def fsync_dir(path: str | Path) -> None:
-    """Make the entries of directory `path` durable (a rename or a new file in it)."""
+def fsync_path(path: str | Path) -> None:
+    """Make a file's contents, or a directory's entries (a rename or a new file in it), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -60,12 +60,8 @@ def fsync_tree(path: str | Path) -> None:
     """fsync every file and directory under `path` (itself included), deepest first."""
     for root, _, files in os.walk(path, topdown=False):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(root)
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -34,7 +34,7 @@ import httpx
 from pydantic import BaseModel, PydanticUserError, ValidationError, create_model
 
 from seed.endpoints.base import Completion, EndpointDefaults, HeaderListener, TransientError
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.records import Teacher
 
 FATAL_STATUS = {400, 401, 403, 404, 422}
@@ -202,8 +202,8 @@ def schema_model(schema: dict[str, Any], name: str = "Answer") -> type[BaseModel
     try:
         return create_model(name, **fields)
     except (PydanticUserError, NameError, TypeError, ValueError) as e:  # `model_config`, ...
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"generate.response_schema: {why}; rename the property") from None
+        raise UserError(f"generate.response_schema: {first_line(e)}; rename the property"
+                        ) from None
 
 
 class OpenAIEndpoint(EndpointDefaults):

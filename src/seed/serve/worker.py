@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.quiet import quiet_progress_bars
 from seed.recipe import ServeConfig
 from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenLogprob
@@ -226,7 +226,7 @@ def _engine_main(conn: Connection, config: ServeConfig, eos_ids: tuple[int, ...]
     try:
         core = _Core(conn, config, set(eos_ids))
     except Exception as e:  # reported as one line by `seed serve`, not a traceback
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         with contextlib.suppress(OSError):
             conn.send(("failed", reason))
         return

@@ -37,9 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.files import (
-    fsync_dir,
+    fsync_path,
     fsync_tree,
     hash_json,
     hash_path,
@@ -49,7 +49,6 @@ from seed.files import (
 )
 from seed.quiet import quiet_progress_bars
 from seed.recipe import TrainConfig
-from seed.train.models import first_line
 
 KEEP = 2  # checkpoints kept; older ones are deleted once a newer one is in place
 WEIGHTS, OPTIMIZER, STATE = "model.safetensors", "optimizer.pt", "state.json"
@@ -97,7 +96,7 @@ def save_dir_atomic(path: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -306,7 +305,7 @@ def set_aside(path: Path) -> Path:
         target = path.with_name(f"{path.name}.corrupt" + (f"-{n}" if n > 1 else ""))
         if not target.exists():
             os.replace(path, target)
-            fsync_dir(path.parent)
+            fsync_path(path.parent)
             return target
     raise FileExistsError(f"{path}: too many set-aside copies beside it")
 

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.train.data import Example
 from seed.train.layout import Layout, ModeInputs, Rows, logits, packed_rows, shuffled, token_count
 from seed.train.losses import logit_kd_loss, sft_loss, topk_kd_loss
-from seed.train.models import first_line, load_student
+from seed.train.models import load_student
 
 
 @dataclass

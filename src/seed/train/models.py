@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.quiet import quiet_progress_bars
 from seed.recipe import StudentConfig
 
@@ -131,12 +131,6 @@ def load_student(path: str | Path, setting: str | None = None,
     except LOAD_ERRORS as e:
         raise UserError(f"{where}: the model does not load ({first_line(e)}); {fix}") from None
     return model
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line (library messages run to paragraphs)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -19,9 +19,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from seed.endpoints.local import load_tokenizer
-from seed.errors import UserError
+from seed.errors import UserError, first_line
 from seed.train.data import TEMPLATE_SETTING
-from seed.train.models import first_line
 
 PAD, END = "<|pad|>", "<|end|>"
 ROLES = ("system", "user", "assistant", "tool")
