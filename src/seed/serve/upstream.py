@@ -1,7 +1,10 @@
 """Upstream mode: Seed's keys, metrics, usage log and chat page in front of another server.
 
 Requests are validated here (the same schemas as the local backend) and forwarded byte for byte to
-an OpenAI-compatible server (vLLM, SGLang, another `seed serve`), streams included. The upstream's
+an OpenAI-compatible server (vLLM, SGLang, another `seed serve`), streams included: chat and
+completions (tools, tool_choice and every other field as the client sent them), /v1/responses,
+and vLLM's /tokenize and /detokenize (at the upstream's root, beside /v1). Fields the local
+backend refuses are the upstream's to judge here. The upstream's
 own key, if it needs one, comes from `SEED_UPSTREAM_API_KEY`; it is never logged.
 
 What the upstream answers keeps its status, with two exceptions: its 401 or 403 is a 502 here
@@ -23,11 +26,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from seed.serve.errors import APIError, upstream_failed
 from seed.serve.openai_format import error_body
+from seed.serve.responses import ResponsesRequest
 from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord
 
@@ -87,6 +92,17 @@ class UpstreamBackend:
                           rec: RequestRecord) -> Response:
         return await self._forward("/completions", await http.body(), req.stream, rec)
 
+    async def responses(self, req: ResponsesRequest, http: Request,
+                        rec: RequestRecord) -> Response:
+        return await self._forward("/responses", await http.body(), req.stream, rec)
+
+    async def tokenize(self, req: BaseModel, http: Request, rec: RequestRecord) -> Response:
+        """vLLM's POST /tokenize, which sits beside /v1 on the upstream, not under it."""
+        return await self._forward("/tokenize", await http.body(), False, rec, under_v1=False)
+
+    async def detokenize(self, req: BaseModel, http: Request, rec: RequestRecord) -> Response:
+        return await self._forward("/detokenize", await http.body(), False, rec, under_v1=False)
+
     async def _watch(self) -> None:
         while True:
             self._problem = await self._probe()
@@ -107,13 +123,14 @@ class UpstreamBackend:
             return f"The upstream server at {self.base} answered GET /models with {r.status_code}."
         return None
 
-    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: bytes | None,
+                    under_v1: bool = True) -> httpx.Response:
         assert self._client is not None
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        request = self._client.build_request(method, self.base + path, content=body,
-                                             headers=headers)
+        base = self.base if under_v1 else self.base.removesuffix("/v1")
+        request = self._client.build_request(method, base + path, content=body, headers=headers)
         try:
             return await self._client.send(request, stream=True)
         except httpx.HTTPError as e:
@@ -127,9 +144,9 @@ class UpstreamBackend:
         finally:
             await r.aclose()
 
-    async def _forward(self, path: str, body: bytes, stream: bool,
-                       rec: RequestRecord) -> Response:
-        r = await self._send("POST", path, body)
+    async def _forward(self, path: str, body: bytes, stream: bool, rec: RequestRecord,
+                       under_v1: bool = True) -> Response:
+        r = await self._send("POST", path, body, under_v1)
         headers = {k: v for k, v in r.headers.items() if k.lower() in _PASS_HEADERS}
         if stream and r.status_code == 200:
             return StreamingResponse(self._relay(r, rec), status_code=200, headers=headers)
@@ -202,15 +219,20 @@ def _str_or_none(error: dict[str, Any], key: str) -> str | None:
 
 
 def _count_usage(content: bytes, rec: RequestRecord) -> None:
-    """The upstream's token counts into `rec`; counts that are not whole numbers are left at 0."""
+    """The upstream's token counts into `rec`: a completion's `usage`, or a Responses object's
+    (its `input_tokens`/`output_tokens`, in a stream inside the event's `response`); counts that
+    are not whole numbers are left at 0."""
     try:
         body = json.loads(content)
     except ValueError:
         return
+    if isinstance(body, dict) and isinstance(body.get("response"), dict):
+        body = body["response"]
     usage = body.get("usage") if isinstance(body, dict) else None
     if isinstance(usage, dict):
-        rec.prompt_tokens = _count(usage.get("prompt_tokens"))
-        rec.completion_tokens = _count(usage.get("completion_tokens"))
+        rec.prompt_tokens = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        rec.completion_tokens = _count(usage.get("completion_tokens",
+                                                 usage.get("output_tokens")))
 
 
 def _count(value: Any) -> int:
