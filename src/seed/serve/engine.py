@@ -3,10 +3,16 @@
 One thread owns the model. Each step it admits waiting sequences into free slots (rows of the
 batch), prefills at most `max_prefill_tokens` prompt tokens (in groups of similar length; a long
 prompt in chunks over several steps when the runner allows), runs one decode step for every slot,
-samples per sequence (its own temperature, top-p, seed and JSON-schema constraint), and hands each
-sequence's new text to the caller (an asyncio queue, or the `on_events` sink). A finished or
-cancelled sequence frees its slot at once, so a short reply never waits for a long one. The cache
-and the forward pass live in `forward.py`.
+samples per sequence (its own temperature, top-p/top-k/min-p, penalties, logit bias, seed and
+JSON-schema constraint), and hands each sequence's new text to the caller (an asyncio queue, or the
+`on_events` sink). A finished or cancelled sequence frees its slot at once, so a short reply never
+waits for a long one. The cache and the forward pass live in `forward.py`.
+
+A sequence may ask for its prompt's logprobs (scoring, as `echo` with `logprobs` does): its
+prefill then keeps every position's logits (the same forward pass), and the first event carries
+each prompt token's logprob given the tokens before it. `max_tokens=0` ends a sequence right after
+its prefill. What a sequence asks for beyond plain sampling is read once, when it is submitted
+(`Sequence.adjusts`, `Sequence.filters`), so plain requests pay nothing per token for it.
 
 Why our own scheduler: transformers' `generate_batch` / ContinuousBatchingManager reached 2.6x a
 sequential loop on this CPU (docs/LOG.md) but takes no per-request logits processor, seed or
@@ -51,6 +57,11 @@ class SamplingParams:
     top_logprobs: int = 0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int = 0  # keep the k most likely tokens; 0 or -1: all (vLLM's meaning)
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one; 0: none
+    repetition_penalty: float = 1.0  # over prompt and output tokens, as transformers does; 1: off
+    logit_bias: dict[int, float] | None = None  # added to the logits before sampling
+    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives; None: no
     constraint: Constraint | None = None
 
 
@@ -72,6 +83,9 @@ class Event:
     token_ids: list[int]
     logprobs: list[TokenLogprob]
     finish_reason: str | None = None
+    # the prompt's tokens after the first, each given the ones before it (the first event only,
+    # for a sequence that asked)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -96,6 +110,19 @@ class Sequence:
     cancelled: bool = False
     generator: torch.Generator | None = None
     submitted_at: float = field(default_factory=time.monotonic)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # scored prefill so far
+    adjusts: bool = False  # penalties, a logit bias or a constraint change its logits
+    filters: bool = False  # top-p, top-k or min-p narrow what it samples from
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None  # logit_bias as (ids, values)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.adjusts = bool(p.presence_penalty or p.frequency_penalty or p.logit_bias
+                            or p.repetition_penalty != 1.0 or p.constraint is not None)
+        self.filters = p.top_p < 1.0 or p.top_k > 0 or p.min_p > 0
+        if p.logit_bias:
+            self.bias = (torch.tensor(list(p.logit_bias)),
+                         torch.tensor(list(p.logit_bias.values()), dtype=torch.float32))
 
 
 class Engine:
@@ -267,12 +294,59 @@ class Engine:
         chunks = [s.prompt_ids[s.prefilled:s.prefilled + n] for s, (_, n) in zip(seqs, group,
                                                                                  strict=True)]
         starts = [s.prefilled for s in seqs]
-        logits = self.runner.add([slot for slot, _ in group], chunks, starts)
+        slots = [slot for slot, _ in group]
+        scored = [j for j, s in enumerate(seqs) if s.params.prompt_logprobs is not None]
+        if scored:
+            logits, every = self.runner.add_scoring(slots, chunks, starts, scored)
+            for j, chunk_logits in zip(scored, every, strict=True):
+                self._score(seqs[j], chunk_logits, starts[j])
+        else:
+            logits = self.runner.add(slots, chunks, starts)
         for s, chunk in zip(seqs, chunks, strict=True):
             s.prefilled += len(chunk)
         done = [j for j, s in enumerate(seqs) if _ready(s)]
+        if scored or any(seqs[j].params.max_tokens <= 0 for j in done):
+            done = self._end_prefill([(j, slots[j], seqs[j]) for j in done])
         if done:
             self._sample_and_emit(logits[done], [group[j][0] for j in done])
+
+    def _score(self, s: Sequence, logits: torch.Tensor, start: int) -> None:
+        """Record the logprobs of the prompt tokens a prefilled piece predicts: position i of the
+        piece (prompt position start + i) gives the logprob of the prompt token after it."""
+        targets = s.prompt_ids[start + 1:start + 1 + len(logits)]
+        if not targets:
+            return
+        logprobs = torch.log_softmax(logits[:len(targets)].float(), dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])
+        k = s.params.prompt_logprobs or 0
+        tops: list[list[tuple[int, float]]] = [[] for _ in targets]
+        if k:
+            vals, idx = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(),
+                                                                  strict=True)]
+        s.prompt_logprobs += [TokenLogprob(t, lp, top) for t, lp, top in
+                              zip(targets, chosen[:, 0].tolist(), tops, strict=True)]
+
+    def _end_prefill(self, ready: list[tuple[int, int, Sequence]]) -> list[int]:
+        """Hand each fully prefilled sequence that scored its prompt its prompt logprobs, and end
+        each with max_tokens 0 here. Returns the indices (into the group) still to sample."""
+        posts, sample = [], []
+        for j, slot, s in ready:
+            scored = s.params.prompt_logprobs is not None
+            end = "length" if s.params.max_tokens <= 0 else None
+            if not scored and end is None:
+                sample.append(j)
+                continue
+            posts.append((s, Event(s.index, "", [], [], end,
+                                   prompt_logprobs=s.prompt_logprobs if scored else None)))
+            s.prompt_logprobs = []
+            if end is None:
+                sample.append(j)
+            else:
+                self._slots[slot] = None
+                self.runner.free(slot)
+        self._post(posts)
+        return sample
 
     def _decode(self) -> None:
         # Close holes: the highest sequence moves down into the lowest free slot (one row's cache
@@ -307,16 +381,8 @@ class Engine:
         if any(s is not None and s.params.logprobs for s in rows):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for j, s in enumerate(rows):
-            if s is None:
-                continue
-            p = s.params
-            if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
-                counts = torch.bincount(torch.tensor(s.out_ids), minlength=logits.shape[-1])
-                counts = counts[:logits.shape[-1]].to(logits.device, logits.dtype)
-                logits[j] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
-            if s.params.constraint is not None:
-                allowed = s.params.constraint.allowed_tokens(logits.shape[-1])
-                logits[j, ~torch.from_numpy(allowed)] = float("-inf")
+            if s is not None and s.adjusts:
+                _adjust(logits[j], s)
         tokens = self._pick(logits, rows)
         posts = []
         for j, (slot, s, tok) in enumerate(zip(slots, rows, tokens, strict=True)):
@@ -345,11 +411,8 @@ class Engine:
             # A temperature under 1e-30 would overflow float32 logits to inf (and NaN after the
             # softmax); one that low picks the top token anyway.
             probs = torch.softmax(logits[j] / max(s.params.temperature, 1e-30), dim=-1)
-            if s.params.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < s.params.top_p
-                keep[0] = True  # a top_p that float32 rounds to 0 still keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            if s.filters:
+                probs = _narrow(probs, s.params)
             picked.append(int(torch.multinomial(probs, 1, generator=s.generator)))
         return picked
 
@@ -359,15 +422,17 @@ class Engine:
         if p.constraint is not None:
             p.constraint.consume(tok)
         if tok in self.eos_ids:
+            if p.prompt_logprobs is not None and logprobs is not None:
+                # scoring reads the end token's logprob too: a reader of echo's logprobs (as
+                # lm-evaluation-harness is) drops the last entry as the generated token
+                s.pending_logprobs.append(TokenLogprob(tok, float(logprobs[tok]), _top(
+                    logprobs, p.top_logprobs)))
             return "stop"
         s.out_ids.append(tok)
         s.pending_ids.append(tok)
         if logprobs is not None and p.logprobs:
-            top: list[tuple[int, float]] = []
-            if p.top_logprobs:
-                vals, idx = logprobs.topk(p.top_logprobs)
-                top = list(zip(idx.tolist(), vals.tolist(), strict=True))
-            s.pending_logprobs.append(TokenLogprob(tok, float(logprobs[tok]), top))
+            s.pending_logprobs.append(TokenLogprob(tok, float(logprobs[tok]),
+                                                   _top(logprobs, p.top_logprobs)))
         if p.constraint is not None and p.constraint.is_done():
             return "stop"
         if len(s.out_ids) >= p.max_tokens:
@@ -428,6 +493,57 @@ class Engine:
     def _reset_batch(self) -> None:
         self._slots, self._last = [], []
         self.runner.reset()
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The k most likely tokens and their logprobs (none for k 0)."""
+    if not k:
+        return []
+    vals, idx = logprobs.topk(k)
+    return list(zip(idx.tolist(), vals.tolist(), strict=True))
+
+
+def _adjust(logits: torch.Tensor, s: Sequence) -> None:
+    """Change one row of logits, in place, as the sequence's parameters say: the repetition
+    penalty (transformers' meaning: a seen token's positive logit is divided by it, a negative
+    one multiplied), frequency and presence penalties over the output, the logit bias, then the
+    constraint's mask."""
+    p = s.params
+    vocab = logits.shape[-1]
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(s.prompt_ids + s.out_ids, device=logits.device).unique()
+        seen = seen[seen < vocab]
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty,
+                                   picked * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
+        counts = torch.bincount(torch.tensor(s.out_ids), minlength=vocab)
+        counts = counts[:vocab].to(logits.device, logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    if s.bias is not None:
+        ids, values = s.bias
+        logits[ids.to(logits.device)] += values.to(logits.device, logits.dtype)
+    if p.constraint is not None:
+        allowed = p.constraint.allowed_tokens(vocab)
+        logits[~torch.from_numpy(allowed)] = float("-inf")
+
+
+def _narrow(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The probabilities with the tokens top-k, min-p and top-p leave out set to 0 (in that
+    order, as vLLM applies them; the top token always stays)."""
+    if 0 < p.top_k < probs.shape[-1]:
+        kth = probs.topk(p.top_k).values[-1]
+        probs = torch.where(probs < kth, 0.0, probs)
+        probs = probs / probs.sum()
+    if p.min_p > 0:
+        probs = torch.where(probs < p.min_p * probs.max(), 0.0, probs)
+        probs = probs / probs.sum()
+    if p.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < p.top_p
+        keep[0] = True  # a top_p that float32 rounds to 0 still keeps the top token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return probs
 
 
 def _check_limits(**limits: int) -> None:

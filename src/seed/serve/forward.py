@@ -4,7 +4,9 @@ The engine (`engine.py`) gives every running sequence a *slot*, a row of the bat
 it finishes; a new sequence takes a free slot. A runner holds the cache for the slots and offers
 two calls: `add` prefills prompts (or, when the runner is `chunked`, the next piece of a prompt)
 into their slots and returns the next-token logits, `step` decodes one token for every slot up to
-the highest one in use and returns its logits; `move` and `free` keep the slots dense.
+the highest one in use and returns its logits; `move` and `free` keep the slots dense. `add_scoring`
+is `add` that also returns the logits of every position of the rows asked for (prompt logprobs),
+from the same forward pass; plain `add` computes the vocabulary projection for one position a row.
 
 - `LlamaRunner`, for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3): a decode forward over
   the model's own weights, with per-slot key/value buffers written in place. Each slot's tokens sit
@@ -91,6 +93,12 @@ class LlamaRunner:
     def add(self, slots: list[int], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
         """Prefill `chunks` into `slots` after the `starts` tokens each slot already holds
         (right-padded, causal); the logits of each chunk's last token."""
+        return self.add_scoring(slots, chunks, starts, [])[0]
+
+    def add_scoring(self, slots: list[int], chunks: list[list[int]], starts: list[int],
+                    scored: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`add`, and for each index in `scored` the logits of every position of that chunk
+        ([len(chunk), vocab]: position i predicts the token after it)."""
         width = max(len(c) for c in chunks)
         self._grow(max(s for s in starts) + width)
         ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
@@ -101,7 +109,8 @@ class LlamaRunner:
         last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
         self.positions[slots] = torch.tensor([s + len(c) for s, c in zip(starts, chunks,
                                                                           strict=True)])
-        return self._logits(hidden[torch.arange(len(chunks), device=self.device), last])
+        every = [self._logits(hidden[j, :len(chunks[j])]) for j in scored]
+        return self._logits(hidden[torch.arange(len(chunks), device=self.device), last]), every
 
     def step(self, tokens: list[int], live: list[bool]) -> torch.Tensor:
         """One token for slots 0..len(tokens)-1; finished slots ride along. Logits per slot."""
@@ -242,6 +251,12 @@ class HFRunner:
         self._live: set[int] = set()
 
     def add(self, slots: list[int], prompts: list[list[int]], starts: list[int]) -> torch.Tensor:
+        return self.add_scoring(slots, prompts, starts, [])[0]
+
+    def add_scoring(self, slots: list[int], prompts: list[list[int]], starts: list[int],
+                    scored: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`add`, and every position's logits for the prompts in `scored` (transformers then
+        projects every position of the group, so only a group holding one asks for it)."""
         assert not any(starts), "HFRunner prefills whole prompts"
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])
@@ -249,12 +264,14 @@ class HFRunner:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True,
-                         past_key_values=self._new_cache([]), logits_to_keep=1)
+                         past_key_values=self._new_cache([]),
+                         logits_to_keep=0 if scored else 1)
         self._merge(slots, out.past_key_values, mask.to(self.device))
         for s, p in zip(slots, prompts, strict=True):
             self._positions[s] = len(p)
         self._live.update(slots)
-        return out.logits[:, -1, :]
+        every = [out.logits[j, width - len(prompts[j]):] for j in scored]
+        return out.logits[:, -1, :], every
 
     def _merge(self, slots: list[int], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Write freshly prefilled rows into their slots, left-padding the shorter side.

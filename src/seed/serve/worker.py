@@ -13,8 +13,10 @@ Messages are plain picklable tuples over one multiprocessing Pipe (a Unix socket
     API -> engine   ("submit", tag, prompt_ids, [SamplingParams fields], grammar or None)
                     ("cancel", tag)   ("stop",)
     engine -> API   ("ready",)   ("failed", reason)
-                    ("events", [(tag, index, text, token_ids, logprobs, finish_reason)], running,
-                     waiting), logprobs as (token_id, logprob, [(token_id, logprob)]) tuples
+                    ("events", [(tag, index, text, token_ids, logprobs, finish_reason,
+                                 prompt_logprobs)], running, waiting), logprobs as
+                     (token_id, logprob, [(token_id, logprob)]) tuples, prompt_logprobs a list
+                     of them or None
                     ("counts", running, waiting)
 
 Back-pressure lives on the API side: at most max_running + max_queue sequences are outstanding
@@ -171,12 +173,13 @@ class EngineProcess:
             self._died()
 
     def _route(self, events: list[tuple]) -> None:
-        for tag, index, text, token_ids, logprobs, finish in events:
+        for tag, index, text, token_ids, logprobs, finish, prompt in events:
             route = self._routes.get(tag)
             if route is None:  # cancelled while this step ran
                 continue
             lps = [TokenLogprob(t, lp, top) for t, lp, top in logprobs]
-            route.queue.put_nowait(Event(index, text, token_ids, lps, finish))
+            scored = None if prompt is None else [TokenLogprob(t, lp, top) for t, lp, top in prompt]
+            route.queue.put_nowait(Event(index, text, token_ids, lps, finish, scored))
             if finish and index in route.open:
                 route.open.discard(index)
                 self._outstanding -= 1
@@ -305,7 +308,7 @@ class _Core:
             log.warning("submit failed: %s", e)
             self.tags.pop(tag, None)
             reason = QUEUE_FULL if isinstance(e, QueueFull) else f"error: {e}"
-            self._send(("events", [(tag, i, "", [], [], reason) for i in range(len(fields))],
+            self._send(("events", [(tag, i, "", [], [], reason, None) for i in range(len(fields))],
                         self.engine.running, self.engine.queue_depth))
 
     def _on_events(self, posts: list[tuple[Sequence, Event]]) -> None:
@@ -314,7 +317,8 @@ class _Core:
         for s, e in posts:
             out.append((s.tag, e.index, e.text, e.token_ids,
                         [(lp.token_id, lp.logprob, lp.top) for lp in e.logprobs],
-                        e.finish_reason))
+                        e.finish_reason, None if e.prompt_logprobs is None else
+                        [(lp.token_id, lp.logprob, lp.top) for lp in e.prompt_logprobs]))
             if e.finish_reason:
                 entry = self.tags.get(s.tag)
                 if entry is not None:
