@@ -6,6 +6,7 @@
 - servers.py: free ports, waiting for a server, the fault server's client (`fault_server`).
 - fault_server.py: a local OpenAI-compatible server that injects faults (run as a script).
 - judge_server.py: a rule-based judge whose verdicts can be worked out by hand.
+- scripted_chat.py: a server in a test thread streaming scripted reasoning and tool-call replies.
 - serve.py: `seed serve` on a free port, server-sent events, a load test.
 - training.py: chats, records with teacher logprobs, a run's metrics.
 
