@@ -110,7 +110,7 @@ class Sequence:
     cancelled: bool = False
     generator: torch.Generator | None = None
     submitted_at: float = field(default_factory=time.monotonic)
-    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # scored prefill so far
+    prompt_scores: list[TokenLogprob] = field(default_factory=list)  # prefilled prompt, scored
     adjusts: bool = False  # penalties, a logit bias or a constraint change its logits
     filters: bool = False  # top-p, top-k or min-p narrow what it samples from
     bias: tuple[torch.Tensor, torch.Tensor] | None = None  # logit_bias as (ids, values)
@@ -324,8 +324,8 @@ class Engine:
             vals, idx = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
             tops = [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(),
                                                                   strict=True)]
-        s.prompt_logprobs += [TokenLogprob(t, lp, top) for t, lp, top in
-                              zip(targets, chosen[:, 0].tolist(), tops, strict=True)]
+        s.prompt_scores += [TokenLogprob(t, lp, top) for t, lp, top in
+                            zip(targets, chosen[:, 0].tolist(), tops, strict=True)]
 
     def _end_prefill(self, ready: list[tuple[int, int, Sequence]]) -> list[int]:
         """Hand each fully prefilled sequence that scored its prompt its prompt logprobs, and end
@@ -338,8 +338,8 @@ class Engine:
                 sample.append(j)
                 continue
             posts.append((s, Event(s.index, "", [], [], end,
-                                   prompt_logprobs=s.prompt_logprobs if scored else None)))
-            s.prompt_logprobs = []
+                                   prompt_logprobs=s.prompt_scores if scored else None)))
+            s.prompt_scores = []
             if end is None:
                 sample.append(j)
             else:
