@@ -17,9 +17,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-# One pip run for the dev install (a second would resolve and build the package again).
+# One pip run for the dev install (a second would resolve and build the package again); the tests
+# run lm-evaluation-harness too (the harness extra).
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,harness]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
