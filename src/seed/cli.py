@@ -319,6 +319,12 @@ def serve(
         "127.0.0.1 and [::1] always do).")] = None,
     upstream_timeout: Annotated[float | None, typer.Option(
         help="Seconds an upstream may take to answer (default 600).")] = None,
+    tool_parser: Annotated[str | None, typer.Option(
+        help="How the model writes tool calls: auto (read from its chat template), hermes "
+        "(<tool_call>, Qwen), llama3_json or mistral ([TOOL_CALLS]).")] = None,
+    reasoning_parser: Annotated[str | None, typer.Option(
+        help="Where a reply's reasoning is: auto (<think>...</think> when the chat template "
+        "writes <think>), think, or none.")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
     from seed.recipe import load_serve_config
@@ -330,7 +336,8 @@ def serve(
         "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens,
         "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype,
         "max_body_bytes": max_body_bytes, "allowed_hosts": allowed_host or None,
-        "upstream_timeout": upstream_timeout}))
+        "upstream_timeout": upstream_timeout, "tool_parser": tool_parser,
+        "reasoning_parser": reasoning_parser}))
 
 
 def main() -> None:
