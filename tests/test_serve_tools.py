@@ -130,6 +130,31 @@ def test_required_with_parallel_calls_streams_each_call_by_its_index(client):
         check_call(c)
 
 
+def test_auto_completes_a_call_the_model_starts_under_its_schema(client, model_dir):
+    """A bias makes the model open a call at once; the grammar takes it from there."""
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    bias = {str(tok.convert_tokens_to_ids("<tool_call>")): 100}
+    kw = {"messages": ASK, "tools": TOOLS, "tool_choice": "auto", "parallel_tool_calls": False,
+          "max_tokens": 60, "temperature": 0, "logit_bias": bias, "extra_body": NO_THINK}
+    whole = client.chat.completions.create(model="tiny", **kw).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.content is None
+    [call] = whole.message.tool_calls
+    check_call(call)
+    _, calls = streamed(client, **kw)
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (call.function.name, call.function.arguments)]
+
+
+def test_tool_choice_none_never_parses_calls(client, model_dir):
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    bias = {str(tok.convert_tokens_to_ids("<tool_call>")): 100}
+    r = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                       tool_choice="none", max_tokens=3, temperature=0,
+                                       logit_bias=bias, extra_body=NO_THINK).choices[0]
+    assert r.message.tool_calls is None and r.finish_reason == "length"
+    assert r.message.content == "<tool_call>" * 3
+
+
 def test_a_tool_round_trip_renders_the_history_as_the_template_does(client, model_dir):
     first = client.chat.completions.create(
         model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=60,
