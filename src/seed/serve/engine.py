@@ -114,6 +114,7 @@ class Sequence:
     adjusts: bool = False  # penalties, a logit bias or a constraint change its logits
     filters: bool = False  # top-p, top-k or min-p narrow what it samples from
     bias: tuple[torch.Tensor, torch.Tensor] | None = None  # logit_bias as (ids, values)
+    seen: torch.Tensor | None = None  # for a repetition penalty: the tokens of prompt and output
 
     def __post_init__(self) -> None:
         p = self.params
@@ -511,11 +512,14 @@ def _adjust(logits: torch.Tensor, s: Sequence) -> None:
     p = s.params
     vocab = logits.shape[-1]
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(s.prompt_ids + s.out_ids, device=logits.device).unique()
-        seen = seen[seen < vocab]
-        picked = logits[seen]
-        logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty,
-                                   picked * p.repetition_penalty)
+        if s.seen is None:
+            s.seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
+            s.seen[torch.tensor(s.prompt_ids, device=logits.device)] = True
+        if s.out_ids:  # each step adds one token (set again when unchanged: no harm)
+            s.seen[s.out_ids[-1]] = True
+        picked = logits[s.seen]
+        logits[s.seen] = torch.where(picked > 0, picked / p.repetition_penalty,
+                                     picked * p.repetition_penalty)
     if (p.presence_penalty or p.frequency_penalty) and s.out_ids:
         counts = torch.bincount(torch.tensor(s.out_ids), minlength=vocab)
         counts = counts[:vocab].to(logits.device, logits.dtype)
