@@ -217,6 +217,10 @@ def test_max_tokens_0_needs_echo(client):
     assert e.value.body["param"] == "max_tokens" and "echo" in e.value.message
     r = client.completions.create(model="tiny", prompt=[TEXT, "a b"], echo=True, max_tokens=0)
     assert [c.text for c in r.choices] == [TEXT, "a b"] and r.usage.completion_tokens == 0
+    echo, end = client.completions.create(model="tiny", prompt=TEXT, echo=True, logprobs=1,
+                                          max_tokens=0, stream=True)
+    assert echo.choices[0].text == TEXT and echo.choices[0].logprobs.tokens[0] == "The"
+    assert (end.choices[0].text, end.choices[0].finish_reason) == ("", "length")
 
 
 def _post(url: str, path: str, body: dict, key: str | None = KEY) -> httpx.Response:
