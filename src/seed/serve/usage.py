@@ -76,6 +76,10 @@ class UsageLog:
 
 @dataclass
 class RequestRecord:
+    """One request's accounting, from its arrival to `finish`; the tokens it generated are told
+    to it as they arrive (`tokens`), which feeds the time-to-first-token and inter-token latency
+    histograms."""
+
     route: str
     metrics: ServerMetrics
     usage_log: UsageLog | None = None
@@ -86,11 +90,30 @@ class RequestRecord:
     start: float = field(default_factory=time.monotonic)
     ttft: float | None = None
     done: bool = False
+    finish_reasons: list[str] = field(default_factory=list)  # each finished sequence's
+    _last_tokens: dict[tuple[int, int], float] = field(default_factory=dict)  # per sequence
 
-    def first_token(self) -> None:
+    def first_token(self, now: float | None = None) -> None:
         if self.ttft is None:
-            self.ttft = time.monotonic() - self.start
-            self.metrics.ttft.observe(self.ttft)
+            self.ttft = (time.monotonic() if now is None else now) - self.start
+            self.metrics.first_token(self.ttft)
+
+    def tokens(self, sequence: tuple[int, int], count: int, finish_reason: str | None) -> None:
+        """`count` tokens of one sequence (its run's tag and its index) arrived now, and its
+        finish reason once it has one. Tokens that arrive together share the gap before them;
+        those with the sequence's first are 0 apart."""
+        if count:
+            now = time.monotonic()
+            last = self._last_tokens.get(sequence)
+            self._last_tokens[sequence] = now
+            if last is None:
+                self.first_token(now)
+                if count > 1:
+                    self.metrics.itl.observe(0.0, count - 1)
+            else:
+                self.metrics.itl.observe((now - last) / count, count)
+        if finish_reason in ("stop", "length"):
+            self.finish_reasons.append(finish_reason)
 
     def finish(self, status: int) -> None:
         """Count the request once, whichever path ends it."""
@@ -99,12 +122,8 @@ class RequestRecord:
         self.done = True
         latency = time.monotonic() - self.start
         m = self.metrics
-        m.requests.inc(route=self.route, status=str(status))
-        m.latency.observe(latency)
-        if self.prompt_tokens:
-            m.prompt_tokens.inc(self.prompt_tokens)
-        if self.completion_tokens:
-            m.generation_tokens.inc(self.completion_tokens)
+        m.finished(self.route, status, latency, self.prompt_tokens, self.completion_tokens,
+                   self.finish_reasons)
         if self.usage_log is not None and not self.usage_log.append({
                 "time": round(time.time(), 3), "key": self.key, "route": self.route,
                 "model": None if self.model is None else self.model[:MODEL_CHARS],
