@@ -17,8 +17,16 @@ from transformers import AutoTokenizer
 from helpers.models import HERMES_THINK, LLAMA31_JSON, MISTRAL_TOOLS, THINK_CHATML, tiny_model
 from seed.serve.grammar import GrammarTokenizer
 from seed.serve.reasoning import ReplySplitter, template_thinks
-from seed.serve.tool_grammar import FunctionSchema, compile_lark, tool_lark
-from seed.serve.tools import FORMATS, HERMES, LLAMA3_JSON, MISTRAL, assemble, detect_format
+from seed.serve.tool_grammar import FunctionSchema, compile_lark, json_after_thinking, tool_lark
+from seed.serve.tools import (
+    FORMATS,
+    HERMES,
+    LLAMA3_JSON,
+    MISTRAL,
+    assemble,
+    detect_format,
+    restore_markers,
+)
 
 WEATHER = '{"city": "Paris", "days": 3}'
 HERMES_TEXT = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": ' + WEATHER
@@ -30,6 +38,12 @@ MISTRAL_TEXT = ('[TOOL_CALLS] [{"name": "get_weather", "arguments": ' + WEATHER
                 + ', "id": "a1B2c3D4e"}, {"name": "get_time", "arguments": {"zone": "CET"}, '
                 '"id": "f5G6h7I8j"}]')
 BOTH = [("get_weather", WEATHER), ("get_time", '{"zone": "CET"}')]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("parsers") / "tiny", template=HERMES_THINK,
+                      added_tokens=("<tool_call>", "</tool_call>", "</think>"))
 
 
 def split(text, fmt=None, thinking=None, step=None):
@@ -121,6 +135,27 @@ def test_reasoning_comes_first_then_the_answer_s_calls():
         assert parsed.content == "Let me check.\n" and calls(parsed) == BOTH
 
 
+def test_markers_that_are_special_tokens_are_put_back_where_they_were(tiny_path):
+    """Mistral's [TOOL_CALLS] is a special token, which the engine's decoding drops."""
+    tok = AutoTokenizer.from_pretrained(str(tiny_path))
+    tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    mark = tok.convert_tokens_to_ids("[TOOL_CALLS]")
+    ids = [*tok("Sure. ")["input_ids"], mark,
+           *tok(MISTRAL_TEXT.removeprefix("[TOOL_CALLS]"))["input_ids"]]
+
+    def decode(part):
+        return tok.decode(part, skip_special_tokens=True)
+
+    assert "[TOOL_CALLS]" not in decode(ids)
+    whole = restore_markers(decode(ids), ids, {mark: "[TOOL_CALLS]"}, decode)
+    assert whole == "Sure. " + MISTRAL_TEXT
+    # one event per token, as the engine sends them
+    pieces = [restore_markers(decode(ids[:k + 1])[len(decode(ids[:k])):], ids[k:k + 1],
+                              {mark: "[TOOL_CALLS]"}, decode) for k in range(len(ids))]
+    assert "".join(pieces) == whole
+    assert calls(split(whole, MISTRAL)) == BOTH
+
+
 def test_the_family_and_the_thinking_are_read_from_the_template():
     assert detect_format(HERMES_THINK) is HERMES
     assert detect_format(LLAMA31_JSON) is LLAMA3_JSON
@@ -140,10 +175,8 @@ FUNCTIONS = [FunctionSchema("get_weather", SCHEMA),
 
 
 @pytest.fixture(scope="module")
-def grammar_tok(tmp_path_factory):
-    path = tiny_model(tmp_path_factory.mktemp("grammar") / "tiny", template=HERMES_THINK,
-                      added_tokens=("<tool_call>", "</tool_call>", "</think>"))
-    tok = AutoTokenizer.from_pretrained(str(path))
+def grammar_tok(tiny_path):
+    tok = AutoTokenizer.from_pretrained(str(tiny_path))
     return tok, GrammarTokenizer(tok, len(tok), {tok.eos_token_id})
 
 
@@ -194,3 +227,10 @@ def test_a_required_call_after_thinking_may_reason_first(grammar_tok):
     call = call_text(HERMES, {"city": "Paris", "days": 2})
     assert accepts(grammar_tok, lark, "Rain? Check.</think>\n\n" + call)
     assert not accepts(grammar_tok, lark, "Rain? Check.</think>\n\n" + call.replace("2", "9"))
+
+
+def test_a_response_format_after_thinking_reasons_then_answers_in_the_schema(grammar_tok):
+    lark = json_after_thinking(SCHEMA, markers(grammar_tok))
+    assert accepts(grammar_tok, lark, 'Hmm.</think>\n\n{"city":"Lima","days":5}')
+    assert not accepts(grammar_tok, lark, 'Hmm.</think>\n\n{"city":"Oslo","days":5}')
+    assert not accepts(grammar_tok, lark, '{"city":"Lima","days":5}')

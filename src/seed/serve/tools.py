@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -352,6 +353,22 @@ def partial_suffix(text: str, marker: str) -> int:
         if text.endswith(marker[:k]):
             return k
     return 0
+
+
+def restore_markers(text: str, token_ids: list[int], markers: Mapping[int, str],
+                    decode: Callable[[list[int]], str]) -> str:
+    """`text`, which the engine decoded without special tokens, with the markers among
+    `token_ids` that are special tokens (Mistral's `[TOOL_CALLS]`, Llama's `<|python_tag|>`) put
+    back where they were; `decode` spells tokens as the engine does."""
+    out, used, start = [], 0, 0
+    for k, token in enumerate(token_ids):
+        mark = markers.get(token)
+        if mark is None:
+            continue
+        cut = min(len(text), used + len(decode(token_ids[start:k]))) if k > start else used
+        out += [text[used:cut], mark]
+        used, start = cut, k + 1
+    return "".join(out) + text[used:]
 
 
 @dataclass
