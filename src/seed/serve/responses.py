@@ -167,6 +167,10 @@ def unsupported_field(req: ResponsesRequest) -> tuple[str, str] | None:
         if name in _FINE_AT:
             return name, f"`{name}: {dumps(value)}` is not supported: {why}"
         return name, f"`{name}` is not supported: {why}"
+    for name, value in ((req.text.model_extra or {}) if req.text else {}).items():
+        if value is not None:  # `verbosity`: a served model has one way of answering
+            return f"text.{name}", (f"`text.{name}` is not supported: Seed cannot change how "
+                                    f"much a model says; omit it")
     return None
 
 
@@ -357,7 +361,8 @@ OutputItem = MessageItem | ReasoningItem | FunctionCallItem
 
 
 class InputTokensDetails(TypedDict):
-    cached_tokens: int
+    cached_tokens: int  # what the chat reports (Seed caches no prompts: 0)
+    cache_write_tokens: int
 
 
 class OutputTokensDetails(TypedDict):
@@ -454,7 +459,8 @@ def response_usage(chat_usage: dict[str, Any] | None) -> ResponseUsage | None:
     prompt = chat_usage.get("prompt_tokens_details") or {}
     completion = chat_usage.get("completion_tokens_details") or {}
     return {"input_tokens": chat_usage["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": prompt.get("cached_tokens") or 0},
+            "input_tokens_details": {"cached_tokens": prompt.get("cached_tokens") or 0,
+                                     "cache_write_tokens": 0},
             "output_tokens": chat_usage["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": completion.get("reasoning_tokens") or 0},
             "total_tokens": chat_usage["total_tokens"]}
@@ -480,7 +486,7 @@ def from_chat_completion(head: ResponseHead, completion: dict[str, Any]) -> Resp
     if thought:
         output.append(reasoning_item(item_id("rs"), thought, status))
     calls = message.get("tool_calls") or []
-    if message.get("content") or not calls:
+    if message.get("content") or not (calls or output):  # a reply with nothing says ""
         output.append(message_item(item_id("msg"), message.get("content") or "", status))
     for call in calls:
         output.append(function_call_item(item_id("fc"), call["id"], call["function"]["name"],

@@ -83,8 +83,10 @@ class ResponseEvents:
         return out
 
     def end(self) -> list[str]:
-        """Close every open item, then response.completed or response.incomplete."""
-        out = self._close_all()
+        """Close every open item, then response.completed or response.incomplete (a reply with
+        nothing in it is an empty message, as the response object says)."""
+        out = [] if self.output else self._text("message", "")
+        out += self._close_all()
         response = finished(self.head, self.output, self.finish_reason, self.usage)
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         return [*out, self.event(kind, response=response)]
@@ -111,6 +113,8 @@ class ResponseEvents:
             out += [self.event("response.output_item.added", output_index=index, item=item),
                     self.event("response.content_part.added", item_id=item["id"],
                                output_index=index, content_index=0, part=part)]
+        if not text:
+            return out
         self.open[index] += text
         item_id_ = self.output[index]["id"]
         if kind == "message":
