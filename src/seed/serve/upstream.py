@@ -37,6 +37,9 @@ from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord
 
 _PASS_HEADERS = ("content-type", "retry-after", "cache-control")
+# The Responses API's first events carry no token (its deltas and chat chunks do).
+_LIFECYCLE = tuple(f'data: {{"type":"response.{kind}"' for kind in (
+    "created", "in_progress", "output_item.added", "content_part.added"))
 PROBE_EVERY_S = 1.5
 PROBE_TIMEOUT_S = 1.0
 
@@ -161,7 +164,8 @@ class UpstreamBackend:
         try:
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    rec.first_token()
+                    if not line.startswith(_LIFECYCLE):
+                        rec.first_token()
                     if '"usage":{' in line.replace(" ", ""):
                         _count_usage(line[len("data: "):].encode(), rec)
                 yield (line + "\n").encode()
