@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from helpers.models import LLAMA31_JSON, tiny_model
 from helpers.serve import running_server
-from seed.serve import responses
+from seed.serve import responses, responses_format
 from seed.serve.responses_stream import ResponseEvents
 
 KEY = "sk-test-responses"
@@ -287,7 +287,8 @@ def chunk(delta, finish=None):
 
 
 def test_reasoning_becomes_a_reasoning_item_before_the_message():
-    head = responses.response_head(responses.ResponsesRequest(model="m", input="Hi"), 1.0, 1.0)
+    request = responses.ResponsesRequest(model="m", input="Hi")
+    head = responses_format.response_head(request, 1.0, 1.0)
     events = ResponseEvents(head)
     out = events.start()
     for c in [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "Let "}),
@@ -314,8 +315,9 @@ def test_reasoning_becomes_a_reasoning_item_before_the_message():
     assert message.type == "message" and final.output_text == "Hello!"
     assert final.usage.output_tokens_details.reasoning_tokens == 3
     assert [p["sequence_number"] for p in parsed] == list(range(len(parsed)))
-    whole = responses.from_chat_completion(head, {"choices": [{"finish_reason": "stop", "message": {
-        "role": "assistant", "content": "Hello!", "reasoning_content": "Let me think."}}],
+    whole = responses_format.from_chat_completion(head, {
+        "choices": [{"finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Hello!", "reasoning_content": "Let me think."}}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
     assert [(o["type"], o["content"][0]["text"]) for o in whole["output"]] == [
         ("reasoning", "Let me think."), ("message", "Hello!")]

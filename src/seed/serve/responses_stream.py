@@ -10,7 +10,7 @@ reasoning item the same with response.reasoning_text.*, for a function call
 response.function_call_arguments.delta ... and .done; response.output_item.done; and at the end
 response.completed, response.incomplete (out of tokens) or response.failed. An item is closed
 when an item of another kind starts; function calls stay open until the end (their pieces come by
-index). The item shapes and the final response object are `responses.py`'s.
+index). The item shapes and the final response object are `responses_format.py`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Literal
 
 from seed.serve.errors import APIError
-from seed.serve.responses import (
+from seed.serve.responses_format import (
     FunctionCallItem,
     MessageItem,
     OutputItem,
