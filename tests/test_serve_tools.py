@@ -188,6 +188,24 @@ def test_parse_with_a_pydantic_model_returns_an_instance(client):
     assert isinstance(parsed, Forecast) and 1 <= parsed.days <= 7
 
 
+def test_parse_with_a_pydantic_function_tool_returns_parsed_arguments(client):
+    r = client.chat.completions.parse(
+        model="tiny", messages=ASK, tools=[openai.pydantic_function_tool(Forecast)],
+        tool_choice="required", parallel_tool_calls=False, max_tokens=40, temperature=0,
+        extra_body=NO_THINK)
+    [call] = r.choices[0].message.tool_calls
+    assert call.function.name == "Forecast"
+    assert isinstance(call.function.parsed_arguments, Forecast)
+
+
+def test_the_stream_helper_gives_the_parsed_final_completion(client):
+    with client.chat.completions.stream(model="tiny", messages=ASK, response_format=Forecast,
+                                        max_tokens=40, temperature=0,
+                                        extra_body=NO_THINK) as stream:
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Forecast)
+
+
 def test_a_replayed_assistant_message_with_null_extras_is_accepted(url):
     history = [*ASK, {"role": "assistant", "content": None, "refusal": None, "annotations": [],
                       "audio": None, "function_call": None, "reasoning_content": None,
@@ -218,6 +236,10 @@ CALL = {"id": "call_1", "type": "function",
      "chat_template_kwargs.reasoning_effort"),
     ({"messages": ASK, "tools": TOOLS, "response_format": {"type": "json_object"}},
      "response_format"),
+    ({"messages": ASK, "tools": [WEATHER, {"type": "custom", "custom": {"name": "sql"}}]},
+     "tools.1"),
+    ({"messages": ASK, "tools": TOOLS, "tool_choice": {"type": "allowed_tools", "mode": "auto"}},
+     "tool_choice"),
 ])
 def test_a_tool_request_the_server_cannot_honour_is_a_400_naming_the_field(url, body, param):
     r = httpx.post(url + "/v1/chat/completions", timeout=60,
