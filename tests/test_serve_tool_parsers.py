@@ -71,6 +71,12 @@ def test_each_family_s_calls_are_read_with_their_arguments_as_written(fmt, text,
                    for c in parsed.tool_calls)
 
 
+def test_text_after_a_call_is_content_without_the_blank_lines_before_it():
+    for step in (None, 1):
+        parsed = split(HERMES_TEXT + "\n\nI will wait for them.", HERMES, step=step)
+        assert parsed.content == "Let me check.\nI will wait for them." and calls(parsed) == BOTH
+
+
 def test_each_call_gets_its_own_id():
     parsed = split(HERMES_TEXT, HERMES)
     assert len({c["id"] for c in parsed.tool_calls}) == 2

@@ -167,7 +167,7 @@ class ToolCallStream:
     raw: str = ""  # the calls' text since their marker, while no call has been handed out
     calls: int = 0
     started: bool = False  # llama3_json: the reply's first text has been seen
-    after_call: bool = False  # whitespace after a call is dropped, not content
+    after_call: bool = False  # whitespace right after a call is dropped, not content
     scan: _Scan = field(default_factory=_Scan)
 
     def feed(self, text: str) -> list[Piece]:
@@ -338,13 +338,11 @@ class ToolCallStream:
         self.buf = self.buf[n:]
 
     def _content(self, out: list[Piece], text: str) -> None:
-        if not text:
-            return
-        if self.after_call:
-            if not text.strip(_WS):
-                return
-            self.after_call = False
-        out.append(Piece("content", text))
+        if self.after_call:  # the whitespace between and after calls is not content
+            text = text.lstrip(_WS)
+            self.after_call = not text
+        if text:
+            out.append(Piece("content", text))
 
 
 def partial_suffix(text: str, marker: str) -> int:
