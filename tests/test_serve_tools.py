@@ -50,7 +50,10 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(model_dir):
-    with running_server(str(model_dir)) as url:
+    # the parsers named, not read from the template; reasoning is left in the content (the
+    # reasoning split has its own tests, test_serve_reasoning.py)
+    with running_server(str(model_dir), "--tool-parser", "hermes",
+                        "--reasoning-parser", "none") as url:
         yield url
 
 
@@ -174,6 +177,18 @@ def test_a_tool_round_trip_renders_the_history_as_the_template_does(client, mode
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in rendered
     assert call.function.arguments in rendered
     assert final.usage.prompt_tokens == len(tok(rendered, add_special_tokens=False)["input_ids"])
+
+
+def test_with_the_reasoning_parser_off_the_thought_stays_in_the_content(client, url, model_dir):
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    prompt = tok.apply_chat_template(ASK, add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<think>\n")  # the template opened the reasoning
+    raw = httpx.post(url + "/v1/completions", timeout=60, json={
+        "model": "tiny", "prompt": prompt, "max_tokens": 8, "temperature": 0}).json()
+    r = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content == raw["choices"][0]["text"]
+    assert "reasoning_content" not in (r.choices[0].message.model_extra or {})
+    assert r.usage.completion_tokens_details is None
 
 
 class Forecast(BaseModel):
