@@ -27,7 +27,7 @@ import llguidance
 from seed.serve.errors import bad_request
 from seed.serve.grammar import GrammarTokenizer
 from seed.serve.reasoning import CLOSE
-from seed.serve.schemas import ChatCompletionRequest
+from seed.serve.schemas import ChatCompletionRequest, FunctionTool, NamedToolChoice
 from seed.serve.tools import ToolFormat
 
 _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -73,14 +73,23 @@ def tool_plan(req: ChatCompletionRequest, fmt: ToolFormat | None,
             raise bad_request("tool_choice needs tools: send the functions in `tools`, or drop "
                               "tool_choice.", "tool_choice")
         return ToolPlan()
+    for i, tool in enumerate(req.tools):
+        if not isinstance(tool, FunctionTool):
+            raise bad_request(f"tools.{i} is not a function tool; Seed serves tools of type "
+                              "`function` with a `function.name` only.", f"tools.{i}")
+    if isinstance(choice, dict):
+        raise bad_request("tool_choice is none of `none`, `auto`, `required` or a named function "
+                          '(`{"type": "function", "function": {"name": ...}}`); send one of '
+                          "them.", "tool_choice")
     if not renders_tools:
         raise bad_request("This model's chat template does not render tools, so the model cannot "
                           "be told about them; drop `tools` or serve a model whose template "
                           "supports them.", "tools")
+    tools = [t for t in req.tools if isinstance(t, FunctionTool)]
     functions = [FunctionSchema(t.function.name, t.function.parameters or _NO_PARAMETERS)
-                 for t in req.tools]
-    template_tools = [t.model_dump(exclude_none=True) for t in req.tools]
-    if not isinstance(choice, str) and choice is not None:
+                 for t in tools]
+    template_tools = [t.model_dump(exclude_none=True) for t in tools]
+    if isinstance(choice, NamedToolChoice):
         named = [f for f in functions if f.name == choice.function.name]
         if not named:
             raise bad_request(f"tool_choice names the function `{choice.function.name}`, which is "
