@@ -305,6 +305,10 @@ class ServeConfig(Strict):
     threads: int | None = Field(None, gt=0)  # CPU threads for the model; default: torch's choice
     device: str | None = None  # default: cuda when there is one, else cpu
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on a GPU, else float32
+    # How the model writes tool calls; auto: read from the chat template (serve/tools.py)
+    tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
+    # Where a reply's reasoning is; auto: <think>...</think> when the chat template writes <think>
+    reasoning_parser: Literal["auto", "none", "think"] = "auto"
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -31,13 +31,26 @@ from seed.serve.metrics import ServerMetrics
 from seed.serve.openai_format import (
     ChatCompletion,
     Completion,
+    DetokenizeResponse,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
+    TokenizeResponse,
     error_body,
 )
-from seed.serve.schemas import ChatCompletionRequest, CompletionRequest, error_param
+from seed.serve.responses import ResponsesRequest
+from seed.serve.responses import error_param as responses_error_param
+from seed.serve.responses_format import ResponseObject
+from seed.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeRequest,
+    error_param,
+)
 from seed.serve.usage import RequestRecord, UsageLog
 
 
@@ -51,6 +64,12 @@ class Backend(Protocol):
                    rec: RequestRecord) -> Response: ...
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response: ...
+    async def responses(self, req: ResponsesRequest, http: Request,
+                        rec: RequestRecord) -> Response: ...
+    async def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest, http: Request,
+                       rec: RequestRecord) -> Response: ...
+    async def detokenize(self, req: DetokenizeRequest, http: Request,
+                         rec: RequestRecord) -> Response: ...
     def queue_depth(self) -> int: ...
     def running(self) -> int: ...
     def problem(self) -> str | None: ...  # why /health is a 503, or None when all is well
@@ -71,7 +90,8 @@ _STREAM = {"text/event-stream": {"schema": {
 
 
 # Routes by name in /metrics; any other path a client sends is counted as "other".
-_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics",
+_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models",
+                     "/metrics", "/tokenize", "/detokenize",
                      "/health", "/"})
 
 
@@ -79,7 +99,7 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
                usage_log: UsageLog | None = None) -> FastAPI:
     """The server for `backend`; with `keys`, every path but /health, / and the docs needs one."""
     keys = keys or []
-    metrics = ServerMetrics(backend.queue_depth, backend.running)
+    metrics = ServerMetrics(backend.queue_depth, backend.running, backend.model_name)
 
     def refused(path: str, status: int, key: str | None) -> None:
         """Count a request answered before its route runs: refused at the edge, or an invalid
@@ -109,7 +129,8 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     async def _invalid(request: Request, e: RequestValidationError) -> Response:
         refused(request.url.path, 400, key_label(request.scope))
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid body"}
-        where = error_param(tuple(first.get("loc", ())))
+        param = responses_error_param if request.url.path == "/v1/responses" else error_param
+        where = param(tuple(first.get("loc", ())))
         msg = f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
         return JSONResponse(error_body(msg, param=where), status_code=400)
 
@@ -146,6 +167,23 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
                          "text_completion events when `stream` is true"}})
     async def completions(req: CompletionRequest, http: Request) -> Response:
         return await answer("/v1/completions", req, http, backend.completions)
+
+    @app.post("/v1/responses", response_model=ResponseObject, responses={
+        **_ERRORS, 200: {"content": _STREAM, "description": "A response, or a stream of its "
+                         "events (response.created ... response.completed) when `stream` is "
+                         "true"}})
+    async def responses(req: ResponsesRequest, http: Request) -> Response:
+        return await answer("/v1/responses", req, http, backend.responses)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+    async def tokenize(req: TokenizeRequest, http: Request) -> Response:
+        """vLLM's tokenizer route: a `prompt`'s token ids, or a chat's (`messages`) as the chat
+        route renders it."""
+        return await answer("/tokenize", req, http, backend.tokenize)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+    async def detokenize(req: DetokenizeRequest, http: Request) -> Response:
+        return await answer("/detokenize", req, http, backend.detokenize)
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
     async def models() -> Response:

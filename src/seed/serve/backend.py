@@ -2,12 +2,15 @@
 
 It renders chats with the model's chat template, applies `generation_config.json` defaults, refuses
 (400, both lengths stated) a prompt that does not fit the context instead of truncating it, compiles
-`response_format` schemas for constrained decoding, and turns the engine's events into the
-`chat.completion` / `text_completion` objects or server-sent-event chunks that `openai_format.py`
-declares and builds (this module holds no response shape of its own). Templates and tokenization
-run on one worker thread, never on the event loop, after a prompt too long to fit by its
-characters alone has been refused; a special token typed in a message stays text. A client that
-leaves (streaming or not) cancels its sequences at once and is counted as a 499.
+`response_format` schemas for constrained decoding (and, with `tools`, the grammar that holds
+calls to their schemas: `tool_grammar.py`), splits a reply into reasoning, content and tool calls
+(`reasoning.py`, `tools.py`) when the request or the template asks, and turns the engine's events
+into the `chat.completion` / `text_completion` objects or server-sent-event chunks that
+`openai_format.py` declares and builds (this module holds no response shape of its own).
+Templates and tokenization run on one worker thread, never on the event loop, after a prompt too
+long to fit by its characters alone has been refused; a special token typed in a message stays
+text. A client that leaves (streaming or not) cancels its sequences at once and is counted as a
+499.
 
 This process never loads the weights: it keeps the tokenizer (templates, token texts, grammar
 checks) and reads context length, vocabulary size and end-of-sequence ids from the config files.
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -35,10 +39,31 @@ from seed.errors import UserError
 from seed.files import hash_path
 from seed.recipe import ServeConfig
 from seed.serve import openai_format as fmt
-from seed.serve.engine import Event, QueueFull, SamplingParams
+from seed.serve import responses as rsp
+from seed.serve.engine import Event, QueueFull, SamplingParams, TokenLogprob
 from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
 from seed.serve.grammar import GrammarTokenizer
-from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
+from seed.serve.reasoning import CLOSE, OPEN, ReplySplitter, opens_thinking, template_thinks
+from seed.serve.responses_format import from_chat_completion, response_head
+from seed.serve.responses_stream import response_events
+from seed.serve.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    unsupported,
+)
+from seed.serve.tool_grammar import ToolPlan, compile_lark, json_after_thinking, tool_plan
+from seed.serve.tools import (
+    FORMATS,
+    Piece,
+    ToolFormat,
+    assemble,
+    detect_format,
+    restore_markers,
+)
 from seed.serve.usage import RequestRecord
 from seed.serve.worker import QUEUE_FULL, EngineDead, EngineProcess
 
@@ -60,6 +85,13 @@ class LocalBackend:
             raise UserError(f"{path}/config.json cannot be read as a model config ({e}); "
                             "point at a saved model") from e
         self.model_name = config.model_name or path.name
+        self.chat_template = _template_source(self.tokenizer)
+        self.tool_format = (detect_format(self.chat_template) if config.tool_parser == "auto"
+                            else FORMATS[config.tool_parser])
+        self.thinks = config.reasoning_parser == "think" or (
+            config.reasoning_parser == "auto" and template_thinks(self.chat_template))
+        self.marker_ids = _marker_ids(self.tokenizer, self.tool_format)
+        self.special_markers = _special_markers(self.tokenizer, self.marker_ids)
         self.created = int(path.stat().st_mtime)
         weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
         self.fingerprint = f"fp_seed_{weights[:10]}"
@@ -115,29 +147,47 @@ class LocalBackend:
     # -- requests ---------------------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, http: Request, rec: RequestRecord) -> Response:
+        if refused := unsupported(req):  # a field Seed would otherwise drop
+            raise bad_request(refused[1], refused[0])
         if req.model != self.model_name:
             raise model_not_found(req.model)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
-        prompt_ids = await self._off_loop(self._chat_ids, messages)
+        tools = tool_plan(req, self.tool_format, "tools" in self.chat_template)
+        prompt_ids = await self._chat_prompt(req, tools)
+        # None: no reasoning parser; else whether the prompt leaves the reply inside <think>
+        thinking = opens_thinking(self.decode(prompt_ids[-8:])) if self.thinks else None
         max_tokens = req.max_completion_tokens or req.max_tokens
-        grammar = self._grammar(req)
+        grammar = self._grammar(req, bool(thinking)) or self._tool_grammar(tools, bool(thinking))
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
                               req.top_logprobs or 0, grammar)
         run = _Run(self, prompt_ids, params, grammar, rec)
         meta = fmt.response_meta("chatcmpl", self.model_name, self.fingerprint)
+        split = thinking is not None or tools.format is not None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _EngineStream(self._chat_chunks(run, fmt.ChatChunks(meta, usage)), [run], rec)
+            chunks = fmt.ChatChunks(meta, usage)
+            body = (self._split_chunks(run, chunks, thinking, tools.format) if split
+                    else self._chat_chunks(run, chunks))
+            return _EngineStream(body, [run], rec)
         [replies] = await _collect([run], http)
-        return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self, run.usage()))
+        if not split:
+            return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self,
+                                                    run.usage()))
+        said, used = self._split_replies(replies, thinking, tools.format, run.usage())
+        return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self, used, said))
 
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response:
+        if refused := unsupported(req):  # a field Seed would otherwise drop
+            raise bad_request(refused[1], refused[0])
         if req.model != self.model_name:
             raise model_not_found(req.model)
-        if req.echo and req.logprobs is not None:
-            raise bad_request("echo with logprobs is not supported; ask for one of them.", "echo")
+        if req.max_tokens == 0 and not req.echo:
+            raise bad_request("max_tokens 0 asks for no completion, which only makes sense with "
+                              "echo (to score the prompt); set echo or ask for at least 1 token.",
+                              "max_tokens")
+        # echo with logprobs scores the prompt too (how lm-evaluation-harness computes a
+        # loglikelihood): every prompt token's logprob given the tokens before it
+        scored = req.logprobs if req.echo and req.logprobs is not None else None
         prompts = _prompt_list(req.prompt)
         if len(prompts) * req.n > 16:
             raise bad_request("At most 16 completions per request (prompts x n).", "n")
@@ -149,7 +199,7 @@ class LocalBackend:
             if any(not 0 <= t < self.vocab_size for t in ids):
                 raise bad_request(f"Token ids must be in [0, {self.vocab_size}).", "prompt")
             params = self._params(req, len(ids), req.max_tokens, req.logprobs is not None,
-                                  req.logprobs or 0, None)
+                                  req.logprobs or 0, None, prompt_logprobs=scored)
             runs.append((p, ids, params))
         started: list[_Run] = []
         try:
@@ -170,16 +220,84 @@ class LocalBackend:
         choices = []
         for k, replies in enumerate(await _collect(started, http)):
             for i, r in enumerate(replies):
-                lps = (fmt.completion_logprobs(r["logprobs"], self)
-                       if req.logprobs is not None else None)
+                lps = self._completion_logprobs(started[k], i, r["logprobs"], echoes[k],
+                                                req.logprobs is not None)
                 choices.append(fmt.completion_choice(k * req.n + i, echoes[k] + r["text"], lps,
                                                      r["finish_reason"]))
         return JSONResponse(fmt.completion(meta, choices,
                                            fmt.total_usage([r.usage() for r in started])))
 
+    def _completion_logprobs(self, run: _Run, index: int, logprobs: list[TokenLogprob],
+                             echo: str, asked: bool) -> fmt.CompletionLogprobs | None:
+        """A completion choice's logprobs: the scored prompt's first when it was echoed."""
+        if not asked:
+            return None
+        prompt = run.prompt_logprobs.get(index)
+        if prompt is None:
+            return fmt.completion_logprobs(logprobs, self)
+        return fmt.echo_logprobs(run.prompt_ids[0], prompt, logprobs, self, len(echo))
+
+    async def responses(self, req: rsp.ResponsesRequest, http: Request,
+                        rec: RequestRecord) -> Response:
+        """/v1/responses, answered by `chat` (translated there by `responses.py`, back by
+        `responses_format.py` or, streamed, `responses_stream.py`)."""
+        head = response_head(req, self.default_temperature, self.default_top_p)
+        answer = await self.chat(rsp.chat_request(req), http, rec)
+        if isinstance(answer, StreamingResponse):
+            answer.body_iterator = response_events(head, answer.body_iterator)
+            return answer
+        return JSONResponse(from_chat_completion(head, json.loads(bytes(answer.body))))
+
+    async def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest, http: Request,
+                       rec: RequestRecord) -> Response:
+        """vLLM's /tokenize: a text's ids, or a chat's as the chat route renders it."""
+        self._check_tokenizer_request(req)
+        ids = await self._off_loop(self._tokenize_ids, req)
+        pieces = list(self.tokenizer.convert_ids_to_tokens(ids)) if req.return_token_strs else None
+        return JSONResponse(fmt.tokenized(ids, self.context, pieces))
+
+    async def detokenize(self, req: DetokenizeRequest, http: Request,
+                         rec: RequestRecord) -> Response:
+        """vLLM's /detokenize: the text of token ids (special tokens spelled out)."""
+        self._check_tokenizer_request(req)
+        if any(t >= self.vocab_size for t in req.tokens):
+            raise bad_request(f"Token ids must be in [0, {self.vocab_size}).", "tokens")
+        prompt = await self._off_loop(self.decode, req.tokens)
+        return JSONResponse(fmt.DetokenizeResponse(prompt=prompt))
+
+    def _check_tokenizer_request(self, req: BaseModel) -> None:
+        model = getattr(req, "model", None)
+        if model is not None and model != self.model_name:
+            raise model_not_found(model)
+        for name in req.model_extra or {}:
+            raise bad_request(f"{name} is not supported by this server's /tokenize and "
+                              "/detokenize; leave it out.", name)
+
+    def _tokenize_ids(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
+        """On the prompt thread. A chat without added special tokens is encoded exactly as the
+        chat route encodes it (a special token typed in a message stays text); with them, its
+        rendered text is encoded as a text is."""
+        if isinstance(req, TokenizeCompletionRequest):
+            return list(self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)[
+                "input_ids"])
+        messages = [_template_message(i, m) for i, m in enumerate(req.messages)]
+        if req.add_generation_prompt and not req.add_special_tokens:
+            return self._chat_ids((messages, None, {}))
+        try:
+            if req.add_special_tokens:
+                text = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=req.add_generation_prompt, tokenize=False)
+                return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            return list(self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=req.add_generation_prompt, tokenize=True,
+                return_dict=False, sanitize_control_tokens=True))
+        except Exception as e:  # the template itself refuses (e.g. roles must alternate)
+            raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
+
     # -- parameters -------------------------------------------------------------------------------
 
-    def _grammar(self, req: ChatCompletionRequest) -> str | None:
+    def _grammar(self, req: ChatCompletionRequest, thinking: bool = False) -> str | None:
+        """The `response_format` grammar; `thinking`: after the reasoning the prompt opened."""
         fmt = req.response_format
         if fmt is None or fmt.type == "text":
             return None
@@ -191,14 +309,51 @@ class LocalBackend:
                                   "object with a `schema`.", "response_format")
             schema = fmt.json_schema.schema_ or {}
         try:
+            if thinking:
+                return compile_lark(self.grammar, json_after_thinking(schema, self.marker_ids))
             return self.grammar.compile_json_schema(schema)
         except (ValueError, TypeError) as e:
             raise bad_request(f"response_format: the JSON schema cannot be enforced: {e}",
                               "response_format") from e
 
+    async def _chat_prompt(self, req: ChatCompletionRequest, tools: ToolPlan) -> list[int]:
+        """The chat's prompt ids: its messages, tools and template variables through the chat
+        template, off the event loop once the characters could fit."""
+        kwargs = self._template_kwargs(req)
+        messages = [_template_message(i, m) for i, m in enumerate(req.messages)]
+        self._check_chars(sum(len(m.text()) + sum(len(c.function.arguments) for c in m.tool_calls
+                                                  or []) for m in req.messages)
+                          + (len(json.dumps(tools.template_tools)) if tools.template_tools else 0),
+                          "messages")
+        return await self._off_loop(self._chat_ids, (messages, tools.template_tools, kwargs))
+
+    def _tool_grammar(self, tools: ToolPlan, thinking: bool) -> str | None:
+        lark = tools.lark(thinking, self.marker_ids)
+        if lark is None:
+            return None
+        try:
+            return compile_lark(self.grammar, lark)
+        except ValueError as e:
+            raise bad_request(f"tools: a function's parameters cannot be enforced: {e}",
+                              "tools") from e
+
+    def _template_kwargs(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        """The client's chat template variables: none that the server sets itself, and none the
+        template never reads (it would be ignored)."""
+        kwargs = req.chat_template_kwargs or {}
+        for key in kwargs:
+            if key in _TEMPLATE_OWN:
+                raise bad_request(f"chat_template_kwargs.{key} is set by the server from the "
+                                  "request itself; drop it.", f"chat_template_kwargs.{key}")
+            if key not in self.chat_template:
+                raise bad_request(f"This model's chat template does not use `{key}`; drop "
+                                  f"chat_template_kwargs.{key}.", f"chat_template_kwargs.{key}")
+        return kwargs
+
     def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt_len: int,
                 max_tokens: int | None, logprobs: bool, top: int,
-                grammar: str | None) -> list[SamplingParams]:
+                grammar: str | None, *, prompt_logprobs: int | None = None
+                ) -> list[SamplingParams]:
         if prompt_len == 0:
             raise bad_request("The prompt is empty; give it some text.", "prompt")
         if prompt_len >= self.context:
@@ -220,12 +375,29 @@ class LocalBackend:
                 self.grammar.constraint(grammar)
             except ValueError as e:
                 raise bad_request(f"response_format: {e}", "response_format") from e
+        bias = self._logit_bias(req.logit_bias)
         return [SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0, stop=tuple(stops),
             seed=None if req.seed is None else (req.seed + i) % 2**64, logprobs=logprobs,
             top_logprobs=top,
             presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0) for i in range(req.n)]
+            frequency_penalty=req.frequency_penalty or 0.0,
+            top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            logit_bias=bias, prompt_logprobs=prompt_logprobs) for i in range(req.n)]
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        """OpenAI's logit_bias (token ids as JSON keys) as ids; ids outside the vocabulary are
+        refused (transformers would index past the logits)."""
+        if not bias:
+            return None
+        ids = {int(k): v for k, v in bias.items()}
+        wrong = [k for k in ids if k >= self.vocab_size]
+        if wrong:
+            raise bad_request(f"logit_bias names token {wrong[0]}, outside this model's "
+                              f"vocabulary of {self.vocab_size} ids ([0, {self.vocab_size})).",
+                              "logit_bias")
+        return ids
 
     # -- prompts ----------------------------------------------------------------------------------
 
@@ -239,14 +411,17 @@ class LocalBackend:
     async def _off_loop(self, work: Callable[[Any], T], arg: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._prompts, work, arg)
 
-    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt's token ids. A special token typed in a message (`<|im_start|>system`) is
-        encoded as its text: only the template's own markers become special tokens. A chat holding
-        none encodes exactly as its rendered text does."""
+    def _chat_ids(self, prompt: tuple[list[dict[str, Any]], list[dict[str, Any]] | None,
+                                      dict[str, Any]]) -> list[int]:
+        """The prompt's token ids: the messages, the tools (None: no tools) and the client's
+        template variables through the chat template. A special token typed in a message
+        (`<|im_start|>system`) is encoded as its text: only the template's own markers become
+        special tokens. A chat holding none encodes exactly as its rendered text does."""
+        messages, tools, kwargs = prompt
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False,
-                sanitize_control_tokens=True)
+                messages, tools=None if tools is None else [*tools], add_generation_prompt=True,
+                tokenize=True, return_dict=False, sanitize_control_tokens=True, **kwargs)
         except Exception as e:  # the template itself refuses (e.g. roles must alternate)
             raise bad_request(f"The chat template refused these messages: {e}", "messages") from e
         return list(ids)
@@ -293,6 +468,91 @@ class LocalBackend:
                 yield chunks.usage(run.usage())
             yield fmt.sse("[DONE]")
 
+    async def _split_chunks(self, run: _Run, chunks: fmt.ChatChunks, thinking: bool | None,
+                            tools: ToolFormat | None) -> AsyncIterator[str]:
+        """`_chat_chunks` for a reply split into reasoning, content and tool calls: each piece its
+        own chunk, in OpenAI's delta shapes; a reply that called tools finishes `tool_calls`."""
+        n = len(run.params)
+        splitters = [ReplySplitter(thinking, tools) for _ in range(n)]
+        ids: list[list[int]] = [[] for _ in range(n)]
+        called = [False] * n
+        async with run:
+            for i in range(n):
+                yield chunks.role(i)
+            async for ev in run.events():
+                i = ev.index
+                ids[i] += ev.token_ids
+                text = self._marked(ev.text, ev.token_ids)
+                pieces = splitters[i].feed(text) if text else []
+                if ev.finish_reason:
+                    pieces += splitters[i].finish()
+                called[i] = called[i] or any(p.kind == "call" for p in pieces)
+                lps: fmt.ChoiceLogprobs | None = (
+                    {"content": fmt.chat_logprobs(ev.logprobs, self)}
+                    if run.params[i].logprobs and ev.logprobs else None)
+                deltas = [_delta(p) for p in pieces] or ([{"content": ""}] if lps else [])
+                for k, delta in enumerate(deltas):
+                    yield chunks.chunk(i, delta, lps if k == 0 else None)
+                if ev.finish_reason:
+                    reason = _finish(ev)
+                    yield chunks.chunk(i, {}, None,
+                                       "tool_calls" if called[i] and reason == "stop" else reason)
+            if run.error:
+                yield fmt.sse(fmt.error_body(run.error.message, run.error.type))
+            elif chunks.include_usage:
+                used = run.usage()
+                if thinking is not None:
+                    used = fmt.with_reasoning_tokens(used, sum(
+                        self._reasoning_tokens(t, s) for t, s in zip(ids, splitters, strict=True)))
+                yield chunks.usage(used)
+            yield fmt.sse("[DONE]")
+
+    def _split_replies(self, replies: list[fmt.Reply], thinking: bool | None,
+                       tools: ToolFormat | None,
+                       used: fmt.Usage) -> tuple[list[fmt.AssistantMessage], fmt.Usage]:
+        """Each whole reply split as `_split_chunks` splits a stream (the same splitter, fed at
+        once), and the usage with its reasoning tokens."""
+        messages, reasoning_tokens = [], 0
+        for r in replies:
+            splitter = ReplySplitter(thinking, tools)
+            text = self._marked(r["text"], r["token_ids"])
+            parsed = assemble(splitter.feed(text) + splitter.finish())
+            if parsed.tool_calls and r["finish_reason"] == "stop":
+                r["finish_reason"] = "tool_calls"
+            messages.append(fmt.assistant_message(parsed.content, parsed.tool_calls,
+                                                  parsed.reasoning, thinking is not None))
+            reasoning_tokens += self._reasoning_tokens(r["token_ids"], splitter)
+        if thinking is not None:
+            used = fmt.with_reasoning_tokens(used, reasoning_tokens)
+        return messages, used
+
+    def _marked(self, text: str, token_ids: list[int]) -> str:
+        """The text with the markers the engine dropped as special tokens put back (a model whose
+        markers are not special costs nothing here)."""
+        if not self.special_markers:
+            return text
+        return restore_markers(text, token_ids, self.special_markers, self._decode_plain)
+
+    def _decode_plain(self, token_ids: list[int]) -> str:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return text if isinstance(text, str) else "".join(text)
+
+    def _reasoning_tokens(self, ids: list[int], splitter: ReplySplitter) -> int:
+        """How many of a reply's tokens are its reasoning: all of them while it never closed
+        `</think>`, else the fewest whose text holds it (found by halving)."""
+        if splitter.reasoning is None or not splitter.reasoning.opened:
+            return 0
+        if splitter.reasoning.state == "inside":
+            return len(ids)
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if CLOSE in self.tokenizer.decode(ids[:mid]):  # a special `</think>` too
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     async def _completion_chunks(self, runs: list[_Run], echoes: list[str], n: int,
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[str]:
         errors: list[APIError] = []
@@ -313,11 +573,16 @@ class LocalBackend:
                                  errors: list[APIError]) -> AsyncIterator[str]:
         offsets: dict[int, int] = {}
         for k, run in enumerate(runs):
-            if echoes[k]:
+            scored = run.params[0].prompt_logprobs is not None  # the echo waits for its logprobs
+            if echoes[k] and not scored:
                 for i in range(n):
                     yield chunk(k * n + i, echoes[k])
             async for ev in run.events():
                 index = k * n + ev.index
+                if ev.prompt_logprobs is not None:
+                    yield chunk(index, echoes[k], fmt.echo_logprobs(
+                        run.prompt_ids[0], ev.prompt_logprobs, [], self, len(echoes[k])))
+                    offsets[index] = len(echoes[k])
                 lps = None
                 if run.params[ev.index].logprobs:
                     lps = fmt.completion_logprobs(ev.logprobs, self, offsets.get(index, 0))
@@ -339,6 +604,8 @@ class _Run:
     def __init__(self, backend: LocalBackend, prompt_ids: list[int],
                  params: list[SamplingParams], grammar: str | None, rec: RequestRecord):
         self.backend, self.rec, self.params = backend, rec, params
+        self.prompt_ids = prompt_ids
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # by choice, once scored
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -368,8 +635,10 @@ class _Run:
             while not self.queue.empty():
                 pending.append(self.queue.get_nowait())
             for ev in _coalesce(pending):
+                if ev.prompt_logprobs is not None:
+                    self.prompt_logprobs[ev.index] = ev.prompt_logprobs
+                self.rec.tokens((self.tag, ev.index), len(ev.token_ids), ev.finish_reason)
                 if ev.token_ids:
-                    self.rec.first_token()
                     self.completion_tokens += len(ev.token_ids)
                     self.rec.completion_tokens += len(ev.token_ids)
                 if ev.finish_reason and ev.finish_reason.startswith("error"):
@@ -388,13 +657,14 @@ class _Run:
     async def collect(self) -> list[fmt.Reply]:
         """Every sequence's text, logprobs and finish reason."""
         # every sequence's last event sets its finish reason; "length" only holds the place
-        results: list[fmt.Reply] = [{"text": "", "logprobs": [], "finish_reason": "length"}
-                                    for _ in self.params]
+        results: list[fmt.Reply] = [{"text": "", "logprobs": [], "finish_reason": "length",
+                                     "token_ids": []} for _ in self.params]
         async with self:
             async for ev in self.events():
                 r = results[ev.index]
                 r["text"] += ev.text
                 r["logprobs"] += ev.logprobs
+                r["token_ids"] += ev.token_ids
                 if ev.finish_reason:
                     r["finish_reason"] = _finish(ev)
         if self.error:
@@ -485,12 +755,83 @@ def _coalesce(events: list[Event]) -> list[Event]:
         m.token_ids += ev.token_ids
         m.logprobs += ev.logprobs
         m.finish_reason = ev.finish_reason
+        if ev.prompt_logprobs is not None:
+            m.prompt_logprobs = ev.prompt_logprobs
     return list(merged.values())
 
 
 def _finish(ev: Event) -> fmt.FinishReason:
     # events() ends a run at an "error: ..." reason, so what reaches a response is stop or length
     return cast(fmt.FinishReason, ev.finish_reason)
+
+
+# What the server passes to the chat template itself (chat_template_kwargs may not set them)
+_TEMPLATE_OWN = frozenset({"messages", "conversation", "tools", "documents", "chat_template",
+                           "add_generation_prompt", "continue_final_message", "tokenize",
+                           "return_dict", "return_tensors", "padding", "truncation", "max_length",
+                           "tokenizer_kwargs", "return_assistant_tokens_mask",
+                           "sanitize_control_tokens", "bos_token", "eos_token"})
+
+
+def _template_source(tokenizer: Any) -> str:
+    """The chat template's source (every named template when there are several)."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        return "\n".join(str(t) for t in template.values())
+    return str(template or "")
+
+
+def _marker_ids(tokenizer: Any, tools: ToolFormat | None) -> dict[str, int]:
+    """The tool and reasoning markers this tokenizer holds as one added token (llguidance
+    matches those only as the token)."""
+    added = tokenizer.get_added_vocab()
+    marks = [OPEN, CLOSE, *((tools.start, tools.end) if tools else ())]
+    return {m: added[m] for m in marks if m in added}
+
+
+def _special_markers(tokenizer: Any, marker_ids: dict[str, int]) -> dict[int, str]:
+    """Those of the markers that are special tokens, which the engine's decoding drops."""
+    added = tokenizer.added_tokens_decoder
+    return {i: m for m, i in marker_ids.items() if i in added and added[i].special}
+
+
+def _template_message(i: int, m: ChatMessage) -> dict[str, Any]:
+    """A history message as chat templates read it: an assistant's calls with their arguments
+    as objects (templates write them with `tojson`), a tool's answer with its call's id, a
+    replayed reasoning as `reasoning_content`."""
+    extra = m.replayed_extra()
+    if extra:
+        raise bad_request(f"messages.{i}.{extra}: Seed never sends this field and cannot render "
+                          "it; send it null (or empty) or drop it.", f"messages.{i}.{extra}")
+    out: dict[str, Any] = {"role": m.role, "content": m.text()}
+    if m.tool_calls:
+        calls = []
+        for j, c in enumerate(m.tool_calls):
+            try:
+                arguments = json.loads(c.function.arguments)
+            except json.JSONDecodeError:
+                raise bad_request(f"messages.{i}.tool_calls.{j}: the function's arguments are not "
+                                  "JSON; send them as the reply gave them.",
+                                  f"messages.{i}.tool_calls.{j}") from None
+            calls.append({"id": c.id, "type": "function",
+                          "function": {"name": c.function.name, "arguments": arguments}})
+        out["tool_calls"] = calls
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    reasoning = m.reasoning_content or m.reasoning
+    if reasoning:
+        out["reasoning_content"] = reasoning
+    return out
+
+
+def _delta(p: Piece) -> fmt.ChatDelta:
+    if p.kind == "content":
+        return {"content": p.text}
+    if p.kind == "reasoning":
+        return {"reasoning_content": p.text, "reasoning": p.text}
+    if p.kind == "call":
+        return {"tool_calls": [fmt.tool_call_start(p.index, p.id, p.name)]}
+    return {"tool_calls": [fmt.tool_call_arguments(p.index, p.text)]}
 
 
 def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

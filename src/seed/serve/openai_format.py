@@ -23,7 +23,7 @@ from typing_extensions import TypedDict  # pydantic reads only this one on Pytho
 if TYPE_CHECKING:
     from seed.serve.engine import TokenLogprob
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ErrorBody(TypedDict):
@@ -37,10 +37,15 @@ class ErrorResponse(TypedDict):
     error: ErrorBody
 
 
+class CompletionTokensDetails(TypedDict):
+    reasoning_tokens: int  # of completion_tokens, those inside <think>...</think>
+
+
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: NotRequired[CompletionTokensDetails]  # with a reasoning parser
 
 
 class TopLogprob(TypedDict):
@@ -57,10 +62,25 @@ class ChoiceLogprobs(TypedDict):
     content: list[ChatTokenLogprob] | None
 
 
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str  # a JSON object, as the model wrote it
+
+
+class ToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(TypedDict):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None
+    tool_calls: NotRequired[list[ToolCall]]  # present when the reply calls tools
+    # the thought of a thinking model, under both names clients read (with a reasoning parser)
+    reasoning_content: NotRequired[str | None]
+    reasoning: NotRequired[str | None]
 
 
 class ResponseMeta(TypedDict):
@@ -85,10 +105,28 @@ class ChatCompletion(ResponseMeta):
     usage: Usage
 
 
+class FunctionCallDelta(TypedDict, total=False):
+    name: str
+    arguments: str
+
+
+class ToolCallDelta(TypedDict):
+    """A piece of a streamed call: its first has `id`, `type` and the name (arguments ""), the
+    rest pieces of its arguments."""
+
+    index: int
+    id: NotRequired[str]
+    type: NotRequired[Literal["function"]]
+    function: FunctionCallDelta
+
+
 class ChatDelta(TypedDict, total=False):
     role: Literal["assistant"]
     content: str
     refusal: None
+    tool_calls: list[ToolCallDelta]
+    reasoning_content: str
+    reasoning: str
 
 
 class ChatChunkChoice(TypedDict):
@@ -109,8 +147,8 @@ class ChatCompletionChunk(ChatChunkHead):
 
 class CompletionLogprobs(TypedDict):
     tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]  # null for an echoed prompt's first token
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 
@@ -158,12 +196,27 @@ class Health(TypedDict):
     status: str
 
 
+class TokenizeResponse(TypedDict):
+    """vLLM's `/tokenize` answer; `token_strs` (the vocabulary's pieces) only when asked."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None
+
+
+class DetokenizeResponse(TypedDict):
+    prompt: str
+
+
 class Reply(TypedDict):
-    """One finished sequence as the engine's events add up: its text, logprobs, finish reason."""
+    """One finished sequence as the engine's events add up: its text, logprobs, finish reason
+    and tokens."""
 
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: FinishReason
+    token_ids: list[int]
 
 
 class TokenTexts(Protocol):
@@ -227,13 +280,60 @@ def completion_logprobs(logprobs: Sequence[TokenLogprob], texts: TokenTexts,
             "text_offset": offsets}
 
 
+def echo_logprobs(first_token: int, prompt: Sequence[TokenLogprob],
+                  completion: Sequence[TokenLogprob], texts: TokenTexts,
+                  completion_offset: int) -> CompletionLogprobs:
+    """The legacy shape for an echoed prompt and its completion: the prompt's tokens first (the
+    first has nothing before it, so its logprob and alternatives are null), then the completion's
+    from `completion_offset`, the length of the echoed text."""
+    head = completion_logprobs(prompt, texts, len(texts.token_text(first_token)))
+    tail = completion_logprobs(completion, texts, completion_offset)
+    tops = [None, *(head["top_logprobs"] or []), *(tail["top_logprobs"] or [])]
+    return {"tokens": [texts.token_text(first_token), *head["tokens"], *tail["tokens"]],
+            "token_logprobs": [None, *head["token_logprobs"], *tail["token_logprobs"]],
+            "top_logprobs": tops, "text_offset": [0, *head["text_offset"], *tail["text_offset"]]}
+
+
+def tokenized(ids: list[int], context: int, pieces: list[str] | None) -> TokenizeResponse:
+    return {"count": len(ids), "max_model_len": context, "tokens": ids, "token_strs": pieces}
+
+
 def chat_completion(meta: ResponseMeta, replies: Sequence[Reply], with_logprobs: bool,
-                    texts: TokenTexts, used: Usage) -> ChatCompletion:
+                    texts: TokenTexts, used: Usage,
+                    messages: Sequence[AssistantMessage] | None = None) -> ChatCompletion:
+    """`messages`: each reply's message when its text was split (reasoning, tool calls); else
+    each is the reply's text as content."""
     choices: list[ChatChoice] = [
-        {"index": i, "message": {"role": "assistant", "content": r["text"], "refusal": None},
+        {"index": i, "message": messages[i] if messages else assistant_message(r["text"]),
          "logprobs": {"content": chat_logprobs(r["logprobs"], texts)} if with_logprobs else None,
          "finish_reason": r["finish_reason"]} for i, r in enumerate(replies)]
     return {**meta, "object": "chat.completion", "choices": choices, "usage": used}
+
+
+def assistant_message(content: str | None, tool_calls: list[ToolCall] | None = None,
+                      reasoning: str | None = None, with_reasoning: bool = False
+                      ) -> AssistantMessage:
+    """A reply's message; `with_reasoning` (a reasoning parser is on) adds both reasoning names,
+    null when the reply did not think."""
+    out: AssistantMessage = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    if with_reasoning:
+        out["reasoning_content"] = out["reasoning"] = reasoning
+    return out
+
+
+def with_reasoning_tokens(used: Usage, reasoning_tokens: int) -> Usage:
+    return {**used, "completion_tokens_details": {"reasoning_tokens": reasoning_tokens}}
+
+
+def tool_call_start(index: int, call_id: str, name: str) -> ToolCallDelta:
+    return {"index": index, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""}}
+
+
+def tool_call_arguments(index: int, text: str) -> ToolCallDelta:
+    return {"index": index, "function": {"arguments": text}}
 
 
 def completion(meta: ResponseMeta, choices: list[CompletionChoice], used: Usage) -> Completion:

@@ -4,15 +4,27 @@ A malformed body is a 400 naming the field; the same models are the requests in 
 schema. Every string is whole Unicode (a lone surrogate sent as a JSON escape could be neither
 tokenized nor written back as UTF-8), and each string Seed echoes or keeps (the model name in
 errors and the usage log, stop strings, `user`) has a length bound, as do lists and the nesting
-of a JSON schema. The response shapes are declared and built in `openai_format.py`, not here.
+of a JSON schema. A field a body does not declare is kept, so an upstream gets it as sent;
+`unsupported` names the first field the local backend would otherwise drop (its tables say what
+Seed does with every field of OpenAI's requests). The response shapes are declared and built in
+`openai_format.py`, not here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_NAME_CHARS = 256  # model, user, a message's name, a JSON schema's name
@@ -23,6 +35,9 @@ MAX_STOPS = 64
 MAX_MESSAGES = 2048  # OpenAI's own bound on `messages`
 MAX_SCHEMA_DEPTH = 64  # nested objects and arrays in a response_format schema
 MAX_SEED = 2**63 - 1  # a signed 64-bit seed, as OpenAI documents it
+MAX_TOOLS = 128  # OpenAI's bound on `tools` (also on the calls of one history message)
+MAX_LOGIT_BIAS = 1024  # token ids in one logit_bias map
+MAX_DETOKENIZE = 1 << 20  # token ids in one /detokenize body
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -51,8 +66,10 @@ TokenId = Annotated[int, Field(ge=0)]
 
 
 class _Request(BaseModel):
-    # strict: `true` is not a number and "1" is not an int, as the published schema says
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
+    # strict: `true` is not a number and "1" is not an int, as the published schema says. Fields
+    # not declared are kept (`model_extra`): `unsupported` refuses them for the local backend, and
+    # an upstream gets the body as it came.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
 
 class TextPart(BaseModel):
@@ -62,12 +79,47 @@ class TextPart(BaseModel):
     text: Str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: Name
+    arguments: Str  # a JSON object as a string, as OpenAI returns it
+
+
+class ToolCall(BaseModel):
+    """A call in an assistant message of the history (what a client replays)."""
+
+    model_config = ConfigDict(strict=True)
+
+    id: Name
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)  # extras: see `unsupported`
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str | list[TextPart] | None, AfterValidator(_texts)] = None
     name: Name | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: Name | None = None  # role "tool": the call this message answers
+    # An assistant message as openai-python replays it: its reasoning goes to the template (which
+    # renders it for recent turns, or drops it); the local backend takes the fields Seed never
+    # sends only when null or empty (`replayed_extra`), an upstream gets them as they are.
+    reasoning_content: Str | None = None
+    reasoning: Str | None = None
+    refusal: Str | None = None
+    annotations: Annotated[list[Any], Field(max_length=MAX_TOOLS)] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+
+    def replayed_extra(self) -> str | None:
+        """The first of the replayed fields Seed never sends that holds something, or None."""
+        for name in ("refusal", "annotations", "audio", "function_call"):
+            if getattr(self, name):
+                return name
+        return None
 
     def text(self) -> str:
         if self.content is None:
@@ -78,7 +130,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(extra="allow", strict=True)  # extras: see `unsupported`
 
     include_usage: bool = False
 
@@ -119,6 +171,49 @@ class _Sampling(_Request):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: Name | None = None
+    # vLLM's sampling fields: 0 or -1 keeps every token, as does min_p 0 or a penalty of 1
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    # OpenAI's: a token id (as a JSON key) to a bias added to its logit before sampling
+    logit_bias: Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")],
+                               Annotated[float, Field(ge=-100, le=100)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # OpenAI's rule, and `.`
+    description: Str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: the function takes no arguments
+    strict: bool | None = None  # Seed always holds a call to its schema
+
+    @field_validator("parameters")
+    @classmethod
+    def _plain_json(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        _check_json(schema)
+        return schema
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    name: Name
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_Sampling):
@@ -127,6 +222,20 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    # A tool or choice of another kind (OpenAI's `custom`, `allowed_tools`) is kept for an
+    # upstream; the local backend serves function tools only and refuses it by name.
+    tools: Annotated[list[FunctionTool | dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: (Literal["none", "auto", "required"] | NamedToolChoice | dict[str, Any]
+                  | None) = None
+    parallel_tool_calls: bool | None = None  # default true, as OpenAI's
+    # vLLM's: variables for the chat template (`enable_thinking`); Seed's own are refused
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _plain_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        _check_json(kwargs)
+        return kwargs
 
 
 class CompletionRequest(_Sampling):
@@ -135,9 +244,54 @@ class CompletionRequest(_Sampling):
                       | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
                                   Field(min_length=1, max_length=16)],
                       AfterValidator(_texts)]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: the prompt scored, nothing more
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
+
+
+class TokenizeCompletionRequest(BaseModel):
+    """vLLM's `/tokenize` body for a text. Lenient like the /v1 bodies (an upstream gets every
+    field); the local backend refuses a field it does not know."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Name | None = None
+    prompt: Str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(BaseModel):
+    """vLLM's `/tokenize` body for a chat, rendered with the model's chat template."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Name | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+
+def _tokenize_kind(body: Any) -> str:
+    if isinstance(body, dict):
+        return "chat" if "messages" in body else "completion"
+    return "chat" if isinstance(body, TokenizeChatRequest) else "completion"
+
+
+# a body with `messages` is a chat, any other a text (so an error names the body's own field)
+TokenizeRequest = Annotated[Annotated[TokenizeCompletionRequest, Tag("completion")]
+                            | Annotated[TokenizeChatRequest, Tag("chat")],
+                            Discriminator(_tokenize_kind)]
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's `/detokenize` body: token ids back to text."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Name | None = None
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_DETOKENIZE)]
 
 
 def _check_json(value: Any) -> None:
@@ -166,7 +320,10 @@ def _field_names(models: tuple[type[BaseModel], ...]) -> frozenset[str]:
 
 
 _FIELDS = _field_names((ChatCompletionRequest, CompletionRequest, ChatMessage, TextPart,
-                        StreamOptions, JsonSchemaSpec, ResponseFormat))
+                        ToolCall, ToolCallFunction, FunctionTool, FunctionDefinition,
+                        NamedToolChoice, NamedFunction,
+                        StreamOptions, JsonSchemaSpec, ResponseFormat, TokenizeCompletionRequest,
+                        TokenizeChatRequest, DetokenizeRequest))
 
 
 def error_param(loc: tuple[int | str, ...]) -> str:
@@ -174,3 +331,106 @@ def error_param(loc: tuple[int | str, ...]) -> str:
     the body prefix and the union members pydantic names on the way (`str`, `constrained-str`)."""
     parts = [str(p) for p in loc if isinstance(p, int) or p in _FIELDS]
     return ".".join(parts) or "body"
+
+
+# -- fields the local backend does not honour -----------------------------------------------------
+# The request models keep what they do not declare (`model_extra`), so an upstream gets every field
+# as sent; the local backend asks `unsupported` first and refuses, by name, any field it would
+# otherwise drop. Every field of OpenAI's chat-completions and completions requests is declared
+# (and honoured), or named in one of these tables. A null for a field named here is always fine:
+# it asks for nothing (an unknown field is refused whatever its value).
+
+# Accepted at any value, and why nothing is lost.
+_NO_OPS = {
+    "metadata": "tags for completions a provider stores; Seed stores none",
+    "safety_identifier": "an end user's id for a provider's abuse monitoring; Seed has none",
+    "prompt_cache_key": "a routing hint for a provider's prompt cache; Seed has one engine",
+    "prompt_cache_retention": "how long a provider keeps a prompt cache; Seed keeps none",
+    "prompt_cache_options": "how a provider caches prompts; Seed keeps no prompt cache",
+}
+# Accepted at these values only: what Seed does anyway.
+_FINE_AT: dict[str, tuple[Any, ...]] = {
+    "store": (False,), "service_tier": ("auto", "default"), "modalities": (["text"],),
+    "suffix": ("",),
+}
+_REFUSED = {
+    "store": "Seed stores no completions; send `store: false` or omit it",
+    "service_tier": "Seed has one tier; send `auto`, `default` or omit it",
+    "modalities": "Seed's models answer in text; send `[\"text\"]` or omit it",
+    "audio": "Seed's models answer in text only; omit `audio`",
+    "prediction": "Seed does not use predicted outputs; omit `prediction`",
+    "web_search_options": "Seed has no web search; omit `web_search_options`",
+    "functions": "it is OpenAI's deprecated form of `tools`; send `tools` instead",
+    "function_call": "it is OpenAI's deprecated form of `tool_choice`; send `tool_choice` "
+                     "(with `tools`) instead",
+    "reasoning_effort": "a served model thinks as its chat template says; Seed cannot set a "
+                        "reasoning effort (a template's own switch, such as `enable_thinking`, "
+                        "goes in `chat_template_kwargs`); omit it",
+    "verbosity": "Seed cannot change how much a model says; omit `verbosity`",
+    "moderation": "Seed runs no moderation model; omit `moderation`",
+    "suffix": "Seed does not insert text between a prompt and a suffix; omit `suffix`",
+    "best_of": "Seed returns every completion it generates; omit `best_of` or set it to `n`",
+}
+# The fields each route refuses or takes as a no-op (any other undeclared field is unknown).
+_CHAT_EXTRAS = frozenset(_NO_OPS) | {"store", "service_tier", "modalities", "audio", "prediction",
+                                     "web_search_options", "functions", "function_call",
+                                     "reasoning_effort", "verbosity", "moderation"}
+_COMPLETION_EXTRAS = frozenset({"suffix", "best_of"})
+# Fields of stream_options Seed takes at these values only.
+_STREAM_OPTIONS_FINE_AT: dict[str, tuple[Any, ...]] = {"include_obfuscation": (False,)}
+
+
+def unsupported(req: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
+    """The first field of `req` the local backend does not honour, as (param, one sentence that
+    names it and says what to do), or None when it honours every field sent."""
+    chat = isinstance(req, ChatCompletionRequest)
+    route = "/v1/chat/completions" if chat else "/v1/completions"
+    known = _CHAT_EXTRAS if chat else _COMPLETION_EXTRAS
+    for name, value in (req.model_extra or {}).items():
+        refused = _refused(name, value, known, route)
+        if name == "best_of" and _one_of(value, (req.n,)):
+            refused = None  # n completions generated and n returned: what Seed does anyway
+        if refused:
+            return _name(name), refused
+    if req.stream_options is not None:
+        for name, value in (req.stream_options.model_extra or {}).items():
+            if value is not None and not _one_of(value, _STREAM_OPTIONS_FINE_AT.get(name, ())):
+                param = f"stream_options.{_name(name)}"
+                if name not in _STREAM_OPTIONS_FINE_AT:
+                    return param, f"`{param}` is not a field Seed knows; remove it."
+                return param, (f"`{param}: {_json(value)}` is not supported: Seed does not pad "
+                               "streamed chunks; send `false` or omit it.")
+    if isinstance(req, ChatCompletionRequest):
+        for i, message in enumerate(req.messages):
+            for name in message.model_extra or {}:
+                param = f"messages.{i}.{_name(name)}"
+                return param, f"`{param}` is not a field of a chat message Seed knows; remove it."
+        if req.top_logprobs and not req.logprobs:
+            return "top_logprobs", "`top_logprobs` needs `logprobs: true`; set it or omit both."
+    return None
+
+
+def _refused(name: str, value: Any, known: frozenset[str], route: str) -> str | None:
+    if name not in known:
+        return f"`{_name(name)}` is not a field Seed's {route} knows; remove it."
+    if value is None or name in _NO_OPS or _one_of(value, _FINE_AT.get(name, ())):
+        return None
+    shown = f"`{name}: {_json(value)}`" if name in _FINE_AT or name == "best_of" else f"`{name}`"
+    return f"{shown} is not supported: {_REFUSED[name]}."
+
+
+def _one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """`value` is one of `allowed`, type and all (JSON's 0 is not `false`)."""
+    return any(type(value) is type(a) and value == a for a in allowed)
+
+
+def _name(name: str) -> str:
+    """A client's field name as an error may echo it: JSON-escaped (a lone surrogate cannot be
+    written back as UTF-8) and cut to 64 characters."""
+    text = json.dumps(name)[1:-1]
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _json(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
