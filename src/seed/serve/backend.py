@@ -9,8 +9,9 @@ into the `chat.completion` / `text_completion` objects or server-sent-event chun
 `openai_format.py` declares and builds (this module holds no response shape of its own).
 Templates and tokenization run on one worker thread, never on the event loop, after a prompt too
 long to fit by its characters alone has been refused; a special token typed in a message stays
-text. A client that leaves (streaming or not) cancels its sequences at once and is counted as a
-499.
+text (what it reads from the template: `templates.py`). A field it does not honour is a 400 naming
+it (`fields.py`). A client that leaves (streaming or not) cancels its sequences at once and is
+counted as a 499 (`engine_run.py`).
 
 This process never loads the weights: it keeps the tokenizer (templates, token texts, grammar
 checks) and reads context length, vocabulary size and end-of-sequence ids from the config files.
@@ -23,15 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 from transformers import AutoConfig
 
 from seed.endpoints.local import check_model_dir, load_tokenizer
@@ -40,20 +39,30 @@ from seed.files import hash_path
 from seed.recipe import ServeConfig
 from seed.serve import openai_format as fmt
 from seed.serve import responses as rsp
-from seed.serve.engine import Event, QueueFull, SamplingParams, TokenLogprob
-from seed.serve.errors import APIError, bad_request, model_not_found, overloaded
+from seed.serve.engine_run import EngineRun, EngineStream, collect_replies, finish_reason
+from seed.serve.engine_types import SamplingParams, TokenLogprob
+from seed.serve.errors import APIError, bad_request, model_not_found
+from seed.serve.fields import unsupported
 from seed.serve.grammar import GrammarTokenizer
-from seed.serve.reasoning import CLOSE, OPEN, ReplySplitter, opens_thinking, template_thinks
+from seed.serve.model_files import end_of_sequence_ids, read_generation_config
+from seed.serve.reasoning import CLOSE, ReplySplitter, opens_thinking, template_thinks
 from seed.serve.responses_format import from_chat_completion, response_head
 from seed.serve.responses_stream import response_events
 from seed.serve.schemas import (
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
-    unsupported,
+)
+from seed.serve.templates import (
+    TEMPLATE_OWN,
+    UNICODE_TO_BYTE,
+    longest_token_chars,
+    marker_ids,
+    special_markers,
+    template_message,
+    template_source,
 )
 from seed.serve.tool_grammar import ToolPlan, compile_lark, json_after_thinking, tool_plan
 from seed.serve.tools import (
@@ -65,16 +74,25 @@ from seed.serve.tools import (
     restore_markers,
 )
 from seed.serve.usage import RequestRecord
-from seed.serve.worker import QUEUE_FULL, EngineDead, EngineProcess
+from seed.serve.worker import EngineProcess
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 T = TypeVar("T")
 
 
 class LocalBackend:
     """`config.model` served by an engine process; returns once the model is loaded there."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, engine: EngineProcess):
+        """`engine` was spawned for `config` before this process imported the tokenizer's
+        libraries (the two load side by side); it is stopped here if the model cannot be served."""
+        self.engine = engine
+        try:
+            self._load(config)
+        except BaseException:
+            engine.stop()
+            raise
+
+    def _load(self, config: ServeConfig) -> None:
         if config.model is None:
             raise UserError("give a model directory to serve (or --upstream URL)")
         path = check_model_dir(config.model)
@@ -85,39 +103,33 @@ class LocalBackend:
             raise UserError(f"{path}/config.json cannot be read as a model config ({e}); "
                             "point at a saved model") from e
         self.model_name = config.model_name or path.name
-        self.chat_template = _template_source(self.tokenizer)
+        self.chat_template = template_source(self.tokenizer)
         self.tool_format = (detect_format(self.chat_template) if config.tool_parser == "auto"
                             else FORMATS[config.tool_parser])
         self.thinks = config.reasoning_parser == "think" or (
             config.reasoning_parser == "auto" and template_thinks(self.chat_template))
-        self.marker_ids = _marker_ids(self.tokenizer, self.tool_format)
-        self.special_markers = _special_markers(self.tokenizer, self.marker_ids)
+        self.marker_ids = marker_ids(self.tokenizer, self.tool_format)
+        self.special_markers = special_markers(self.tokenizer, self.marker_ids)
         self.created = int(path.stat().st_mtime)
         weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
         self.fingerprint = f"fp_seed_{weights[:10]}"
         self.context = int(getattr(text_cfg, "max_position_embeddings", 0) or 2048)
         self.vocab_size = int(text_cfg.vocab_size)
-        gen = _read_generation_config(path)
-        eos = gen.get("eos_token_id", self.tokenizer.eos_token_id)
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        eos_ids.discard(None)
+        gen = read_generation_config(path)
+        eos_ids = end_of_sequence_ids(self.tokenizer, gen)  # as the engine process reads them
         self.default_temperature = float(gen.get("temperature", 1.0)) if gen.get(
             "do_sample", True) else 0.0
         self.default_top_p = float(gen.get("top_p", 1.0))
         self.default_max_new = gen.get("max_new_tokens")
         # No prompt longer than this (in characters) can fit: each token spells at most this many.
-        self.max_prompt_chars = self.context * _longest_token_chars(self.tokenizer)
+        self.max_prompt_chars = self.context * longest_token_chars(self.tokenizer)
         # Templates and tokenization run here, one at a time, so the event loop never waits on a
         # long prompt (the tokenizer's settings are not safe to change from two threads at once).
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed-prompt")
-        self.engine = EngineProcess(config, tuple(sorted(eos_ids)))
         try:  # the grammar tokenizer is built here while the engine process loads the model
             self.grammar = GrammarTokenizer(self.tokenizer, self.vocab_size, eos_ids)
             self.engine.wait_ready()
         except BaseException:
-            self.engine.stop()
             self._prompts.shutdown(wait=False)
             raise
         self._token_text: dict[int, str] = {}
@@ -159,7 +171,7 @@ class LocalBackend:
         grammar = self._grammar(req, bool(thinking)) or self._tool_grammar(tools, bool(thinking))
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
                               req.top_logprobs or 0, grammar)
-        run = _Run(self, prompt_ids, params, grammar, rec)
+        run = EngineRun(self.engine, prompt_ids, params, grammar, rec)
         meta = fmt.response_meta("chatcmpl", self.model_name, self.fingerprint)
         split = thinking is not None or tools.format is not None
         if req.stream:
@@ -167,8 +179,8 @@ class LocalBackend:
             chunks = fmt.ChatChunks(meta, usage)
             body = (self._split_chunks(run, chunks, thinking, tools.format) if split
                     else self._chat_chunks(run, chunks))
-            return _EngineStream(body, [run], rec)
-        [replies] = await _collect([run], http)
+            return EngineStream(body, [run], rec)
+        [replies] = await collect_replies([run], http)
         if not split:
             return JSONResponse(fmt.chat_completion(meta, replies, req.logprobs, self,
                                                     run.usage()))
@@ -201,10 +213,10 @@ class LocalBackend:
             params = self._params(req, len(ids), req.max_tokens, req.logprobs is not None,
                                   req.logprobs or 0, None, prompt_logprobs=scored)
             runs.append((p, ids, params))
-        started: list[_Run] = []
+        started: list[EngineRun] = []
         try:
             for _, ids, params in runs:
-                started.append(_Run(self, ids, params, None, rec))
+                started.append(EngineRun(self.engine, ids, params, None, rec))
         except APIError:
             for run in started:
                 run.cancel()
@@ -215,10 +227,10 @@ class LocalBackend:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = fmt.CompletionChunks(meta, usage)
-            return _EngineStream(self._completion_chunks(started, echoes, req.n, chunks), started,
+            return EngineStream(self._completion_chunks(started, echoes, req.n, chunks), started,
                                  rec)
         choices = []
-        for k, replies in enumerate(await _collect(started, http)):
+        for k, replies in enumerate(await collect_replies(started, http)):
             for i, r in enumerate(replies):
                 lps = self._completion_logprobs(started[k], i, r["logprobs"], echoes[k],
                                                 req.logprobs is not None)
@@ -227,7 +239,7 @@ class LocalBackend:
         return JSONResponse(fmt.completion(meta, choices,
                                            fmt.total_usage([r.usage() for r in started])))
 
-    def _completion_logprobs(self, run: _Run, index: int, logprobs: list[TokenLogprob],
+    def _completion_logprobs(self, run: EngineRun, index: int, logprobs: list[TokenLogprob],
                              echo: str, asked: bool) -> fmt.CompletionLogprobs | None:
         """A completion choice's logprobs: the scored prompt's first when it was echoed."""
         if not asked:
@@ -280,7 +292,7 @@ class LocalBackend:
         if isinstance(req, TokenizeCompletionRequest):
             return list(self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)[
                 "input_ids"])
-        messages = [_template_message(i, m) for i, m in enumerate(req.messages)]
+        messages = [template_message(i, m) for i, m in enumerate(req.messages)]
         if req.add_generation_prompt and not req.add_special_tokens:
             return self._chat_ids((messages, None, {}))
         try:
@@ -320,7 +332,7 @@ class LocalBackend:
         """The chat's prompt ids: its messages, tools and template variables through the chat
         template, off the event loop once the characters could fit."""
         kwargs = self._template_kwargs(req)
-        messages = [_template_message(i, m) for i, m in enumerate(req.messages)]
+        messages = [template_message(i, m) for i, m in enumerate(req.messages)]
         self._check_chars(sum(len(m.text()) + sum(len(c.function.arguments) for c in m.tool_calls
                                                   or []) for m in req.messages)
                           + (len(json.dumps(tools.template_tools)) if tools.template_tools else 0),
@@ -342,7 +354,7 @@ class LocalBackend:
         template never reads (it would be ignored)."""
         kwargs = req.chat_template_kwargs or {}
         for key in kwargs:
-            if key in _TEMPLATE_OWN:
+            if key in TEMPLATE_OWN:
                 raise bad_request(f"chat_template_kwargs.{key} is set by the server from the "
                                   "request itself; drop it.", f"chat_template_kwargs.{key}")
             if key not in self.chat_template:
@@ -446,11 +458,11 @@ class LocalBackend:
     def token_bytes(self, token_id: int) -> list[int]:
         """The token's own bytes (a byte-level token may hold part of a UTF-8 character)."""
         piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
-        if self._byte_level and piece and all(c in _UNICODE_TO_BYTE for c in piece):
-            return [_UNICODE_TO_BYTE[c] for c in piece]
+        if self._byte_level and piece and all(c in UNICODE_TO_BYTE for c in piece):
+            return [UNICODE_TO_BYTE[c] for c in piece]
         return list(self.token_text(token_id).encode("utf-8"))
 
-    async def _chat_chunks(self, run: _Run, chunks: fmt.ChatChunks) -> AsyncIterator[str]:
+    async def _chat_chunks(self, run: EngineRun, chunks: fmt.ChatChunks) -> AsyncIterator[str]:
         async with run:
             for i in range(len(run.params)):
                 yield chunks.role(i)
@@ -461,14 +473,14 @@ class LocalBackend:
                         if run.params[ev.index].logprobs else None)
                     yield chunks.chunk(ev.index, {"content": ev.text}, lps)
                 if ev.finish_reason:
-                    yield chunks.chunk(ev.index, {}, None, _finish(ev))
+                    yield chunks.chunk(ev.index, {}, None, finish_reason(ev))
             if run.error:
                 yield fmt.sse(fmt.error_body(run.error.message, run.error.type))
             elif chunks.include_usage:
                 yield chunks.usage(run.usage())
             yield fmt.sse("[DONE]")
 
-    async def _split_chunks(self, run: _Run, chunks: fmt.ChatChunks, thinking: bool | None,
+    async def _split_chunks(self, run: EngineRun, chunks: fmt.ChatChunks, thinking: bool | None,
                             tools: ToolFormat | None) -> AsyncIterator[str]:
         """`_chat_chunks` for a reply split into reasoning, content and tool calls: each piece its
         own chunk, in OpenAI's delta shapes; a reply that called tools finishes `tool_calls`."""
@@ -494,7 +506,7 @@ class LocalBackend:
                 for k, delta in enumerate(deltas):
                     yield chunks.chunk(i, delta, lps if k == 0 else None)
                 if ev.finish_reason:
-                    reason = _finish(ev)
+                    reason = finish_reason(ev)
                     yield chunks.chunk(i, {}, None,
                                        "tool_calls" if called[i] and reason == "stop" else reason)
             if run.error:
@@ -553,7 +565,7 @@ class LocalBackend:
                 lo = mid + 1
         return lo
 
-    async def _completion_chunks(self, runs: list[_Run], echoes: list[str], n: int,
+    async def _completion_chunks(self, runs: list[EngineRun], echoes: list[str], n: int,
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[str]:
         errors: list[APIError] = []
         try:
@@ -568,7 +580,7 @@ class LocalBackend:
             yield chunks.usage(fmt.total_usage([r.usage() for r in runs]))
         yield fmt.sse("[DONE]")
 
-    async def _completion_events(self, runs: list[_Run], echoes: list[str], n: int,
+    async def _completion_events(self, runs: list[EngineRun], echoes: list[str], n: int,
                                  chunk: Callable[..., str],
                                  errors: list[APIError]) -> AsyncIterator[str]:
         offsets: dict[int, int] = {}
@@ -590,238 +602,10 @@ class LocalBackend:
                 if ev.text or ev.logprobs:
                     yield chunk(index, ev.text, lps)
                 if ev.finish_reason:
-                    yield chunk(index, "", None, _finish(ev))
+                    yield chunk(index, "", None, finish_reason(ev))
             if run.error:
                 errors.append(run.error)
                 return
-
-
-class _Run:
-    """One prompt's sequences in the engine: submitted at once (429 if the queue is full, 503 if
-    the engine process stopped), cancelled when the client goes away, counted in the request's
-    usage record."""
-
-    def __init__(self, backend: LocalBackend, prompt_ids: list[int],
-                 params: list[SamplingParams], grammar: str | None, rec: RequestRecord):
-        self.backend, self.rec, self.params = backend, rec, params
-        self.prompt_ids = prompt_ids
-        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # by choice, once scored
-        self.prompt_tokens = len(prompt_ids)
-        self.completion_tokens = 0
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.error: APIError | None = None  # why the run ended early, once it has
-        try:
-            self.tag = backend.engine.submit(prompt_ids, params, grammar, self.queue)
-        except QueueFull:
-            raise overloaded() from None
-        except EngineDead as e:
-            raise APIError(503, str(e), type_="server_error", code="engine_unavailable") from None
-        rec.prompt_tokens += self.prompt_tokens
-
-    def cancel(self) -> None:
-        self.backend.engine.cancel(self.tag)
-
-    async def __aenter__(self) -> _Run:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cancel()
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Events until every sequence has finished; a slow reader gets them merged per choice."""
-        open_ = set(range(len(self.params)))
-        while open_:
-            pending = [await self.queue.get()]
-            while not self.queue.empty():
-                pending.append(self.queue.get_nowait())
-            for ev in _coalesce(pending):
-                if ev.prompt_logprobs is not None:
-                    self.prompt_logprobs[ev.index] = ev.prompt_logprobs
-                self.rec.tokens((self.tag, ev.index), len(ev.token_ids), ev.finish_reason)
-                if ev.token_ids:
-                    self.completion_tokens += len(ev.token_ids)
-                    self.rec.completion_tokens += len(ev.token_ids)
-                if ev.finish_reason and ev.finish_reason.startswith("error"):
-                    self.error = self._failure(ev.finish_reason)
-                    return
-                yield ev
-                if ev.finish_reason:
-                    open_.discard(ev.index)
-
-    def _failure(self, reason: str) -> APIError:
-        if reason == QUEUE_FULL:
-            return overloaded()
-        message = self.backend.engine.dead or f"Generation failed ({reason}); please retry."
-        return APIError(500, message, type_="server_error")
-
-    async def collect(self) -> list[fmt.Reply]:
-        """Every sequence's text, logprobs and finish reason."""
-        # every sequence's last event sets its finish reason; "length" only holds the place
-        results: list[fmt.Reply] = [{"text": "", "logprobs": [], "finish_reason": "length",
-                                     "token_ids": []} for _ in self.params]
-        async with self:
-            async for ev in self.events():
-                r = results[ev.index]
-                r["text"] += ev.text
-                r["logprobs"] += ev.logprobs
-                r["token_ids"] += ev.token_ids
-                if ev.finish_reason:
-                    r["finish_reason"] = _finish(ev)
-        if self.error:
-            raise self.error
-        return results
-
-    def usage(self) -> fmt.Usage:
-        return fmt.usage(self.prompt_tokens, self.completion_tokens)
-
-
-async def _collect(runs: list[_Run], http: Request) -> list[list[fmt.Reply]]:
-    """Every run's replies, for a response sent whole. A client that leaves first is noticed at
-    once (its disconnect message, not a poll between events) and its runs are cancelled: 499."""
-    tasks = [asyncio.ensure_future(run.collect()) for run in runs]
-    gone = asyncio.ensure_future(_disconnected(http.receive))
-    try:
-        for task in tasks:
-            await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                raise APIError(499, "The client closed the request.")
-        return [task.result() for task in tasks]  # the first failure, if one failed
-    finally:
-        for job in [gone, *tasks]:  # a failed run ends the others too
-            if not job.cancel() and not job.cancelled():
-                job.exception()  # seen: a second failure is not logged as unretrieved
-        for run in runs:
-            run.cancel()
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client has gone. The body has been read, so the only message left for
-    the request is its disconnect."""
-    while (await receive())["type"] != "http.disconnect":
-        await asyncio.sleep(0.1)  # a server that repeats an empty body: do not spin
-
-
-class _EngineStream(StreamingResponse):
-    """Server-sent events whose runs are cancelled however the response ends. A client that
-    leaves before the first chunk cancels the response before its body starts, so the body's
-    own cleanup (cancel, count the request) never runs; this does both."""
-
-    def __init__(self, body: AsyncIterable[str], runs: list[_Run], rec: RequestRecord):
-        super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
-        self.runs, self.rec = runs, rec
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            for run in self.runs:
-                run.cancel()
-            self.rec.finish(499)  # a no-op when the stream ended and counted itself
-
-
-def _longest_token_chars(tokenizer: Any) -> int:
-    """The most characters of text one token can stand for: its vocabulary's longest piece (a
-    byte-level piece spells one character per byte, a SentencePiece byte token `<0xE3>` or a
-    WordPiece `##ing` more than it stands for), so `context` x this bounds what can fit."""
-    return max((len(piece) for piece in tokenizer.get_vocab()), default=1)
-
-
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's byte-to-printable-character map, inverted (byte-level BPE stores tokens this way)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append((chr(b), b))
-        else:
-            chars.append((chr(256 + extra), b))
-            extra += 1
-    return dict(chars)
-
-
-_UNICODE_TO_BYTE = _byte_level_table()
-
-
-def _coalesce(events: list[Event]) -> list[Event]:
-    """Merge consecutive events of the same choice (in order), so a backlog is one chunk each."""
-    merged: dict[int, Event] = {}
-    for ev in events:
-        m = merged.get(ev.index)
-        if m is None:  # each event was built for this request from the pipe: ours to extend
-            merged[ev.index] = ev
-            continue
-        m.text += ev.text
-        m.token_ids += ev.token_ids
-        m.logprobs += ev.logprobs
-        m.finish_reason = ev.finish_reason
-        if ev.prompt_logprobs is not None:
-            m.prompt_logprobs = ev.prompt_logprobs
-    return list(merged.values())
-
-
-def _finish(ev: Event) -> fmt.FinishReason:
-    # events() ends a run at an "error: ..." reason, so what reaches a response is stop or length
-    return cast(fmt.FinishReason, ev.finish_reason)
-
-
-# What the server passes to the chat template itself (chat_template_kwargs may not set them)
-_TEMPLATE_OWN = frozenset({"messages", "conversation", "tools", "documents", "chat_template",
-                           "add_generation_prompt", "continue_final_message", "tokenize",
-                           "return_dict", "return_tensors", "padding", "truncation", "max_length",
-                           "tokenizer_kwargs", "return_assistant_tokens_mask",
-                           "sanitize_control_tokens", "bos_token", "eos_token"})
-
-
-def _template_source(tokenizer: Any) -> str:
-    """The chat template's source (every named template when there are several)."""
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        return "\n".join(str(t) for t in template.values())
-    return str(template or "")
-
-
-def _marker_ids(tokenizer: Any, tools: ToolFormat | None) -> dict[str, int]:
-    """The tool and reasoning markers this tokenizer holds as one added token (llguidance
-    matches those only as the token)."""
-    added = tokenizer.get_added_vocab()
-    marks = [OPEN, CLOSE, *((tools.start, tools.end) if tools else ())]
-    return {m: added[m] for m in marks if m in added}
-
-
-def _special_markers(tokenizer: Any, marker_ids: dict[str, int]) -> dict[int, str]:
-    """Those of the markers that are special tokens, which the engine's decoding drops."""
-    added = tokenizer.added_tokens_decoder
-    return {i: m for m, i in marker_ids.items() if i in added and added[i].special}
-
-
-def _template_message(i: int, m: ChatMessage) -> dict[str, Any]:
-    """A history message as chat templates read it: an assistant's calls with their arguments
-    as objects (templates write them with `tojson`), a tool's answer with its call's id, a
-    replayed reasoning as `reasoning_content`."""
-    extra = m.replayed_extra()
-    if extra:
-        raise bad_request(f"messages.{i}.{extra}: Seed never sends this field and cannot render "
-                          "it; send it null (or empty) or drop it.", f"messages.{i}.{extra}")
-    out: dict[str, Any] = {"role": m.role, "content": m.text()}
-    if m.tool_calls:
-        calls = []
-        for j, c in enumerate(m.tool_calls):
-            try:
-                arguments = json.loads(c.function.arguments)
-            except json.JSONDecodeError:
-                raise bad_request(f"messages.{i}.tool_calls.{j}: the function's arguments are not "
-                                  "JSON; send them as the reply gave them.",
-                                  f"messages.{i}.tool_calls.{j}") from None
-            calls.append({"id": c.id, "type": "function",
-                          "function": {"name": c.function.name, "arguments": arguments}})
-        out["tool_calls"] = calls
-    if m.tool_call_id is not None:
-        out["tool_call_id"] = m.tool_call_id
-    reasoning = m.reasoning_content or m.reasoning
-    if reasoning:
-        out["reasoning_content"] = reasoning
-    return out
 
 
 def _delta(p: Piece) -> fmt.ChatDelta:
@@ -843,13 +627,3 @@ def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[
     if len(ids) == len(prompt):
         return [ids]
     return [p for p in prompt if not isinstance(p, int)]
-
-
-def _read_generation_config(path: Path) -> dict[str, Any]:
-    f = path / "generation_config.json"
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, NotRequired, Protocol
 from typing_extensions import TypedDict  # pydantic reads only this one on Python 3.11
 
 if TYPE_CHECKING:
-    from seed.serve.engine import TokenLogprob
+    from seed.serve.engine_types import TokenLogprob
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 

@@ -5,14 +5,12 @@ schema. Every string is whole Unicode (a lone surrogate sent as a JSON escape co
 tokenized nor written back as UTF-8), and each string Seed echoes or keeps (the model name in
 errors and the usage log, stop strings, `user`) has a length bound, as do lists and the nesting
 of a JSON schema. A field a body does not declare is kept, so an upstream gets it as sent;
-`unsupported` names the first field the local backend would otherwise drop (its tables say what
-Seed does with every field of OpenAI's requests). The response shapes are declared and built in
-`openai_format.py`, not here.
+`fields.unsupported` names the first field the local backend would otherwise drop. The response
+shapes are declared and built in `openai_format.py`, not here.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -331,106 +329,3 @@ def error_param(loc: tuple[int | str, ...]) -> str:
     the body prefix and the union members pydantic names on the way (`str`, `constrained-str`)."""
     parts = [str(p) for p in loc if isinstance(p, int) or p in _FIELDS]
     return ".".join(parts) or "body"
-
-
-# -- fields the local backend does not honour -----------------------------------------------------
-# The request models keep what they do not declare (`model_extra`), so an upstream gets every field
-# as sent; the local backend asks `unsupported` first and refuses, by name, any field it would
-# otherwise drop. Every field of OpenAI's chat-completions and completions requests is declared
-# (and honoured), or named in one of these tables. A null for a field named here is always fine:
-# it asks for nothing (an unknown field is refused whatever its value).
-
-# Accepted at any value, and why nothing is lost.
-_NO_OPS = {
-    "metadata": "tags for completions a provider stores; Seed stores none",
-    "safety_identifier": "an end user's id for a provider's abuse monitoring; Seed has none",
-    "prompt_cache_key": "a routing hint for a provider's prompt cache; Seed has one engine",
-    "prompt_cache_retention": "how long a provider keeps a prompt cache; Seed keeps none",
-    "prompt_cache_options": "how a provider caches prompts; Seed keeps no prompt cache",
-}
-# Accepted at these values only: what Seed does anyway.
-_FINE_AT: dict[str, tuple[Any, ...]] = {
-    "store": (False,), "service_tier": ("auto", "default"), "modalities": (["text"],),
-    "suffix": ("",),
-}
-_REFUSED = {
-    "store": "Seed stores no completions; send `store: false` or omit it",
-    "service_tier": "Seed has one tier; send `auto`, `default` or omit it",
-    "modalities": "Seed's models answer in text; send `[\"text\"]` or omit it",
-    "audio": "Seed's models answer in text only; omit `audio`",
-    "prediction": "Seed does not use predicted outputs; omit `prediction`",
-    "web_search_options": "Seed has no web search; omit `web_search_options`",
-    "functions": "it is OpenAI's deprecated form of `tools`; send `tools` instead",
-    "function_call": "it is OpenAI's deprecated form of `tool_choice`; send `tool_choice` "
-                     "(with `tools`) instead",
-    "reasoning_effort": "a served model thinks as its chat template says; Seed cannot set a "
-                        "reasoning effort (a template's own switch, such as `enable_thinking`, "
-                        "goes in `chat_template_kwargs`); omit it",
-    "verbosity": "Seed cannot change how much a model says; omit `verbosity`",
-    "moderation": "Seed runs no moderation model; omit `moderation`",
-    "suffix": "Seed does not insert text between a prompt and a suffix; omit `suffix`",
-    "best_of": "Seed returns every completion it generates; omit `best_of` or set it to `n`",
-}
-# The fields each route refuses or takes as a no-op (any other undeclared field is unknown).
-_CHAT_EXTRAS = frozenset(_NO_OPS) | {"store", "service_tier", "modalities", "audio", "prediction",
-                                     "web_search_options", "functions", "function_call",
-                                     "reasoning_effort", "verbosity", "moderation"}
-_COMPLETION_EXTRAS = frozenset({"suffix", "best_of"})
-# Fields of stream_options Seed takes at these values only.
-_STREAM_OPTIONS_FINE_AT: dict[str, tuple[Any, ...]] = {"include_obfuscation": (False,)}
-
-
-def unsupported(req: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
-    """The first field of `req` the local backend does not honour, as (param, one sentence that
-    names it and says what to do), or None when it honours every field sent."""
-    chat = isinstance(req, ChatCompletionRequest)
-    route = "/v1/chat/completions" if chat else "/v1/completions"
-    known = _CHAT_EXTRAS if chat else _COMPLETION_EXTRAS
-    for name, value in (req.model_extra or {}).items():
-        refused = _refused(name, value, known, route)
-        if name == "best_of" and _one_of(value, (req.n,)):
-            refused = None  # n completions generated and n returned: what Seed does anyway
-        if refused:
-            return _name(name), refused
-    if req.stream_options is not None:
-        for name, value in (req.stream_options.model_extra or {}).items():
-            if value is not None and not _one_of(value, _STREAM_OPTIONS_FINE_AT.get(name, ())):
-                param = f"stream_options.{_name(name)}"
-                if name not in _STREAM_OPTIONS_FINE_AT:
-                    return param, f"`{param}` is not a field Seed knows; remove it."
-                return param, (f"`{param}: {_json(value)}` is not supported: Seed does not pad "
-                               "streamed chunks; send `false` or omit it.")
-    if isinstance(req, ChatCompletionRequest):
-        for i, message in enumerate(req.messages):
-            for name in message.model_extra or {}:
-                param = f"messages.{i}.{_name(name)}"
-                return param, f"`{param}` is not a field of a chat message Seed knows; remove it."
-        if req.top_logprobs and not req.logprobs:
-            return "top_logprobs", "`top_logprobs` needs `logprobs: true`; set it or omit both."
-    return None
-
-
-def _refused(name: str, value: Any, known: frozenset[str], route: str) -> str | None:
-    if name not in known:
-        return f"`{_name(name)}` is not a field Seed's {route} knows; remove it."
-    if value is None or name in _NO_OPS or _one_of(value, _FINE_AT.get(name, ())):
-        return None
-    shown = f"`{name}: {_json(value)}`" if name in _FINE_AT or name == "best_of" else f"`{name}`"
-    return f"{shown} is not supported: {_REFUSED[name]}."
-
-
-def _one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
-    """`value` is one of `allowed`, type and all (JSON's 0 is not `false`)."""
-    return any(type(value) is type(a) and value == a for a in allowed)
-
-
-def _name(name: str) -> str:
-    """A client's field name as an error may echo it: JSON-escaped (a lone surrogate cannot be
-    written back as UTF-8) and cut to 64 characters."""
-    text = json.dumps(name)[1:-1]
-    return text if len(text) <= 64 else text[:61] + "..."
-
-
-def _json(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."

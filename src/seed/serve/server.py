@@ -26,10 +26,6 @@ def run_server(config: ServeConfig) -> None:
     Keys and the usage log are checked before a model loads, so a mistake in either is one line
     at once rather than after the load.
     """
-    import uvicorn
-
-    from seed.serve.app import create_app
-
     api_key = None if config.api_key is None else config.api_key.get_secret_value()
     keys = load_keys(api_key, config.keys_file)
     usage_log = UsageLog.open(config.usage_log) if config.usage_log else None
@@ -42,10 +38,22 @@ def run_server(config: ServeConfig) -> None:
 
         backend = UpstreamBackend(config.upstream, timeout=config.upstream_timeout)
     else:
-        from seed.serve.backend import LocalBackend
+        from seed.serve.worker import EngineProcess
 
-        backend = LocalBackend(config)
+        # Spawned first: the engine process imports torch and loads the model while this one
+        # imports the API's libraries and reads the tokenizer (~4 s less to start).
+        engine = EngineProcess(config)
+        try:
+            from seed.serve.backend import LocalBackend
+        except BaseException:
+            engine.stop()
+            raise
+        backend = LocalBackend(config, engine)  # stops the engine if the model cannot be served
     try:  # a model backend owns an engine process: stopped however uvicorn ends
+        import uvicorn
+
+        from seed.serve.app import create_app
+
         app = create_app(backend, config, keys=keys, usage_log=usage_log)
         print(f"seed serve: {backend.model_name} on http://{config.host}:{config.port} "
               f"({'keys required' if keys else 'no keys'})", flush=True)

@@ -39,12 +39,16 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seed.errors import UserError, first_line
 from seed.quiet import quiet_progress_bars
 from seed.recipe import ServeConfig
-from seed.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenLogprob
+from seed.serve.engine_types import Event, QueueFull, SamplingParams, TokenLogprob
+from seed.serve.model_files import end_of_sequence_ids, read_generation_config
+
+if TYPE_CHECKING:  # the engine (torch, transformers) is imported by the engine process only
+    from seed.serve.engine import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +73,15 @@ class EngineProcess:
     """The API side: spawns the engine process, submits and cancels, routes events to queues.
 
     The engine process gets the serve config whole (`config.model`, the engine's limits, device,
-    dtype, threads) and the end-of-sequence ids the API side read from the model's files.
+    dtype, threads) and reads the rest from the model's files itself, so it can be spawned first
+    and load while the API process imports its own modules and reads the tokenizer.
     """
 
-    def __init__(self, config: ServeConfig, eos_ids: tuple[int, ...]):
+    def __init__(self, config: ServeConfig):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has torch threads
         self.config = config
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_engine_main, args=(child_conn, config, eos_ids),
+        self._proc = ctx.Process(target=_engine_main, args=(child_conn, config),
                                  name="seed-engine", daemon=True)
         self._proc.start()
         child_conn.close()  # else the child's death would not close the pipe on our side
@@ -222,12 +227,12 @@ class _Tagged:
     seqs: list[Sequence] = field(default_factory=list)
 
 
-def _engine_main(conn: Connection, config: ServeConfig, eos_ids: tuple[int, ...]) -> None:
+def _engine_main(conn: Connection, config: ServeConfig) -> None:
     """The engine process: load, say ready (or why not), then serve commands until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API process's to handle
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        core = _Core(conn, config, set(eos_ids))
+        core = _Core(conn, config)
     except Exception as e:  # reported as one line by `seed serve`, not a traceback
         reason = first_line(e)
         with contextlib.suppress(OSError):
@@ -239,11 +244,12 @@ def _engine_main(conn: Connection, config: ServeConfig, eos_ids: tuple[int, ...]
 class _Core:
     """The model, its engine and the pipe, in the engine process."""
 
-    def __init__(self, conn: Connection, config: ServeConfig, eos_ids: set[int]):
+    def __init__(self, conn: Connection, config: ServeConfig):
         import torch
         from transformers import AutoModelForCausalLM
 
         from seed.endpoints.local import load_tokenizer
+        from seed.serve.engine import Engine
         from seed.serve.grammar import GrammarTokenizer
 
         if config.model is None:
@@ -254,6 +260,7 @@ class _Core:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             config.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
         tokenizer = load_tokenizer(config.model)
+        eos_ids = end_of_sequence_ids(tokenizer, read_generation_config(config.model))
         with quiet_progress_bars():
             model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
         # transformers wraps `.to` in a decorator whose stub types the device as a model
