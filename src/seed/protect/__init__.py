@@ -1,0 +1,1 @@
+"""Protecting a served model from unseen distillation: watermarking its output, detecting it."""
