@@ -292,8 +292,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SEED_API_KEY",
                                                 help="Require this key.")] = None,
-    keys_file: Annotated[Path | None, typer.Option(help="File of accepted keys, one per line.")
-                         ] = None,
+    keys_file: Annotated[Path | None, typer.Option(
+        help="File of accepted keys: one per line, or a keys.toml of per-key policies (each key "
+        "by its SHA-256, with its limits; read again on SIGHUP or when it changes).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name clients ask for (default: the "
                                                    "directory name).")] = None,
     max_running: Annotated[int | None, typer.Option(help="Most sequences in one batch "
@@ -338,6 +339,20 @@ def serve(
         "max_body_bytes": max_body_bytes, "allowed_hosts": allowed_host or None,
         "upstream_timeout": upstream_timeout, "tool_parser": tool_parser,
         "reasoning_parser": reasoning_parser}))
+
+
+keys_app = typer.Typer(help="API keys for `seed serve --keys-file keys.toml`.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Print the SHA-256 of a key read from stdin (or typed, unechoed): the `sha256` a keys.toml
+    stores for it. The key never goes on the command line, where shell history would keep it."""
+    from seed.serve.auth import hash_from_input
+
+    print(hash_from_input(sys.stdin))
 
 
 def main() -> None:

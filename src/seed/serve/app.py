@@ -3,12 +3,16 @@
 Routes are the same whichever backend answers: a local model (`backend.py`, its engine in a
 second process) or an upstream OpenAI-compatible server (`upstream.py`). Keys, the Host header and
 the body size are decided before any route runs, in one place (`guard.py`); /metrics needs a key
-when the server has keys. This module holds no generation logic.
+when the server has keys. What a key's policy (a keys.toml: `policy.py`) forbids or rate-limits is
+refused before the backend sees the request, and its token charge corrected when it ends. This
+module holds no generation logic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from importlib import resources
 from typing import Any, Protocol
@@ -26,7 +30,7 @@ from starlette.responses import (
 
 from seed.recipe import ServeConfig
 from seed.serve.errors import APIError, model_not_found
-from seed.serve.guard import Guard, allowed_hosts, key_label
+from seed.serve.guard import Guard, allowed_hosts, key_label, key_policy
 from seed.serve.metrics import ServerMetrics
 from seed.serve.openai_format import (
     ChatCompletion,
@@ -39,6 +43,7 @@ from seed.serve.openai_format import (
     TokenizeResponse,
     error_body,
 )
+from seed.serve.policy import Grant, KeyPolicies
 from seed.serve.responses import ResponsesRequest
 from seed.serve.responses import error_param as responses_error_param
 from seed.serve.responses_format import ResponseObject
@@ -78,10 +83,11 @@ class Backend(Protocol):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why} for code, why in [
         (400, "Bad request (the message names the field)"),
-        (401, "Missing or wrong API key"),
+        (401, "Missing, wrong or expired API key"),
+        (403, "The key's policy does not allow this model"),
         (404, "Unknown model"),
         (413, "Request body over the server's limit (serve.max_body_bytes)"),
-        (429, "Queue full; retry after Retry-After seconds"),
+        (429, "Queue full, or the key's rate limit reached; retry after Retry-After seconds"),
         (503, "The model's engine process stopped; the server must be restarted")]}
 # Each server-sent event: `data` holds one JSON chunk, or `[DONE]` at the end.
 _STREAM = {"text/event-stream": {"schema": {
@@ -95,10 +101,11 @@ _ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses",
                      "/health", "/"})
 
 
-def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None = None,
+def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | None = None,
                usage_log: UsageLog | None = None) -> FastAPI:
-    """The server for `backend`; with `keys`, every path but /health, / and the docs needs one."""
-    keys = keys or []
+    """The server for `backend`; with `keys`, every path but /health, / and the docs needs one,
+    and a key's policy (a keys.toml) is enforced before the backend sees a request."""
+    keys = keys or KeyPolicies({}, {})
     metrics = ServerMetrics(backend.queue_depth, backend.running, backend.model_name)
 
     def refused(path: str, status: int, key: str | None) -> None:
@@ -110,6 +117,8 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         backend.start()
+        if keys.path is not None:  # kill -HUP reads the keys.toml again
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
         try:
             yield
         finally:
@@ -142,18 +151,24 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     async def answer(route: str, req: Any, http: Request, call: Any) -> Response:
         rec = RequestRecord(route=route, metrics=metrics, usage_log=usage_log,
                             key=key_label(http.scope), model=req.model)
+        grant = Grant()
         try:
+            grant = keys.admit(rec.key, key_policy(http.scope), req)  # 403, 400, 429
             response = await call(req, http, rec)
         except APIError as e:
             rec.finish(e.status)
+            grant.settle(rec.prompt_tokens + rec.completion_tokens)
             raise
         except BaseException:
             rec.finish(500)
+            grant.settle(rec.prompt_tokens + rec.completion_tokens)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = _finishing(response.body_iterator, rec, response.status_code)
+            response.body_iterator = _finishing(response.body_iterator, rec, response.status_code,
+                                                grant)
         else:
             rec.finish(response.status_code)
+            grant.settle(rec.prompt_tokens + rec.completion_tokens)
         return response
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
@@ -219,9 +234,10 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: list[str] | None 
     return app
 
 
-async def _finishing(body: AsyncIterable[Any], rec: RequestRecord,
-                     status: int) -> AsyncIterator[Any]:
-    """Pass a stream through and count the request when it ends (or the client leaves)."""
+async def _finishing(body: AsyncIterable[Any], rec: RequestRecord, status: int,
+                     grant: Grant) -> AsyncIterator[Any]:
+    """Pass a stream through and count the request when it ends (or the client leaves), in the
+    usage log and in its key's token windows."""
     try:
         async for part in body:
             yield part
@@ -230,6 +246,7 @@ async def _finishing(body: AsyncIterable[Any], rec: RequestRecord,
         raise
     finally:
         rec.finish(status)
+        grant.settle(rec.prompt_tokens + rec.completion_tokens)
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()

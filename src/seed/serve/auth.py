@@ -5,15 +5,22 @@ ASCII without spaces (what an `Authorization` header can carry); anything else, 
 file, or a file that is not UTF-8 is refused at start, naming the file and line but never the key.
 A keys file other users can read is warned about. Keys are never logged: the usage log names a key
 by its position ("key-2"), not its value.
+
+A request's key is matched by its SHA-256 (`key_digest`): the keys above are hashed once at start,
+and a `keys.toml` (seed.serve.policy, per-key limits) stores only the hashes, so both kinds of
+file are matched the same way and the server holds no key after it starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 from seed.errors import UserError
 
@@ -81,18 +88,46 @@ def read_keys_file(path: Path) -> list[str]:
     return keys
 
 
-def match_key(keys: list[str], authorization: str | None) -> str | None:
-    """The label of the key in an `Authorization: Bearer ...` header (the scheme in any case), or
-    None if it matches none.
+def key_digest(key: str) -> str:
+    """The SHA-256 of a key as lowercase hex: what a keys.toml stores (`printf %s KEY | sha256sum`
+    prints the same)."""
+    return hashlib.sha256(key.encode("latin-1", "replace")).hexdigest()
 
-    Every key is compared (in constant time each), so timing says nothing about which one is close.
+
+def plain_digests(keys: list[str]) -> dict[str, str]:
+    """Label ("key-1", "key-2", ... in the order given) -> digest, for keys given as themselves."""
+    return {f"key-{i + 1}": key_digest(key) for i, key in enumerate(keys)}
+
+
+def match_digest(digests: Mapping[str, str], authorization: str | None) -> str | None:
+    """The label whose digest is the SHA-256 of the key in an `Authorization: Bearer ...` header
+    (the scheme in any case), or None if it matches none.
+
+    Every digest is compared (in constant time each), so timing says nothing about which one is
+    close.
     """
     scheme, _, given = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
-    token = given.strip().encode("latin-1", "replace")
+    token = key_digest(given.strip()).encode()
     found = None
-    for i, key in enumerate(keys):
-        if hmac.compare_digest(token, key.encode()):
-            found = f"key-{i + 1}"
+    for label, digest in digests.items():
+        if hmac.compare_digest(token, digest.encode()):
+            found = label
     return found
+
+
+def hash_from_input(stream: TextIO) -> str:
+    """`seed keys hash`: the digest of the key on `stream` (its first line), or typed at a prompt
+    that does not echo it when `stream` is a terminal; a key that cannot be one is refused without
+    repeating it."""
+    if stream.isatty():
+        import getpass
+
+        key = getpass.getpass("key (not echoed): ")
+    else:
+        key = stream.readline().rstrip("\r\n")
+    if not _KEY.fullmatch(key):
+        raise UserError("the key read from stdin is empty or holds a space or a non-ASCII "
+                        "character; a key is printable ASCII without spaces")
+    return key_digest(key)

@@ -8,7 +8,9 @@ A pure ASGI middleware around the app's routes (its first middleware), deciding 
    cannot read a keyless local server.
 2. **Key**: when keys are set, every path but the open ones (`/health`, the chat page `/`, the
    OpenAPI docs) needs `Authorization: Bearer KEY` (the scheme in any case): `/v1/*` and
-   `/metrics` included, unknown paths too. A miss is a 401 sent from the headers alone.
+   `/metrics` included, unknown paths too. A miss, or a key past its policy's `expires`, is a 401
+   sent from the headers alone; the key's label and policy are left in the scope for the app
+   (`policy.py` holds the keys, their policies and the checks made once the body is read).
 3. **Body size**: a body over `serve.max_body_bytes` is a 413, at once when Content-Length says
    so, else as soon as the bytes read pass the limit (chunked bodies); the app never holds more.
 
@@ -31,8 +33,8 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seed.serve.auth import match_key
 from seed.serve.errors import APIError, invalid_host, request_too_large, unauthorized
+from seed.serve.policy import POLICY_SCOPE, KeyPolicies, KeyPolicy
 
 OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})
@@ -47,6 +49,11 @@ Refused = Callable[[str, int, str | None], None]  # path, status, key label
 def key_label(scope: Scope) -> str | None:
     """The label of the key a request was let in with, or None on a keyless server."""
     return scope.get(KEY_SCOPE)
+
+
+def key_policy(scope: Scope) -> KeyPolicy | None:
+    """The policy of the key a request was let in with, or None (no keys.toml entry)."""
+    return scope.get(POLICY_SCOPE)
 
 
 def is_loopback(host: str) -> bool:
@@ -75,7 +82,7 @@ class Guard:
     """
 
     app: ASGIApp
-    keys: list[str]
+    keys: KeyPolicies
     max_body_bytes: int
     hosts: frozenset[str] | None = None
     on_refused: Refused = field(default=lambda path, status, key: None)
@@ -91,11 +98,15 @@ class Guard:
             return
         label = None
         if self.keys and path not in OPEN_PATHS:
-            label = match_key(self.keys, headers.get("authorization"))
+            label = self.keys.match(headers.get("authorization"))
             if label is None:
                 await self._refuse(scope, receive, send, unauthorized(), None)
                 return
+            if expired := self.keys.expired(label):
+                await self._refuse(scope, receive, send, expired, label)
+                return
             scope[KEY_SCOPE] = label
+            scope[POLICY_SCOPE] = self.keys.policy(label)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             await self._refuse(scope, receive, send, request_too_large(self.max_body_bytes),

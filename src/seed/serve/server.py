@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from seed.errors import UserError
 from seed.recipe import ServeConfig
-from seed.serve.auth import load_keys
+from seed.serve.policy import KeyPolicies
 from seed.serve.usage import UsageLog
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def run_server(config: ServeConfig) -> None:
     at once rather than after the load.
     """
     api_key = None if config.api_key is None else config.api_key.get_secret_value()
-    keys = load_keys(api_key, config.keys_file)
+    keys = KeyPolicies.load(api_key, config.keys_file)
     usage_log = UsageLog.open(config.usage_log) if config.usage_log else None
     if (config.model is None) == (config.upstream is None):
         raise UserError("give either a model directory or --upstream URL (serve.model or "
