@@ -2,8 +2,9 @@
 
 It reads only what the stages left in the run directory (manifest, metrics, eval results, samples,
 records) and shows the loss curve, accuracy before and after training, sample conversations with
-their verdicts, the judged evaluation (judge_report.py's section, when there is one), where
-the data came from, and how long each stage took. The page is built from html.py's pieces.
+their verdicts, the judged evaluation (judge_report.py's section, when there is one), the
+identity probes (`seed eval runs/NAME/train/model --identity --out runs/NAME/identity`, when run),
+where the data came from, and how long each stage took. The page is built from html.py's pieces.
 It computes no results.
 """
 
@@ -76,6 +77,23 @@ def _provenance(run_dir: Path) -> Html:
                               "obligations"], rows))
 
 
+def _identity(path: Path) -> list[Html]:
+    """The identity probes' claim rate and worst answers (seed.protect.identity_eval)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    head = (f"<p>{r['claims']} of {r['n']} answers to {r['probes']} who-are-you probes "
+            f"({r['samples']} samples each, temperature {r['temperature']}) claim another "
+            f"model's identity: <b>{r['rate']:.1%}</b> (95% CI {r['ci_low']:.1%} to "
+            f"{r['ci_high']:.1%}).</p>")
+    vendors = ", ".join(f"{v} ({n})" for v, n in r["vendors"].items())
+    rows = [[w["language"], pre(w["probe"]), pre(w["answer"]), ", ".join(w["claims"])]
+            for w in r["worst"]]
+    return [Html("<h2>Identity</h2>"), Html(head),
+            Html(f"<p>Vendors claimed: {text(vendors)}</p>") if vendors else Html(""),
+            table(["language", "probe", "answer", "claims"], rows) if rows else Html("")]
+
+
 def _timings(manifest: dict[str, Any]) -> Html:
     rows = [[name, st.get("status", ""), f"{st.get('seconds', 0):.1f}"]
             for name, st in manifest.get("stages", {}).items() if name != "report"]
@@ -123,6 +141,7 @@ def render_report(run_dir: Path) -> str:
         body += [Html("<h2>Sample conversations</h2>"),
                  _samples(samples, eval_cfg.get("samples", 12))]
     body += judge_section(run_dir / "judge")  # the judged evaluation, when the recipe asks for it
+    body += _identity(run_dir / "identity" / "identity.json")
     body += [
         Html("<h2>Where the data came from</h2>"),
         _provenance(run_dir),

@@ -7,6 +7,9 @@
   sentence-transformers model directory (loaded with `transformers`, offline).
 - `is_refusal`, `length_ok`: heuristics (refusals, "as an AI language model", too short or long).
 - `PromptFilter`: the configured set, in that order, as one `reason(text) -> str | None`.
+- `AnswerFilter`: the answer filters (length, identity claims, refusals) over a prompt's records:
+  drops what they reject, counts why, and with `identity = "flag"` keeps an answer that claims
+  another model's identity with the vendors in `meta["identity_claims"]` (seed.protect.identity).
 
 Each filter holds state in memory (a hash per exact text, a 64-number signature per near-duplicate
 text), so very large jobs that turn near-duplicate removal on grow by ~1 KB per prompt.
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
+from seed.protect.identity import identity_claims
 from seed.quiet import quiet_progress_bars
+from seed.records import Record
 
 _REFUSAL = re.compile(
     r"\bas an ai(?: language)? model\b|\bi(?:'m| am) (?:sorry|unable|not able)\b|"
@@ -161,3 +166,57 @@ class PromptFilter:
         if why is not None:
             self.dropped[why] = self.dropped.get(why, 0) + 1
         return why
+
+
+class AnswerFilter:
+    """The configured answer filters; `keep(records)` is the records that pass, some flagged.
+
+    Every assistant turn of a record is the teacher's, so each is checked for identity claims
+    (a multi-turn record is dropped for a claim in any turn); length and refusals are checked on
+    the last answer, as before. A record is dropped for the first reason that applies, in the
+    order length, identity, refusal, so `dropped["identity"]` counts every claim not already too
+    short, refusals included ("As an AI language model developed by OpenAI, I cannot ...").
+    """
+
+    def __init__(self, min_chars: int = 1, drop_refusals: bool = True,
+                 identity: str = "drop") -> None:
+        self.min_chars, self.drop_refusals, self.identity = min_chars, drop_refusals, identity
+        self.dropped: dict[str, int] = {}
+        self.flagged = 0
+
+    def _claims(self, record: Record) -> list[str]:
+        if self.identity == "off":
+            return []
+        return list(dict.fromkeys(v for m in record.messages if m.role == "assistant"
+                                  for v in identity_claims(m.content)))
+
+    def _why(self, record: Record) -> str | None:
+        text = record.messages[-1].content
+        if not length_ok(text, self.min_chars):
+            return "length"
+        claims = self._claims(record)
+        if claims and self.identity == "drop":
+            return "identity"
+        if self.drop_refusals and is_refusal(text):
+            return "refusal"
+        if claims:
+            record.meta["identity_claims"] = claims
+            self.flagged += 1
+        return None
+
+    def keep(self, records: list[Record]) -> tuple[list[Record], str | None]:
+        """The records that pass, and when none does, why (the reasons, for failed.jsonl)."""
+        kept, reasons = [], []
+        for r in records:
+            why = self._why(r)
+            if why is None:
+                kept.append(r)
+            else:
+                self.dropped[why] = self.dropped.get(why, 0) + 1
+                reasons.append(why)
+        if kept or not reasons:
+            return kept, None
+        return kept, "filtered: " + ", ".join(_REASON_WORDS[w] for w in dict.fromkeys(reasons))
+
+
+_REASON_WORDS = {"length": "empty answer", "identity": "identity claim", "refusal": "refusal"}

@@ -6,8 +6,9 @@ Files in the output directory:
   prompt's samples; a rerun skips every prompt already there.
 - `cache.sqlite`: the request cache; answers land there before the records file, so a prompt
   answered but not yet written when the process died is written on the rerun without a request.
-- `failed.jsonl`: prompts that failed after every retry, or whose answers the filters dropped,
-  with the reason; a rerun tries them again.
+- `failed.jsonl`: prompts that failed after every retry, or whose answers the filters dropped
+  (too short, a refusal, a claim to be another model: `generate.filters.identity`), with the
+  reason; a rerun tries them again.
 - `summary.json`: the closing figures.
 
 The flow: check every input (prompt files, key, base URL) before writing anything; build the
@@ -38,7 +39,7 @@ from seed.generate import sources
 from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
-from seed.generate.filters import PromptFilter, is_refusal, length_ok
+from seed.generate.filters import AnswerFilter, PromptFilter, is_refusal
 from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
 from seed.records import Provenance, Record, Source, Teacher, read_records
@@ -137,11 +138,6 @@ def _keep(answers: dict[int, Result], result: Result) -> None:
     answers[result.request.payload] = result
 
 
-def _answer_kept(text: str, config: GenerateConfig) -> bool:
-    f = config.filters
-    return length_ok(text, f.min_answer_chars) and not (f.drop_refusals and is_refusal(text))
-
-
 class Generation:
     """One `seed generate` invocation with an HTTP teacher."""
 
@@ -167,6 +163,7 @@ class Generation:
         f = config.filters
         self.filter = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
                                    f.max_prompt_chars, f.embedding_model, f.embedding_threshold)
+        self.answers = AnswerFilter(f.min_answer_chars, f.drop_refusals, f.identity)
         self.endpoint = make_endpoint(config.teacher, "generate.teacher",
                                       timeout=config.limits.timeout,
                                       max_connections=config.limits.concurrency * 2)
@@ -231,14 +228,12 @@ class Generation:
         if not result.ok:
             self.out.fail(prompt.key, prompt.messages, result.error or "failed", result.attempts)
             return
-        kept = [r for r in _records(prompt, result, self.teacher, self.job)
-                if _answer_kept(r.messages[-1].content, self.config)]
+        kept, why = self.answers.keep(_records(prompt, result, self.teacher, self.job))
         if kept:
             self.out.write(kept)
             self.out.done.add(prompt.key)
         else:
-            self.out.fail(prompt.key, prompt.messages, "filtered: refusal or empty answer",
-                          result.attempts)
+            self.out.fail(prompt.key, prompt.messages, why or "filtered", result.attempts)
 
     async def _multi_turn(self, prompts: Iterator[sources.Prompt]) -> None:
         convs: list[Conversation] = [(p, list(p.messages), []) for p in prompts]
@@ -278,11 +273,11 @@ class Generation:
                     lps: list[Any]) -> None:
         logprobs = lps if any(x is not None for x in lps) else None
         records = _records(p, r, self.teacher, self.job, turns=msgs, logprobs=logprobs)
-        kept = [x for x in records if _answer_kept(x.messages[-1].content, self.config)]
+        kept, why = self.answers.keep(records)
         if kept:
             self.out.write(kept)
         else:
-            self.out.fail(p.key, msgs, "filtered: refusal or empty answer", r.attempts)
+            self.out.fail(p.key, msgs, why or "filtered", r.attempts)
 
     @contextmanager
     def _opened(self) -> Iterator[None]:
@@ -329,7 +324,9 @@ class Generation:
         asyncio.run(self._main())
         info = {"records_written": self.out.written, "prompts_already_done": self.already,
                 "prompts_answered": len(self.out.done), "failed": self.out.failed,
-                "filtered_prompts": self.filter.dropped, "requests_paid": self.stats.paid,
+                "filtered_prompts": self.filter.dropped,
+                "filtered_answers": self.answers.dropped,
+                "identity_flagged": self.answers.flagged, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
                 "completion_tokens": self.budget.completion_tokens, "cost": self.budget.cost,

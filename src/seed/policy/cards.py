@@ -4,12 +4,14 @@ Cards are Hugging Face `README.md` files built with `huggingface_hub`'s `ModelCa
 `ModelCardData` and `DatasetCard` / `DatasetCardData`, so the Hub and every tool that reads model
 cards understands their metadata. The body says, in words, who wrote the training data (teachers
 and record counts), what the gate decided for which use, the obligations that follow (name prefix,
-"Built with ..." notices, inherited terms), overrides and any accepted risk. This module formats
+"Built with ..." notices, inherited terms), overrides, any accepted risk, and (dataset cards)
+what generation's filters removed, identity claims included. This module formats
 and writes; the verdicts come from `gate.py`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,26 @@ def model_card(result: CheckResult, *, model_name: str, base_model: str | None =
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
-def dataset_card(result: CheckResult, *, name: str, license: str | None = None) -> DatasetCard:
-    """A dataset card for generated records: machine-generated, with the provenance table."""
+def _filters_section(summary: dict[str, Any]) -> list[str]:
+    """What generation's filters removed (`summary.json` of an HTTP teacher's generation)."""
+    prompts = summary.get("filtered_prompts") or {}
+    answers = summary.get("filtered_answers") or {}
+    lines = ["## Filters", ""]
+    lines += [f"- prompts dropped ({why}): {n}" for why, n in sorted(prompts.items())]
+    lines += [f"- answers dropped ({why}): {n}" for why, n in sorted(answers.items())
+              if why != "identity"]
+    lines.append(f"- answers dropped for claiming another model's identity: "
+                 f"{answers.get('identity', 0)}")
+    if summary.get("identity_flagged"):
+        lines.append(f"- answers kept but flagged for claiming another model's identity "
+                     f"(`meta.identity_claims`): {summary['identity_flagged']}")
+    return [*lines, ""]
+
+
+def dataset_card(result: CheckResult, *, name: str, license: str | None = None,
+                 generation: dict[str, Any] | None = None) -> DatasetCard:
+    """A dataset card for generated records: machine-generated, with the provenance table and,
+    given the generation's summary, what its filters removed."""
     licenses = {f.source.split(" (", 1)[1].rstrip(")") for f in result.findings
                 if " (" in f.source}
     lic = license or (licenses.pop() if len(licenses) == 1 else None)
@@ -103,6 +123,8 @@ def dataset_card(result: CheckResult, *, name: str, license: str | None = None) 
             "## Provenance", "", _provenance_table(result), "",
             "## Obligations for models trained on this data", "", _obligations_section(result), "",
             "## Terms check", "", _policy_section(result), ""]
+    if generation is not None:
+        body += _filters_section(generation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
@@ -114,7 +136,11 @@ def write_model_card(model_dir: str | Path, result: CheckResult, **kwargs: Any) 
 
 
 def write_dataset_card(data_dir: str | Path, result: CheckResult, **kwargs: Any) -> Path:
-    """Write `README.md` next to the records (atomically); return its path."""
+    """Write `README.md` next to the records (atomically); return its path. The generation's
+    `summary.json` there, if any, gives the filter counts."""
     path = Path(data_dir) / "README.md"
+    summary = Path(data_dir) / "summary.json"
+    if summary.is_file() and "generation" not in kwargs:
+        kwargs["generation"] = json.loads(summary.read_text())
     write_text_atomic(path, str(dataset_card(result, **kwargs)))
     return path
