@@ -188,6 +188,17 @@ def test_tokens_are_charged_up_front_and_corrected_by_what_was_used(limited):
     refusal(limited, chat(max_tokens=5), "bob")
 
 
+def test_tokens_per_day_is_a_429_once_the_days_tokens_are_used(tmp_path):
+    path = write(tmp_path, f'[keys.alice]\nsha256 = "{DIGEST}"\ntokens_per_day = 30\n')
+    keys = KeyPolicies.load(None, path, environ={})
+    alice = keys.policy("alice")
+    keys.admit("alice", alice, chat(max_tokens=10)).settle(25)  # a long prompt: 25 used
+    e = refusal(keys, chat(max_tokens=6))
+    assert e.status == 429 and "30 tokens per day (tokens_per_day)" in e.message
+    assert e.headers is not None and 23 * 3600 < int(e.headers["Retry-After"]) <= 86400 + 60
+    keys.admit("alice", alice, chat(max_tokens=5))
+
+
 def test_a_window_lets_charges_out_as_their_bins_age():
     w = Window(span=60.0, slot=1.0)
     w.charge(100.2, 2)
