@@ -310,7 +310,7 @@ class KeyPolicies:
     def load(cls, api_key: str | None, keys_file: Path | None,
              environ: dict[str, str] | None = None) -> KeyPolicies:
         """From --api-key (SEED_API_KEY) and --keys-file: one key per line, or a keys.toml."""
-        toml = keys_file is not None and keys_file.suffix == ".toml"
+        toml = keys_file is not None and keys_file.suffix.lower() == ".toml"
         plain = plain_digests(load_keys(api_key, None if toml else keys_file, environ))
         if not toml:
             return cls(plain, {})
