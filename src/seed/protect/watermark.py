@@ -175,7 +175,7 @@ class GreenList:
 @dataclass(frozen=True)
 class Watermark:
     """What a watermarking server adds: `delta` on the green list of `key` at `gamma`, after
-    windows of `context` tokens. `describe()` is what may be shown of it (no key)."""
+    windows of `context` tokens."""
 
     green: GreenList
     delta: float
@@ -183,10 +183,6 @@ class Watermark:
     @classmethod
     def from_key(cls, key: bytes, *, gamma: float, delta: float, context: int) -> Watermark:
         return cls(GreenList(WatermarkKey.from_bytes(key), gamma, context), delta)
-
-    def describe(self) -> dict[str, str | float | int]:
-        return {"key_id": self.green.key.key_id, "gamma": self.green.gamma, "delta": self.delta,
-                "context": self.green.context}
 
 
 def check_watermark_key(config: ServeConfig) -> str | None:

@@ -14,6 +14,14 @@ each prompt token's logprob given the tokens before it. `max_tokens=0` ends a se
 its prefill. What a sequence asks for beyond plain sampling is read once, when it is submitted
 (`Sequence.adjusts`, `Sequence.filters`), so plain requests pay nothing per token for it.
 
+An engine given a `Watermark` (seed.protect.watermark) biases every sequence whose params ask
+(`SamplingParams.watermark`): once the window of the last `context` tokens (prompt tokens count)
+exists, `delta` is added to its green tokens' logits after the temperature, the penalties and the
+constraint's mask, greedy rows included, and before top-p/top-k/min-p. Logprobs it returns (and
+scored prompts) are those of the watermarked model: its logits plus the bias, which at
+temperature 1 without penalties is the distribution it sampled from, so a distiller that learns
+from logprobs learns the watermark too.
+
 Why our own scheduler: transformers' `generate_batch` / ContinuousBatchingManager reached 2.6x a
 sequential loop on this CPU (docs/LOG.md) but takes no per-request logits processor, seed or
 logprobs, which the OpenAI API needs. This module knows nothing about HTTP or the OpenAI wire
@@ -34,6 +42,7 @@ from typing import Any
 
 import torch
 
+from seed.protect.watermark import Watermark
 from seed.serve.engine_types import Event, QueueFull, SamplingParams, TokenLogprob
 from seed.serve.forward import make_runner
 
@@ -83,7 +92,8 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, *, eos_ids: set[int], max_running: int = 32,
                  max_waiting: int = 256, max_prefill_tokens: int = 2048,
-                 on_events: Callable[[list[tuple[Sequence, Event]]], None] | None = None):
+                 on_events: Callable[[list[tuple[Sequence, Event]]], None] | None = None,
+                 watermark: Watermark | None = None):
         _check_limits(max_running=max_running, max_waiting=max_waiting,
                       max_prefill_tokens=max_prefill_tokens)
         self.model = model
@@ -95,6 +105,7 @@ class Engine:
         # steps, so running sequences wait less between tokens (docs/LOG.md: ITL p99 -35-50%).
         self.max_prefill_tokens = max_prefill_tokens
         self.on_events = on_events  # called on the engine thread with each step's events
+        self.watermark = watermark  # biases the sequences whose params ask for it
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.get_text_config().vocab_size
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -269,7 +280,10 @@ class Engine:
         targets = s.prompt_ids[start + 1:start + 1 + len(logits)]
         if not targets:
             return
-        logprobs = torch.log_softmax(logits[:len(targets)].float(), dim=-1)
+        logits = logits[:len(targets)].float()
+        if self.watermark is not None and s.params.watermark:
+            logits = self._watermarked_prompt(logits, s.prompt_ids, start)
+        logprobs = torch.log_softmax(logits, dim=-1)
         chosen = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])
         k = s.params.prompt_logprobs or 0
         tops: list[list[tuple[int, float]]] = [[] for _ in targets]
@@ -330,12 +344,19 @@ class Engine:
             logits = logits[slots]
         logits = logits.float()
         rows = [self._slots[i] for i in slots]
+        marked = self._green_rows(rows, logits.shape[-1]) if self.watermark is not None else None
         raw_logprobs = None
         if any(s is not None and s.params.logprobs for s in rows):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
+            raw_logprobs = torch.log_softmax(logits if marked is None else self._biased(
+                logits.clone(), marked, [1.0] * len(marked[0])), dim=-1)
         for j, s in enumerate(rows):
             if s is not None and s.adjusts:
                 _adjust(logits[j], s)
+        if marked is not None:
+            # delta after the temperature: _pick divides by it, so the bias is delta x T here (and
+            # delta for a greedy row, which never divides)
+            temps = [_held(rows[j]).params.temperature for j in marked[0]]
+            self._biased(logits, marked, [t if t > 0 else 1.0 for t in temps])
         tokens = self._pick(logits, rows)
         posts = []
         for j, (slot, s, tok) in enumerate(zip(slots, rows, tokens, strict=True)):
@@ -353,6 +374,48 @@ class Engine:
         self._post(posts)
         if all(s is None for s in self._slots):
             self._reset_batch()
+
+    def _green_rows(self, rows: list[Sequence | None],
+                    vocab: int) -> tuple[list[int], torch.Tensor] | None:
+        """The rows to watermark (their sequence asks and has a whole window of context) and
+        their green masks; None when there are none."""
+        context = _marking(self.watermark).green.context
+        picked, windows = [], []
+        for j, s in enumerate(rows):
+            if s is not None and s.params.watermark:
+                window = _window(s, context)
+                if window is not None:
+                    picked.append(j)
+                    windows.append(window)
+        if not picked:
+            return None
+        return picked, self._green_masks(windows, vocab)
+
+    def _green_masks(self, windows: list[list[int]], vocab: int) -> torch.Tensor:
+        return _marking(self.watermark).green.mask(
+            torch.tensor(windows, dtype=torch.int64, device=self.device), vocab)
+
+    def _biased(self, logits: torch.Tensor, marked: tuple[list[int], torch.Tensor],
+                scales: list[float]) -> torch.Tensor:
+        """`logits` (in place) with delta x scale added to each marked row's green tokens."""
+        rows, green = marked
+        delta = _marking(self.watermark).delta
+        bias = torch.tensor(scales, device=logits.device)[:, None] * delta
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] += green.to(logits.dtype) * bias
+        return logits
+
+    def _watermarked_prompt(self, logits: torch.Tensor, prompt_ids: list[int],
+                            start: int) -> torch.Tensor:
+        """A scored prompt piece's logits with the watermark's bias: position i predicts prompt
+        token start + i + 1 after the window of tokens before it (none before a whole window)."""
+        context = _marking(self.watermark).green.context
+        ends = [start + 1 + i for i in range(len(logits)) if start + 1 + i >= context]
+        if not ends:
+            return logits
+        green = self._green_masks([prompt_ids[e - context:e] for e in ends], logits.shape[-1])
+        rows = list(range(len(logits) - len(ends), len(logits)))
+        return self._biased(logits.clone(), (rows, green), [1.0] * len(ends))
 
     def _pick(self, logits: torch.Tensor, rows: list[Sequence | None]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
@@ -508,6 +571,25 @@ def _check_limits(**limits: int) -> None:
     for name, value in limits.items():
         if value < least[name]:
             raise ValueError(f"the engine's {name} must be at least {least[name]} (got {value})")
+
+
+def _window(s: Sequence, context: int) -> list[int] | None:
+    """The last `context` tokens before `s`'s next one (prompt tokens count); None while there
+    are fewer."""
+    out = s.out_ids
+    if len(out) >= context:
+        return out[-context:]
+    need = context - len(out)
+    if len(s.prompt_ids) < need:
+        return None
+    return s.prompt_ids[len(s.prompt_ids) - need:] + out
+
+
+def _marking(watermark: Watermark | None) -> Watermark:
+    """The engine's watermark, where only a watermarking engine gets."""
+    if watermark is None:
+        raise RuntimeError("engine: a watermark step on an engine without a watermark")
+    return watermark
 
 
 def _held(s: Sequence | None) -> Sequence:

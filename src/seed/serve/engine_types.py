@@ -38,6 +38,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling
     prompt_logprobs: int | None = None  # score the prompt, with this many alternatives; None: no
     constraint: Constraint | None = None
+    watermark: bool = False  # bias it with the engine's watermark (the engine must have one)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Why a second process: the engine's thread and the HTTP event loop shared one GIL, so every step
 the loop spent turning ~32 events into SSE chunks was time the engine waited to run its own Python
 (docs/LOG.md, "Serving throughput, profiling pass"). vLLM v1 splits its engine core off the same
-way. The child (`_Core`) loads the model, the tokenizer and the grammar tokenizer, runs `Engine`,
+way. The child (`_Core`) loads the model, the tokenizer, the grammar tokenizer and the watermark
+key (`serve.watermark_key_file`: read here, never sent over the pipe), runs `Engine`,
 and sends ONE message per engine step; its main thread blocks on the pipe for commands. The API
 side (`EngineProcess`) reads that pipe inside the asyncio event loop (`loop.add_reader`, no reader
 thread) and puts each event into its request's `asyncio.Queue`.
@@ -267,12 +268,20 @@ class _Core:
         model = model.to(device).eval()  # type: ignore[arg-type]
         vocab_size = model.config.get_text_config().vocab_size
         self.grammar = GrammarTokenizer(tokenizer, vocab_size, eos_ids)
+        watermark = None
+        if config.watermark_key_file is not None:  # the key stays in this process and the file
+            from seed.protect.watermark import Watermark, read_key
+
+            watermark = Watermark.from_key(read_key(config.watermark_key_file),
+                                           gamma=config.watermark_gamma,
+                                           delta=config.watermark_delta,
+                                           context=config.watermark_context)
         # The API side bounds what is outstanding and a cancel leaves this queue at once: twice
         # that bound here is only a guard (QUEUE_FULL if it is ever reached).
         self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=config.max_running,
                              max_waiting=2 * (config.max_running + config.max_queue),
                              max_prefill_tokens=config.max_prefill_tokens,
-                             on_events=self._on_events)
+                             on_events=self._on_events, watermark=watermark)
         self.conn = conn
         self.tags: dict[int, _Tagged] = {}
         self._send_lock = threading.Lock()
