@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny tokenizers, models, records and a judge server, built locally, never
-downloaded. Helper functions the tests share are in tests/helpers/."""
+"""Shared fixtures: tiny tokenizers, models, records, a judge server and one plain `seed serve`,
+built locally, never downloaded. Helper functions the tests share are in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -61,3 +61,20 @@ def judge_server() -> Iterator[tuple[str, list[dict]]]:
 
     with serving() as (url, log):
         yield url, log
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny chat model (helpers.models.tiny_model), served as "tiny"."""
+    return tiny_model(tmp_path_factory.mktemp("shared_chat") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_chat_model: Path) -> Iterator[str]:
+    """A plain `seed serve` of `tiny_chat_model` (no keys, default limits), started once per test
+    process and shared by the modules that need nothing else: its URL. A test that counts
+    something on it measures the change, not the total (other modules use it too)."""
+    from helpers.serve import running_server
+
+    with running_server(str(tiny_chat_model)) as url:
+        yield url

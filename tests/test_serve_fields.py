@@ -12,7 +12,6 @@ from __future__ import annotations
 import openai
 import pytest
 
-from helpers.models import tiny_model
 from helpers.serve import running_server
 
 ASK = [{"role": "user", "content": "Hello! How can I help you today?"}]
@@ -64,9 +63,8 @@ COMPLETION_NO_OPS = [{"user": "user-1234"}, {"suffix": ""}, {"best_of": 1}, {"be
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with running_server(str(tiny_model(tmp_path_factory.mktemp("fields") / "tiny"))) as url:
-        yield url
+def url(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

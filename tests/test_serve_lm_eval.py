@@ -19,8 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cli import ROOT
-from helpers.models import tiny_model
-from helpers.serve import running_server, seed_env
+from helpers.serve import seed_env
 
 TASKS = ROOT / "tests" / "data" / "lm_eval"
 UNTIL = ["\n\n", "Question:", "?", "."]  # seed_qa.yaml's generation_kwargs
@@ -30,14 +29,13 @@ pytestmark = pytest.mark.slow  # two harness runs in subprocesses: about a minut
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("lm_eval") / "tiny")
+def model_dir(tiny_chat_model):
+    return tiny_chat_model
 
 
 @pytest.fixture(scope="module")
-def url(model_dir):
-    with running_server(str(model_dir)) as url:
-        yield url
+def url(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,6 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from helpers.models import tiny_model
-from helpers.serve import running_server
-
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*"'
 SAMPLE = re.compile(rf"^({NAME})(?:\{{({LABEL}(?:,{LABEL})*)\}})? "
@@ -30,14 +27,13 @@ ASK = [{"role": "user", "content": "Hello! How can I help you today?"}]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("metrics") / "tiny")
+def model_dir(tiny_chat_model):
+    return tiny_chat_model
 
 
 @pytest.fixture(scope="module")
-def url(model_dir):
-    with running_server(str(model_dir)) as url:
-        yield url
+def url(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +89,12 @@ def value(samples, name: str, **labels: str) -> float:
 
 def test_counts_and_histograms_after_a_stream_a_batch_and_a_refusal(url, no_eos):
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    before = scrape(url)
+    before = scrape(url)  # the server is shared: what this test adds is the change from here
     assert value(before, "vllm:num_requests_running", **VLLM) == 0
     assert value(before, "vllm:num_requests_waiting", **VLLM) == 0
-    assert value(before, "vllm:inter_token_latency_seconds_count", **VLLM) == 0
+
+    def added(samples, name: str, **labels: str) -> float:
+        return value(samples, name, **labels) - value(before, name, **labels)
 
     stream = list(client.chat.completions.create(
         model="tiny", messages=ASK, max_tokens=12, temperature=0, logit_bias=no_eos, stream=True,
@@ -107,16 +105,16 @@ def test_counts_and_histograms_after_a_stream_a_batch_and_a_refusal(url, no_eos)
     for itl in ("seed_inter_token_latency_seconds_count", "vllm:inter_token_latency_seconds_count",
                 "vllm:time_per_output_token_seconds_count"):
         labels = {} if itl.startswith("seed") else VLLM
-        assert value(one, itl, **labels) == 11, itl
-    assert value(one, "seed_time_to_first_token_seconds_count") == 1
-    assert value(one, "vllm:time_to_first_token_seconds_count", **VLLM) == 1
-    assert value(one, "vllm:e2e_request_latency_seconds_count", **VLLM) == 1
-    assert value(one, "vllm:generation_tokens_total", **VLLM) == 12
-    assert value(one, "vllm:prompt_tokens_total", **VLLM) == usage.prompt_tokens
-    assert value(one, "vllm:request_success_total", **VLLM, finished_reason="length") == 1
-    assert value(one, "seed_requests_total", route="/v1/chat/completions", status="200") == 1
-    assert 0 < value(one, "vllm:inter_token_latency_seconds_sum", **VLLM) == \
-        value(one, "seed_inter_token_latency_seconds_sum")
+        assert added(one, itl, **labels) == 11, itl
+    assert added(one, "seed_time_to_first_token_seconds_count") == 1
+    assert added(one, "vllm:time_to_first_token_seconds_count", **VLLM) == 1
+    assert added(one, "vllm:e2e_request_latency_seconds_count", **VLLM) == 1
+    assert added(one, "vllm:generation_tokens_total", **VLLM) == 12
+    assert added(one, "vllm:prompt_tokens_total", **VLLM) == usage.prompt_tokens
+    assert added(one, "vllm:request_success_total", **VLLM, finished_reason="length") == 1
+    assert added(one, "seed_requests_total", route="/v1/chat/completions", status="200") == 1
+    assert 0 < added(one, "vllm:inter_token_latency_seconds_sum", **VLLM) == \
+        added(one, "seed_inter_token_latency_seconds_sum")
 
     batch = client.completions.create(model="tiny", prompt=["Hello! How", "The quick"], n=2,
                                       max_tokens=5, temperature=1.0, seed=3, logit_bias=no_eos)
@@ -125,12 +123,12 @@ def test_counts_and_histograms_after_a_stream_a_batch_and_a_refusal(url, no_eos)
         client.completions.create(model="tiny", prompt="x", max_tokens=5,
                                   extra_body={"frobnicate": 1})
     two = scrape(url)
-    assert value(two, "vllm:inter_token_latency_seconds_count", **VLLM) == 11 + 4 * 4
-    assert value(two, "vllm:time_to_first_token_seconds_count", **VLLM) == 2  # one per request
-    assert value(two, "vllm:e2e_request_latency_seconds_count", **VLLM) == 2  # the 400 never ran
-    assert value(two, "vllm:generation_tokens_total", **VLLM) == 32
-    assert value(two, "vllm:prompt_tokens_total", **VLLM) == \
+    assert added(two, "vllm:inter_token_latency_seconds_count", **VLLM) == 11 + 4 * 4
+    assert added(two, "vllm:time_to_first_token_seconds_count", **VLLM) == 2  # one per request
+    assert added(two, "vllm:e2e_request_latency_seconds_count", **VLLM) == 2  # the 400 never ran
+    assert added(two, "vllm:generation_tokens_total", **VLLM) == 32
+    assert added(two, "vllm:prompt_tokens_total", **VLLM) == \
         usage.prompt_tokens + batch.usage.prompt_tokens
-    assert value(two, "vllm:request_success_total", **VLLM, finished_reason="length") == 5
-    assert value(two, "seed_requests_total", route="/v1/completions", status="400") == 1
-    assert value(two, "seed_generation_tokens_total") == 32
+    assert added(two, "vllm:request_success_total", **VLLM, finished_reason="length") == 5
+    assert added(two, "seed_requests_total", route="/v1/completions", status="400") == 1
+    assert added(two, "seed_generation_tokens_total") == 32

@@ -13,21 +13,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.models import tiny_model
-from helpers.serve import running_server
-
 PROMPT = [{"role": "user", "content": "Hello! How can I help you today?"}]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("sampling") / "tiny")
+def model_dir(tiny_chat_model):
+    return tiny_chat_model
 
 
 @pytest.fixture(scope="module")
-def client(model_dir):
-    with running_server(str(model_dir)) as url:
-        yield openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+def client(tiny_server):
+    return openai.OpenAI(base_url=tiny_server + "/v1", api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="module")
