@@ -36,6 +36,7 @@ from transformers import AutoConfig
 from seed.endpoints.local import check_model_dir, load_tokenizer
 from seed.errors import UserError
 from seed.files import hash_path
+from seed.protect.watermark import check_watermark_key
 from seed.recipe import ServeConfig
 from seed.serve import openai_format as fmt
 from seed.serve import responses as rsp
@@ -45,6 +46,7 @@ from seed.serve.errors import APIError, bad_request, model_not_found
 from seed.serve.fields import unsupported
 from seed.serve.grammar import GrammarTokenizer
 from seed.serve.model_files import end_of_sequence_ids, read_generation_config
+from seed.serve.policy import opt_out_allowed
 from seed.serve.reasoning import CLOSE, ReplySplitter, opens_thinking, template_thinks
 from seed.serve.responses_format import from_chat_completion, response_head
 from seed.serve.responses_stream import response_events
@@ -111,6 +113,10 @@ class LocalBackend:
         self.marker_ids = marker_ids(self.tokenizer, self.tool_format)
         self.special_markers = special_markers(self.tokenizer, self.marker_ids)
         self.created = int(path.stat().st_mtime)
+        key_id = check_watermark_key(config)  # the engine process reads the key itself
+        self.watermark = None if key_id is None else fmt.ModelWatermark(
+            key_id=key_id, gamma=config.watermark_gamma, delta=config.watermark_delta,
+            context=config.watermark_context)
         weights = hash_path(path / "model.safetensors") or hash_path(path / "config.json") or ""
         self.fingerprint = f"fp_seed_{weights[:10]}"
         self.context = int(getattr(text_cfg, "max_position_embeddings", 0) or 2048)
@@ -154,7 +160,7 @@ class LocalBackend:
         return self.engine.dead
 
     async def models(self) -> fmt.ModelList:
-        return fmt.model_list(self.model_name, self.created)
+        return fmt.model_list(self.model_name, self.created, self.watermark)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -170,7 +176,8 @@ class LocalBackend:
         max_tokens = req.max_completion_tokens or req.max_tokens
         grammar = self._grammar(req, bool(thinking)) or self._tool_grammar(tools, bool(thinking))
         params = self._params(req, len(prompt_ids), max_tokens, bool(req.logprobs),
-                              req.top_logprobs or 0, grammar)
+                              req.top_logprobs or 0, grammar, watermark=self._watermarks(req, http,
+                                                                                        rec))
         run = EngineRun(self.engine, prompt_ids, params, grammar, rec)
         meta = fmt.response_meta("chatcmpl", self.model_name, self.fingerprint)
         split = thinking is not None or tools.format is not None
@@ -211,7 +218,8 @@ class LocalBackend:
             if any(not 0 <= t < self.vocab_size for t in ids):
                 raise bad_request(f"Token ids must be in [0, {self.vocab_size}).", "prompt")
             params = self._params(req, len(ids), req.max_tokens, req.logprobs is not None,
-                                  req.logprobs or 0, None, prompt_logprobs=scored)
+                                  req.logprobs or 0, None, prompt_logprobs=scored,
+                                  watermark=self._watermarks(req, http, rec))
             runs.append((p, ids, params))
         started: list[EngineRun] = []
         try:
@@ -364,8 +372,8 @@ class LocalBackend:
 
     def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt_len: int,
                 max_tokens: int | None, logprobs: bool, top: int,
-                grammar: str | None, *, prompt_logprobs: int | None = None
-                ) -> list[SamplingParams]:
+                grammar: str | None, *, prompt_logprobs: int | None = None,
+                watermark: bool = False) -> list[SamplingParams]:
         if prompt_len == 0:
             raise bad_request("The prompt is empty; give it some text.", "prompt")
         if prompt_len >= self.context:
@@ -396,7 +404,23 @@ class LocalBackend:
             frequency_penalty=req.frequency_penalty or 0.0,
             top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            logit_bias=bias, prompt_logprobs=prompt_logprobs) for i in range(req.n)]
+            logit_bias=bias, prompt_logprobs=prompt_logprobs, watermark=watermark)
+            for i in range(req.n)]
+
+    def _watermarks(self, req: ChatCompletionRequest | CompletionRequest, http: Request,
+                    rec: RequestRecord) -> bool:
+        """Whether this request's replies are watermarked: always on a watermarking server,
+        unless it sends `watermarking: false` and its key's policy lets it (else a 400)."""
+        if self.watermark is None:
+            return False
+        if req.watermarking is False:
+            if not opt_out_allowed(http.scope):
+                raise bad_request("`watermarking: false` is not allowed for this API key: this "
+                                  "server watermarks every reply unless the key's policy says "
+                                  "watermark = \"optional\"; omit the field.", "watermarking")
+            return False
+        rec.watermark_key_id = self.watermark["key_id"]
+        return True
 
     def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
         """OpenAI's logit_bias (token ids as JSON keys) as ids; ids outside the vocabulary are

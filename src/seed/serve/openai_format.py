@@ -180,11 +180,21 @@ class CompletionChunk(CompletionHead):
     usage: NotRequired[Usage | None]
 
 
+class ModelWatermark(TypedDict):
+    """How a served model's replies are watermarked (seed.protect.watermark): the key's id only."""
+
+    key_id: str
+    gamma: float
+    delta: float
+    context: int
+
+
 class ModelCard(TypedDict):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
+    watermark: NotRequired[ModelWatermark]  # present when its replies are watermarked
 
 
 class ModelList(TypedDict):
@@ -255,9 +265,13 @@ def total_usage(usages: Sequence[Usage]) -> Usage:
                  sum(u["completion_tokens"] for u in usages))
 
 
-def model_list(name: str, created: int) -> ModelList:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                        "owned_by": "seed"}]}
+def model_list(name: str, created: int, watermark: ModelWatermark | None = None) -> ModelList:
+    """The served model; `watermark` (its key id, gamma, delta, context; never the key) when its
+    replies are watermarked."""
+    card: ModelCard = {"id": name, "object": "model", "created": created, "owned_by": "seed"}
+    if watermark is not None:
+        card["watermark"] = watermark
+    return {"object": "list", "data": [card]}
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob], texts: TokenTexts) -> list[ChatTokenLogprob]:

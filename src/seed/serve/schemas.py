@@ -177,6 +177,9 @@ class _Sampling(_Request):
     logit_bias: Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")],
                                Annotated[float, Field(ge=-100, le=100)]],
                           Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    # Seed's: false asks a watermarking server not to watermark this reply (only a key whose
+    # policy allows it may; seed.protect.watermark)
+    watermarking: bool | None = None
 
 
 class FunctionDefinition(BaseModel):
