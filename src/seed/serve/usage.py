@@ -1,10 +1,12 @@
 """One request's accounting: metrics when it ends, and a line in the usage log if there is one.
 
-The usage log is append-only JSONL (time, key label, route, model, status, tokens, latency); a key
-appears by its label ("key-2"), never its value, and the one string a client chooses (the model
-name) is cut to `MODEL_CHARS` characters. The log is checked writable at start; a write that fails
-later (disk full, the path replaced) never fails the request it records: it is counted in
-`seed_usage_log_errors_total` and warned about at most once a minute.
+The usage log is append-only JSONL (time, key label, route, model, status, tokens, latency, finish
+reasons, and for generation routes what `seed audit` reads: the sampling fields and a signature of
+the prompt without its text, `seed.protect.audit_features`); a key appears by its label ("key-2"),
+never its value, and the strings a client chooses (the model name, `user`) are bounded. The log
+is checked writable at start; a write that fails later (disk full, the path replaced) never fails
+the request it records: it is counted in `seed_usage_log_errors_total` and warned about at most
+once a minute.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from seed.errors import UserError
 from seed.files import seal_jsonl
@@ -91,6 +94,10 @@ class RequestRecord:
     ttft: float | None = None
     done: bool = False
     finish_reasons: list[str] = field(default_factory=list)  # each finished sequence's
+    # What the request asked for, for `seed audit` (protect.audit_features.request_features):
+    # sampling fields, prompt signature and hashes, flags; never its text.
+    request: dict[str, Any] | None = None
+    watermark_key_id: str | None = None  # the id of the key its replies were watermarked with
     _last_tokens: dict[tuple[int, int], float] = field(default_factory=dict)  # per sequence
 
     def first_token(self, now: float | None = None) -> None:
@@ -129,5 +136,7 @@ class RequestRecord:
                 "model": None if self.model is None else self.model[:MODEL_CHARS],
                 "status": status, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "latency_s": round(latency, 4),
-                "ttft_s": None if self.ttft is None else round(self.ttft, 4)}):
+                "ttft_s": None if self.ttft is None else round(self.ttft, 4),
+                "finish_reasons": self.finish_reasons, **(self.request or {}),
+                **({"watermark_key_id": self.watermark_key_id} if self.watermark_key_id else {})}):
             m.usage_log_errors.inc()
