@@ -61,14 +61,14 @@ def _watermarked_texts(count: int, length: int, seed: int, context: int = 2) -> 
 # -- the hash -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("context", [1, 2, 3])
-def test_tensor_green_list_is_the_pure_python_hash(context):
+@pytest.mark.parametrize(("context", "gamma"), [(1, GAMMA), (2, GAMMA), (3, GAMMA), (2, 0.7)])
+def test_tensor_green_list_is_the_pure_python_hash(context, gamma):
     key = WatermarkKey.from_bytes(KEY)
-    green = GreenList(key, GAMMA, context)
+    green = GreenList(key, gamma, context)
     rng = random.Random(context)
     windows = [[rng.randrange(150_000) for _ in range(context)] for _ in range(6)]
     mask = green.mask(torch.tensor(windows), 300)
-    expected = [[pair_is_green(key, w, t, GAMMA) for t in range(300)] for w in windows]
+    expected = [[pair_is_green(key, w, t, gamma) for t in range(300)] for w in windows]
     assert mask.tolist() == expected
     tokens = torch.tensor([rng.randrange(300) for _ in windows])
     assert green.pairs(torch.tensor(windows), tokens).tolist() == [

@@ -155,8 +155,12 @@ class GreenList:
         return _mix(tokens.long() ^ _signed(self.key.token_seed))
 
     def _green(self, states: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
-        x = (states ^ hashes) * _signed(self.key.multiplier)
-        return _shr(x, 64 - SCORE_BITS) < self.threshold
+        # score < threshold is the product's bits, unsigned, under threshold << 40; with the sign
+        # bit flipped (xor 2^63) an unsigned comparison is int64's own: 4 ops over [N, vocab]
+        x = torch.bitwise_xor(states, hashes)
+        x.mul_(_signed(self.key.multiplier))
+        x.bitwise_xor_(-(1 << 63))
+        return x < (self.threshold << (64 - SCORE_BITS)) - (1 << 63)
 
     def pairs(self, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Whether each token is green after its window (bool, shape [N]): the detector's test."""

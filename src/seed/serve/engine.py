@@ -402,7 +402,7 @@ class Engine:
         delta = _marking(self.watermark).delta
         bias = torch.tensor(scales, device=logits.device)[:, None] * delta
         index = torch.tensor(rows, device=logits.device)
-        logits[index] += green.to(logits.dtype) * bias
+        logits[index] += green.to(logits.dtype).mul_(bias)
         return logits
 
     def _watermarked_prompt(self, logits: torch.Tensor, prompt_ids: list[int],
