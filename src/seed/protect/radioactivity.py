@@ -146,11 +146,12 @@ def model_predictor(model_dir: Path, *, device: str = "cpu") -> tuple[Any, Predi
         raise UserError(f"--model {model_dir}: no such model directory; give the suspect model's "
                         "directory (or --endpoint for a model behind an API)")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    model.to(device).eval()  # type: ignore[arg-type]
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
 
     def predict(token_lists: list[list[int]]) -> list[list[int]]:
-        out = []
+        out: list[list[int]] = []
         with torch.inference_mode():
             for ids in token_lists:
                 ids = ids[:limit]
