@@ -178,20 +178,47 @@ def import_(
 
 @app.command(name="eval")
 def eval_(
-    model: Annotated[Path, typer.Argument(help="Student model directory.")],
-    records: Annotated[Path, typer.Argument(help="Held-out evaluation records (JSONL).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    model: Annotated[str, typer.Argument(help="Student model directory (with --identity, or an "
+                                         "OpenAI-compatible base URL).")],
+    records: Annotated[Path | None, typer.Argument(help="Held-out evaluation records (JSONL); "
+                                                   "not with --identity.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")] = None,
     baseline: Annotated[Path | None, typer.Option(help="Model directory to compare with.")] = None,
     recipe: Annotated[Path | None, typer.Option(help="Recipe whose [eval] section to use.")] = None,
+    identity: Annotated[bool, typer.Option("--identity", help="Ask 40 who-are-you probes in 9 "
+                        "languages; report how often answers claim another model's identity."
+                        )] = False,
+    samples: Annotated[int, typer.Option(help="--identity: answers per probe.")] = 5,
+    max_tokens: Annotated[int, typer.Option(help="--identity: tokens per answer.")] = 64,
+    temperature: Annotated[float, typer.Option(help="--identity: sampling temperature.")] = 1.0,
+    served_model: Annotated[str | None, typer.Option(help="--identity on a URL: the model name "
+                                                     "the server answers to.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="--identity on a URL: the environment "
+                                                    "variable holding its API key.")] = None,
 ) -> None:
-    """Grade a student on verifiable held-out tasks; writes results.json and samples.jsonl."""
-    from seed.evaluate.verify import evaluate_tasks
+    """Grade a student on verifiable held-out tasks (results.json, samples.jsonl), or with
+    --identity probe who it says it is (identity.json)."""
     from seed.recipe import EvalConfig, load_recipe
     from seed.runs import check_output_dir
 
-    cfg = load_recipe(recipe)[0].eval if recipe else EvalConfig()
-    check_output_dir(out, "--out")
-    info = evaluate_tasks(model, records, out, cfg, baseline_dir=baseline)
+    r = load_recipe(recipe)[0] if recipe else None
+    if out is not None:
+        check_output_dir(out, "--out")
+    if identity:
+        from seed.protect.identity_eval import identity_eval
+
+        name = r.policy.student_name if r else None
+        identity_eval(model, out, samples=samples, max_tokens=max_tokens, temperature=temperature,
+                      own_names=(name,) if name else (), served_model=served_model,
+                      api_key_env=api_key_env, console=console)
+        return
+    if records is None or out is None:
+        raise UserError("seed eval MODEL RECORDS --out DIR: give the held-out records and an "
+                        "output directory (or --identity)")
+    from seed.evaluate.verify import evaluate_tasks
+
+    cfg = r.eval if r else EvalConfig()
+    info = evaluate_tasks(Path(model), records, out, cfg, baseline_dir=baseline)
     console.print(f"accuracy {info['accuracy']:.1%} on {info['n']} held-out prompts")
 
 
@@ -221,6 +248,33 @@ def stats(
         print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
     else:
         print_stats(rows, console)
+
+
+@app.command()
+def audit(
+    usage_log: Annotated[Path, typer.Argument(help="The usage log `seed serve --usage-log` "
+                                              "writes (JSONL).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys and their signals as "
+                                          "JSON.")] = False,
+    suggest: Annotated[bool, typer.Option("--suggest", help="Also print keys.toml edits for "
+                                          "the flagged keys, for a person to review.")] = False,
+) -> None:
+    """Rank API keys by signals of a distillation campaign in a usage log: each signal with its
+    value, evidence and percentile among keys. No single score; nothing is banned."""
+    from seed.protect.audit import as_json as audit_json
+    from seed.protect.audit import audit as run_audit
+    from seed.protect.audit import read_log, render, suggestions
+
+    requests = read_log(usage_log)
+    audits = run_audit(requests)
+    if as_json:
+        print(json.dumps({"keys": audit_json(audits),
+                          "suggestions": suggestions(audits) if suggest else None}, indent=2))
+        return
+    print("\n".join(render(audits, requests)))
+    if suggest:
+        print("\n# suggested keys.toml edits (review before applying)")
+        print("\n".join(suggestions(audits)) or "# nothing flagged: no edits")
 
 
 @app.command()
@@ -326,6 +380,9 @@ def serve(
     reasoning_parser: Annotated[str | None, typer.Option(
         help="Where a reply's reasoning is: auto (<think>...</think> when the chat template "
         "writes <think>), think, or none.")] = None,
+    watermark_key_file: Annotated[Path | None, typer.Option(
+        help="Watermark every reply with the key in this file (raw bytes; never logged, only its "
+        "id is shown); gamma, delta and context are serve.watermark_* in a recipe.")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
     from seed.recipe import load_serve_config
@@ -338,7 +395,89 @@ def serve(
         "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype,
         "max_body_bytes": max_body_bytes, "allowed_hosts": allowed_host or None,
         "upstream_timeout": upstream_timeout, "tool_parser": tool_parser,
-        "reasoning_parser": reasoning_parser}))
+        "reasoning_parser": reasoning_parser, "watermark_key_file": watermark_key_file}))
+
+
+watermark_app = typer.Typer(help="The watermark `seed serve --watermark-key-file` puts in replies.",
+                            no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(
+    files: Annotated[list[Path], typer.Argument(
+        help="Texts to test: plain text files, Seed records (.jsonl) or OpenAI response bodies "
+        "(.json).")],
+    key_file: Annotated[list[Path], typer.Option(
+        help="The watermark key's file (repeatable: one per key epoch, Bonferroni-corrected).")],
+    model: Annotated[Path, typer.Option(help="The served model's directory (its tokenizer).")],
+    gamma: Annotated[float, typer.Option(help="The served green share (serve.watermark_gamma)."
+                                         )] = 0.25,
+    context: Annotated[int, typer.Option(help="The served window width "
+                                         "(serve.watermark_context).")] = 2,
+    threshold: Annotated[float, typer.Option(help="Exit 1 when the p-value is below this.")
+                         ] = 1e-3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Test texts for the watermark: exit 1 when detected (p-value below --threshold), 0 when
+    not, 2 for bad input. Prints key ids, never a key."""
+    from seed.protect.detect import run_detect
+
+    if run_detect(files, key_file, model, gamma=gamma, context=context, threshold=threshold,
+                  as_json=as_json):
+        raise typer.Exit(1)
+
+
+@watermark_app.command("radioactivity")
+def watermark_radioactivity(
+    key_file: Annotated[Path, typer.Option(help="The watermark key's file (never printed).")],
+    model: Annotated[str, typer.Option(
+        help="The suspect: its model directory (reading mode), or with --endpoint the model's "
+        "name there (API mode).")],
+    texts: Annotated[list[Path] | None, typer.Option(
+        help="Reading mode: texts to read the suspect with, as detect reads them (our "
+        "watermarked outputs work best). API mode: prompts, one a line, or Seed records "
+        "(.jsonl: their turns before the first reply).")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        help="The suspect's OpenAI-compatible base URL (API mode).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="API mode: our served model's directory (its tokenizer; the hash is over its "
+        "token ids).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="API mode: the environment variable that holds the suspect API's key.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="API mode: tokens per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="API mode: sampling temperature.")] = 0.0,
+    max_cost: Annotated[float | None, typer.Option(
+        help="API mode: stop starting requests past this many dollars (needs a price for the "
+        "model).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="API mode: the request cache (SQLite), so a rerun asks nothing again.")] = None,
+    gamma: Annotated[float, typer.Option(help="The served green share (serve.watermark_gamma)."
+                                         )] = 0.25,
+    context: Annotated[int, typer.Option(help="The served window width "
+                                         "(serve.watermark_context).")] = 2,
+    decoys: Annotated[int, typer.Option(help="Random decoy keys to rank the real key among."
+                                        )] = 100,
+    threshold: Annotated[float, typer.Option(help="Exit 1 when the p-value is below this and "
+                                             "the key ranks first among the decoys.")] = 1e-5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Was a suspect model trained on our watermarked outputs (Sander et al. 2024)? Exit 1 for
+    evidence (consistent with training on them, never proof), 0 for none, 2 for bad input."""
+    from seed.protect.radioactivity import run_reading
+
+    if endpoint is None:
+        found = run_reading(Path(model), key_file, texts or [], gamma=gamma, context=context,
+                            decoys=decoys, threshold=threshold, as_json=as_json)
+    else:
+        from seed.protect.radioactivity_api import run_api
+
+        found = run_api(endpoint, model, key_file, texts or [], tokenizer, gamma=gamma,
+                        context=context, decoys=decoys, threshold=threshold, as_json=as_json,
+                        api_key_env=api_key_env, max_tokens=max_tokens, temperature=temperature,
+                        max_cost=max_cost, cache=cache)
+    if found:
+        raise typer.Exit(1)
 
 
 keys_app = typer.Typer(help="API keys for `seed serve --keys-file keys.toml`.",

@@ -112,6 +112,11 @@ class FiltersConfig(Strict):
     min_prompt_chars: int = Field(1, ge=0)
     max_prompt_chars: int | None = Field(None, gt=0)
     drop_refusals: bool = True  # answers: refusals and "as an AI language model"
+    # Answers claiming, in the first person, to be another model or made by its vendor ("I am
+    # ChatGPT", "我是通义千问"; seed.protect.identity): drop them, keep them flagged
+    # (meta.identity_claims), or off. Answer filters apply to HTTP teachers' answers, which is
+    # where such claims come from; a tasks teacher writes generator ground truth, never filtered.
+    identity: Literal["drop", "flag", "off"] = "drop"
     min_answer_chars: int = Field(1, ge=0)
 
 
@@ -291,7 +296,7 @@ class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(None, exclude=True)  # --api-key or SEED_API_KEY only
-    keys_file: Path | None = None  # accepted keys, one per line
+    keys_file: Path | None = None  # accepted keys: one per line, or a keys.toml (serve/policy.py)
     usage_log: Path | None = None  # one JSON line per request (a key by its label, never its value)
     # Host names a loopback-bound server also answers to (localhost, 127.0.0.1 and [::1] always
     # do); any other Host header is refused, so a web page cannot reach it by DNS rebinding.
@@ -309,6 +314,13 @@ class ServeConfig(Strict):
     tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
     # Where a reply's reasoning is; auto: <think>...</think> when the chat template writes <think>
     reasoning_parser: Literal["auto", "none", "think"] = "auto"
+    # Watermark every reply with the key in this file (seed.protect.watermark; the key is read by
+    # the engine process and never logged, only its id is shown): delta added to a gamma share of
+    # the vocabulary, green after each window of `watermark_context` tokens
+    watermark_key_file: Path | None = None
+    watermark_gamma: float = Field(0.25, gt=0, lt=1)
+    watermark_delta: float = Field(2.0, ge=0, le=20)
+    watermark_context: int = Field(2, ge=1, le=8)
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -28,6 +28,7 @@ from starlette.responses import (
     StreamingResponse,
 )
 
+from seed.protect.audit_features import request_features
 from seed.recipe import ServeConfig
 from seed.serve.errors import APIError, model_not_found
 from seed.serve.guard import Guard, allowed_hosts, key_label, key_policy
@@ -150,7 +151,8 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | Non
 
     async def answer(route: str, req: Any, http: Request, call: Any) -> Response:
         rec = RequestRecord(route=route, metrics=metrics, usage_log=usage_log,
-                            key=key_label(http.scope), model=req.model)
+                            key=key_label(http.scope), model=req.model,
+                            request=None if usage_log is None else request_features(req))
         grant = Grant()
         try:
             grant = keys.admit(rec.key, key_policy(http.scope), req)  # 403, 400, 429
