@@ -382,7 +382,8 @@ def serve(
         "writes <think>), think, or none.")] = None,
     watermark_key_file: Annotated[Path | None, typer.Option(
         help="Watermark every reply with the key in this file (raw bytes; never logged, only its "
-        "id is shown); gamma, delta and context are serve.watermark_* in a recipe.")] = None,
+        "id is shown); gamma, delta and context are serve.watermark_gamma, "
+        "serve.watermark_delta and serve.watermark_context in a recipe.")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
     from seed.recipe import load_serve_config
