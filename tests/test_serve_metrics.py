@@ -113,7 +113,8 @@ def test_counts_and_histograms_after_a_stream_a_batch_and_a_refusal(url, no_eos)
     assert added(one, "vllm:prompt_tokens_total", **VLLM) == usage.prompt_tokens
     assert added(one, "vllm:request_success_total", **VLLM, finished_reason="length") == 1
     assert added(one, "seed_requests_total", route="/v1/chat/completions", status="200") == 1
-    assert 0 < added(one, "vllm:inter_token_latency_seconds_sum", **VLLM) == \
+    # the gaps may all be 0: tokens that reach the API process in one read share one instant
+    assert 0 <= added(one, "vllm:inter_token_latency_seconds_sum", **VLLM) == \
         added(one, "seed_inter_token_latency_seconds_sum")
 
     batch = client.completions.create(model="tiny", prompt=["Hello! How", "The quick"], n=2,

@@ -104,6 +104,7 @@ def test_repetition_penalty_is_transformers_and_stops_greedy_repeats(client, tok
     ("top_k", -2, "top_k"),
     ("min_p", 1.5, "min_p"),
     ("repetition_penalty", 0, "repetition_penalty"),
+    ("repetition_penalty", 5e-324, "repetition_penalty"),  # a logit over it is inf
 ])
 def test_bad_sampling_values_name_the_field(client, field, value, param):
     with pytest.raises(openai.BadRequestError) as e:

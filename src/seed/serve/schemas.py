@@ -172,7 +172,8 @@ class _Sampling(_Request):
     # vLLM's sampling fields: 0 or -1 keeps every token, as does min_p 0 or a penalty of 1
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    # at least 0.01: a penalty of 5e-324 divided a logit into inf, and the sampler into NaN
+    repetition_penalty: float | None = Field(None, ge=0.01, le=2)
     # OpenAI's: a token id (as a JSON key) to a bias added to its logit before sampling
     logit_bias: Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")],
                                Annotated[float, Field(ge=-100, le=100)]],
