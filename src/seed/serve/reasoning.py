@@ -12,7 +12,7 @@ calls (`tools.py`). This module knows nothing of HTTP, the engine or templates b
 
 from __future__ import annotations
 
-from seed.serve.tools import Piece, ToolCallStream, ToolFormat, partial_suffix
+from seed.serve.tools import Piece, ToolCallStream, ToolFormat, drain, partial_suffix
 
 OPEN, CLOSE = "<think>", "</think>"
 _WS = " \t\r\n"
@@ -43,15 +43,10 @@ class ReasoningStream:
 
     def feed(self, text: str) -> list[Piece]:
         self.buf += text
-        out: list[Piece] = []
-        while self._step(out, final=False):
-            pass
-        return out
+        return drain(self._step, final=False)
 
     def finish(self) -> list[Piece]:
-        out: list[Piece] = []
-        while self._step(out, final=True):
-            pass
+        out = drain(self._step, final=True)
         if self.buf:
             out.append(Piece("reasoning" if self.state == "inside" else "content", self.buf))
         self.buf = ""

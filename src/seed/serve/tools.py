@@ -74,6 +74,15 @@ class Piece:
     name: str = ""
 
 
+def drain(step: Callable[[list[Piece], bool], bool], final: bool) -> list[Piece]:
+    """The pieces a splitter's `step` hands out, run until it can do no more (`final`: the
+    reply has ended, so nothing is held back for text still to come)."""
+    out: list[Piece] = []
+    while step(out, final):
+        pass
+    return out
+
+
 def call_id() -> str:
     """A tool call's id: `call_` and 24 random characters, like OpenAI's."""
     return "call_" + secrets.token_hex(12)
@@ -172,17 +181,12 @@ class ToolCallStream:
 
     def feed(self, text: str) -> list[Piece]:
         self.buf += text
-        out: list[Piece] = []
-        while self._step(out, final=False):
-            pass
-        return out
+        return drain(self._step, final=False)
 
     def finish(self) -> list[Piece]:
         """What is left once the reply has ended: held text as content, a cut-off call's text
         as content (unless its head was already handed out)."""
-        out: list[Piece] = []
-        while self._step(out, final=True):
-            pass
+        out = drain(self._step, final=True)
         if self.state == "fallback":
             self._fallback(out, final=True)
         if self.state in ("open", "head", "fallback"):
