@@ -65,29 +65,29 @@ TokenId = Annotated[int, Field(ge=0)]
 
 class _Request(BaseModel):
     # strict: `true` is not a number and "1" is not an int, as the published schema says. Fields
-    # not declared are kept (`model_extra`): `unsupported` refuses them for the local backend, and
-    # an upstream gets the body as it came.
+    # not declared are kept (`model_extra`): `fields.unsupported` refuses them for the local
+    # backend, and an upstream gets the body as it came.
     model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
 
-class TextPart(BaseModel):
+class _Part(BaseModel):
+    """A nested object of a request, typed as strictly as the body."""
+
     model_config = ConfigDict(strict=True)
 
+
+class TextPart(_Part):
     type: Literal["text"]
     text: Str
 
 
-class ToolCallFunction(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class ToolCallFunction(_Part):
     name: Name
     arguments: Str  # a JSON object as a string, as OpenAI returns it
 
 
-class ToolCall(BaseModel):
+class ToolCall(_Part):
     """A call in an assistant message of the history (what a client replays)."""
-
-    model_config = ConfigDict(strict=True)
 
     id: Name
     type: Literal["function"] = "function"
@@ -148,9 +148,7 @@ class JsonSchemaSpec(BaseModel):
         return schema
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class ResponseFormat(_Part):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
 
@@ -183,9 +181,7 @@ class _Sampling(_Request):
     watermarking: bool | None = None
 
 
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class FunctionDefinition(_Part):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # OpenAI's rule, and `.`
     description: Str | None = None
     parameters: dict[str, Any] | None = None  # a JSON schema; none: the function takes no arguments
@@ -198,22 +194,16 @@ class FunctionDefinition(BaseModel):
         return schema
 
 
-class FunctionTool(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class FunctionTool(_Part):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class NamedFunction(_Part):
     name: Name
 
 
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class NamedToolChoice(_Part):
     type: Literal["function"]
     function: NamedFunction
 
