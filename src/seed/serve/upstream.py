@@ -7,6 +7,15 @@ and vLLM's /tokenize and /detokenize (at the upstream's root, beside /v1). Field
 backend refuses are the upstream's to judge here. The upstream's
 own key, if it needs one, comes from `SEED_UPSTREAM_API_KEY`; it is never logged.
 
+Seed cannot watermark here (the upstream samples the tokens; vLLM's `--watermark-config` can, and
+`--watermark-key-file` with `--upstream` is refused at start). A request's `watermarking: false`
+(the opt-out a watermarking server honours only for a key whose policy says `watermark =
+"optional"`) is removed from the forwarded body when the client's key may not opt out, so a key
+held to the watermark cannot ask a watermarking upstream to skip it with Seed's upstream key; a
+key that may opt out has the field passed through, for the upstream to honour or ignore (it is
+the upstream's watermark, and the policy allows the request). Only then is the body re-encoded;
+every other body goes on byte for byte.
+
 What the upstream answers keeps its status, with two exceptions: its 401 or 403 is a 502 here
 (the client's key was Seed's to check and it passed; it is Seed's upstream key that was refused),
 and an answer that is not in OpenAI's error shape is put in it. An upstream that cannot be
@@ -32,6 +41,7 @@ from starlette.responses import Response, StreamingResponse
 
 from seed.serve.errors import APIError, upstream_failed
 from seed.serve.openai_format import error_body
+from seed.serve.policy import opt_out_allowed
 from seed.serve.responses import ResponsesRequest
 from seed.serve.schemas import ChatCompletionRequest, CompletionRequest
 from seed.serve.usage import RequestRecord
@@ -89,15 +99,15 @@ class UpstreamBackend:
         return json.loads(content)
 
     async def chat(self, req: ChatCompletionRequest, http: Request, rec: RequestRecord) -> Response:
-        return await self._forward("/chat/completions", await http.body(), req.stream, rec)
+        return await self._forward("/chat/completions", await _body(req, http), req.stream, rec)
 
     async def completions(self, req: CompletionRequest, http: Request,
                           rec: RequestRecord) -> Response:
-        return await self._forward("/completions", await http.body(), req.stream, rec)
+        return await self._forward("/completions", await _body(req, http), req.stream, rec)
 
     async def responses(self, req: ResponsesRequest, http: Request,
                         rec: RequestRecord) -> Response:
-        return await self._forward("/responses", await http.body(), req.stream, rec)
+        return await self._forward("/responses", await _body(req, http), req.stream, rec)
 
     async def tokenize(self, req: BaseModel, http: Request, rec: RequestRecord) -> Response:
         """vLLM's POST /tokenize, which sits beside /v1 on the upstream, not under it."""
@@ -205,6 +215,20 @@ class UpstreamBackend:
         return APIError(status, str(error.get("message") or f"upstream error {status}"),
                         type_=str(error.get("type") or kind), param=_str_or_none(error, "param"),
                         code=_str_or_none(error, "code"), headers=headers)
+
+
+async def _body(req: BaseModel, http: Request) -> bytes:
+    """The body to forward: as the client sent it, less a `watermarking: false` that the
+    client's key may not use (see the module docstring)."""
+    body = await http.body()
+    asked = getattr(req, "watermarking", None)
+    if asked is None:  # /v1/responses declares no such field: it is among the extras
+        asked = (req.model_extra or {}).get("watermarking")
+    if asked is not False or opt_out_allowed(http.scope):
+        return body
+    data = json.loads(body)  # the schema has parsed it: an object
+    data.pop("watermarking", None)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _openai_error(content: bytes) -> dict[str, Any] | None:
