@@ -17,10 +17,18 @@ import pytest
 from helpers.cli import run_cli
 from helpers.recipes import teacher_recipe, write_recipe
 from helpers.servers import fault_server
+from seed.errors import UserError
 from seed.policy.cards import write_dataset_card
 from seed.policy.gate import Use, check_file
 from seed.protect.identity import PROBES, claim_rate, find_claims, identity_claims, wilson_interval
 from seed.protect.identity_eval import score_answers
+from seed.protect.identity_records import (
+    identity_pairs,
+    identity_records,
+    sync_identity_records,
+    with_identity_records,
+)
+from seed.recipe import Recipe
 from seed.records import read_records
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval/annotations"
@@ -187,3 +195,86 @@ def test_generate_can_keep_them_flagged_or_not_look(teacher, tmp_path):
     off = generate(teacher, tmp_path / "off", "off")
     records = list(read_records(off / "train.jsonl"))
     assert len(records) == 5 and not any("identity_claims" in r.meta for r in records)
+
+
+# -- identity records (seed.protect.identity_records) ---------------------------------------------
+
+NAME, DEVELOPER = "Nimbus", "Acme Labs"
+
+
+def test_identity_records_name_the_student_and_claim_no_other_model():
+    pairs = identity_pairs(NAME, DEVELOPER)
+    records = identity_records(NAME, DEVELOPER, len(pairs), seed=7)
+    assert len({r.id for r in records}) == len(pairs) > 60
+    answers = [r.messages[1].content for r in records]
+    assert all(NAME in a for a in answers)
+    assert any(DEVELOPER in a for a in answers) and all(
+        DEVELOPER in a for a in answers if "made" in a or "开发" in a)
+    assert {r.meta["language"] for r in records} >= {"en", "zh"}
+    assert [a for a in answers if identity_claims(a, (NAME,))] == []
+    # held apart from the probes `seed eval --identity` asks
+    assert not {r.messages[0].content for r in records} & {p.text for p in PROBES}
+    assert all(r.meta["seed_written"] == "identity" and r.provenance.teacher.route == "seed"
+               and r.provenance.teacher.requested_at is None for r in records)
+    assert len(identity_pairs(NAME)) < len(pairs)  # no "who made you" without a developer
+    assert not any(DEVELOPER in a for _, _, a in identity_pairs(NAME))
+    with pytest.raises(UserError, match=rf"count = {len(pairs) + 1}: .* at most {len(pairs)}"):
+        identity_records(NAME, DEVELOPER, len(pairs) + 1, seed=7)
+
+
+def test_identity_records_are_fixed_by_the_seed_and_a_larger_count_keeps_the_smaller():
+    ten = identity_records(NAME, None, 10, seed=7)
+    assert [r.id for r in ten] == [r.id for r in identity_records(NAME, None, 10, seed=7)]
+    assert [r.id for r in identity_records(NAME, None, 20, seed=7)][:10] == [r.id for r in ten]
+    assert {r.id for r in identity_records(NAME, None, 10, seed=8)} != {r.id for r in ten}
+
+
+def test_identity_records_need_the_students_name_and_a_mode_that_can_use_them(tmp_path):
+    def recipe(**policy_train):
+        return Recipe.model_validate({
+            "name": "r", "generate": {"teacher": {"kind": "tasks"},
+                                      "identity_records": {"count": 5}}, **policy_train})
+
+    with pytest.raises(UserError, match=r"set policy\.student_name"):
+        with_identity_records(dict, recipe(), tmp_path)
+    with pytest.raises(UserError, match=r"train\.mode = \"kd\""):
+        with_identity_records(dict, recipe(policy={"student_name": NAME}, train={"mode": "kd"}),
+                              tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_appends_identity_records_once_and_the_card_counts_them(teacher, tmp_path):
+    server, prompts = teacher
+    recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(server.base_url, prompts), {
+        "generate.identity_records": {"count": 12, "developer": DEVELOPER},
+        "policy.student_name": NAME})
+    out = tmp_path / "out"
+    for _ in range(2):  # the rerun answers from the cache and adds nothing
+        res = run_cli("generate", str(recipe), "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        assert f"12 identity records teach the name '{NAME}'" in res.stdout
+        records = list(read_records(out / "train.jsonl"))
+        assert len(records) == 3 + 12  # the teacher's answers the identity filter kept, and ours
+    ours = [r for r in records if r.meta.get("seed_written") == "identity"]
+    assert [r.id for r in ours] == [r.id for r in identity_records(NAME, DEVELOPER, 12, seed=7)]
+    assert sync_identity_records(out / "train.jsonl", identity_records(NAME, DEVELOPER, 6, 7)) == 0
+    left = list(read_records(out / "train.jsonl"))
+    assert len(left) == 3 + 6 and [r.id for r in left if r.meta.get("seed_written")] == \
+        [r.id for r in ours[:6]]
+    result = check_file(out / "train.jsonl", Use(distribute=True, commercial=True))
+    card = write_dataset_card(out, result, name="student training data").read_text()
+    assert "| `seed:identity-records` | `identity:seed identity records` | 6 | allow |" in card
+
+
+def test_the_pipelines_generate_stage_adds_them_after_a_tasks_teacher(tmp_path):
+    from seed.pipeline import preflight
+
+    recipe = Recipe.model_validate({
+        "name": "r", "seed": 3, "policy": {"student_name": NAME},
+        "generate": {"teacher": {"kind": "tasks", "tasks": [{"name": "basic_arithmetic"}]},
+                     "num_records": 5, "eval_prompts": 2,
+                     "identity_records": {"count": 4}}})
+    info = preflight(recipe, tmp_path)()
+    assert (info["train_records"], info["identity_records"]) == (5 + 4, 4)
+    ours = [r for r in read_records(tmp_path / "train.jsonl") if r.meta.get("seed_written")]
+    assert [r.id for r in ours] == [r.id for r in identity_records(NAME, None, 4, seed=3)]

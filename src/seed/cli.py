@@ -69,10 +69,17 @@ def generate(
     if r.generate.teacher.kind == "openai":
         from seed.generate.teacher import apply_overrides, generate_from_teacher
 
+        from seed.protect.identity_records import with_identity_records
+
         cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
-        info = generate_from_teacher(cfg, r.seed, out, console=console)
+        work = with_identity_records(
+            lambda: generate_from_teacher(cfg, r.seed, out, console=console), r, out)
+        info = work()
         console.print(f"{info['records_written']} records written ({info['prompts_answered']} "
                       f"prompts answered in all) to {out / 'train.jsonl'}")
+        if "identity_records" in info:
+            console.print(f"{info['identity_records']} identity records teach the name "
+                          f"{r.policy.student_name!r}")
         if info["stopped"]:
             console.print(f"stopped: {info['stopped']}; rerun with a higher cap to finish")
         return

@@ -65,6 +65,10 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
         from seed.policy.terms import load_terms
 
         load_terms(recipe.policy.overrides)
+    if recipe.generate.identity_records is not None:
+        from seed.protect.identity_records import with_identity_records
+
+        return with_identity_records(work, recipe, data)
     return work
 
 
@@ -169,6 +173,8 @@ def run_recipe(path: str | Path, console: Console | None = None,
     check_output_dir(Path(recipe.runs_dir) / recipe.name, f"{path}: runs_dir")
     run = Run(Path(recipe.runs_dir) / recipe.name)
     gen_config = [recipe.generate.model_dump(), recipe.seed]
+    if recipe.generate.identity_records is not None:  # the name its identity records teach
+        gen_config.append(recipe.policy.student_name)
     generated = run.is_fresh("generate", run.inputs_hash(gen_config, []))
     generate = preflight(recipe, run.path("data"), console, check_teacher=not generated)
     run.begin(recipe.name, text, recipe.model_dump(mode="json"), recipe.seed)

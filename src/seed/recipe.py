@@ -120,6 +120,14 @@ class FiltersConfig(Strict):
     min_answer_chars: int = Field(1, ge=0)
 
 
+class IdentityRecordsConfig(Strict):
+    """`[generate.identity_records]`: Seed-written records teaching the student its own
+    `policy.student_name` (seed.protect.identity_records)."""
+
+    count: int = Field(40, ge=0)  # 0 removes those an earlier run added
+    developer: str | None = Field(None, min_length=1, max_length=100)  # named in the answers
+
+
 class GenerateConfig(Strict):
     teacher: EndpointConfig
     num_records: int = Field(1000, gt=0)
@@ -133,6 +141,7 @@ class GenerateConfig(Strict):
     response_schema: dict[str, Any] | None = None  # JSON schema the answer must satisfy
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    identity_records: IdentityRecordsConfig | None = None
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/1M tokens in, out
     max_cost: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0)
