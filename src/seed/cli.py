@@ -391,6 +391,10 @@ def serve(
         help="Watermark every reply with the key in this file (raw bytes; never logged, only its "
         "id is shown); gamma, delta and context are serve.watermark_gamma, "
         "serve.watermark_delta and serve.watermark_context in a recipe.")] = None,
+    watermark_served_dir: Annotated[Path | None, typer.Option(
+        help="With --watermark-key-file: append each watermarked reply's windows, as keyed "
+        "digests (no text, no token ids), to one file per key label here, for `seed watermark "
+        "radioactivity --served-to LABEL`.")] = None,
 ) -> None:
     """Serve a model (or an upstream server) with an OpenAI-compatible API and a chat page."""
     from seed.recipe import load_serve_config
@@ -403,7 +407,8 @@ def serve(
         "usage_log": usage_log, "threads": threads, "device": device, "dtype": dtype,
         "max_body_bytes": max_body_bytes, "allowed_hosts": allowed_host or None,
         "upstream_timeout": upstream_timeout, "tool_parser": tool_parser,
-        "reasoning_parser": reasoning_parser, "watermark_key_file": watermark_key_file}))
+        "reasoning_parser": reasoning_parser, "watermark_key_file": watermark_key_file,
+        "watermark_served_dir": watermark_served_dir}))
 
 
 watermark_app = typer.Typer(help="The watermark `seed serve --watermark-key-file` puts in replies.",
@@ -469,11 +474,20 @@ def watermark_radioactivity(
     threshold: Annotated[float, typer.Option(help="Exit 1 when the p-value is below this and "
                                              "the key ranks first among the decoys.")] = 1e-5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    served_to: Annotated[str | None, typer.Option(
+        help="API mode: keep only the tuples our server served to this key label (its "
+        "keys.toml label, key-N, or anonymous); needs --served-dir.")] = None,
+    served_dir: Annotated[Path | None, typer.Option(
+        help="API mode: the server's served-windows directory (serve.watermark_served_dir).")
+        ] = None,
 ) -> None:
     """Was a suspect model trained on our watermarked outputs (Sander et al. 2024)? Exit 1 for
     evidence (consistent with training on them, never proof), 0 for none, 2 for bad input."""
     from seed.protect.radioactivity import run_reading
 
+    if endpoint is None and (served_to is not None or served_dir is not None):
+        raise UserError("--served-to and --served-dir filter API mode's tuples; give --endpoint "
+                        "URL, or drop them to read a model directory")
     if endpoint is None:
         found = run_reading(Path(model), key_file, texts or [], gamma=gamma, context=context,
                             decoys=decoys, threshold=threshold, as_json=as_json)
@@ -483,7 +497,8 @@ def watermark_radioactivity(
         found = run_api(endpoint, model, key_file, texts or [], tokenizer, gamma=gamma,
                         context=context, decoys=decoys, threshold=threshold, as_json=as_json,
                         api_key_env=api_key_env, max_tokens=max_tokens, temperature=temperature,
-                        max_cost=max_cost, cache=cache)
+                        max_cost=max_cost, cache=cache, served_to=served_to,
+                        served_dir=served_dir)
     if found:
         raise typer.Exit(1)
 

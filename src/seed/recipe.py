@@ -330,6 +330,10 @@ class ServeConfig(Strict):
     watermark_gamma: float = Field(0.25, gt=0, lt=1)
     watermark_delta: float = Field(2.0, ge=0, le=20)
     watermark_context: int = Field(2, ge=1, le=8)
+    # Append the windows of each watermarked reply, as keyed digests (no text, no token ids), to
+    # one file per key label here, for `seed watermark radioactivity --served-to LABEL`
+    # (seed.protect.served); off when unset
+    watermark_served_dir: Path | None = None
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -11,7 +11,8 @@ carry the watermark too. Two ways to look:
 - API mode (`--endpoint URL`): prompts are sent through `seed generate`'s engine (its limits,
   cache and budget; `radioactivity_api.py`), and the suspect's answers are scored as `detect`
   scores texts: windows from the suspect's own output, the first `context` tokens (whose window
-  held prompt tokens) skipped.
+  held prompt tokens) skipped; optionally only the tuples we served to one key label
+  (`--served-to`, from the server's served-windows log: `served.py`).
 
 Either way each distinct (window, token) tuple counts once (`distinct_pairs`' rule), and the green
 count is tested with `detect`'s exact binomial tail. A model that never saw our text still drifts
@@ -107,6 +108,8 @@ class Radioactivity:
     decoy_p_value: float  # (1 + decoys at or above) / (1 + decoys)
     decoy_z_max: float | None
     tokens_needed: int | None  # more tuples for p < 1e-5 at this green rate (None: never)
+    served_to: str | None = None  # API mode: only the tuples served to this key label were kept
+    served_of: int | None = None  # ... of this many distinct tuples in the suspect's answers
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,12 +177,17 @@ def read_mode(texts: list[str], tokenizer: Any, predict: Predictor, key: Waterma
                          mode="reading", texts=len(texts))
 
 
+def answer_tuples(answers: list[str], tokenizer: Any, context: int) -> list[tuple[int, ...]]:
+    """API mode's tuples: the suspect's answers as texts, windows from its own output."""
+    token_lists = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in answers]
+    return distinct_pairs(token_lists, context)
+
+
 def answer_mode(answers: list[str], tokenizer: Any, key: WatermarkKey, *, gamma: float,
                 context: int, decoys: int) -> Radioactivity:
-    """API mode's scoring: the suspect's answers as texts, windows from its own output."""
-    token_lists = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in answers]
-    return radioactivity(distinct_pairs(token_lists, context), key, gamma=gamma, context=context,
-                         decoys=decoys, mode="api", texts=len(answers))
+    """API mode's scoring of all the answers' tuples."""
+    return radioactivity(answer_tuples(answers, tokenizer, context), key, gamma=gamma,
+                         context=context, decoys=decoys, mode="api", texts=len(answers))
 
 
 def check_options(gamma: float, context: int, decoys: int) -> None:
@@ -217,6 +225,9 @@ def report(result: Radioactivity, threshold: float, as_json: bool) -> bool:
         return found
     needed = ("already below 1e-5" if result.tokens_needed == 0 else "never at this green rate"
               if result.tokens_needed is None else f"{result.tokens_needed} more")
+    if result.served_to is not None:
+        print(f"kept {result.tokens_scored} of the answers' {result.served_of} distinct tuples: "
+              f"those served to key label {result.served_to}")
     print(f"key {result.key_id} ({result.mode} mode): {result.green} of {result.tokens_scored} "
           f"distinct tuples green (rate {result.green_rate:.3f}, gamma {result.gamma}), z "
           f"{result.z:.2f}, p {result.p_value:.3g}; tuples for p < 1e-5: {needed}")

@@ -3,23 +3,30 @@
 Prompts go to the suspect through `seed generate`'s own engine (`seed.generate.engine.run`): its
 concurrency and retry limits, its request cache (`--cache`, so a rerun asks nothing again) and its
 budget (`--max-cost`, priced as `seed generate` prices a model). The answers are tokenized with OUR
-served model's tokenizer (`--tokenizer`: the watermark hashes its token ids) and scored by
-`radioactivity.answer_mode`: windows from the suspect's own output, the first `context` tokens of
-each answer (whose window held prompt tokens) skipped, each distinct tuple once, decoy keys beside
-the real one. This module knows nothing about the hash or the statistics.
+served model's tokenizer (`--tokenizer`: the watermark hashes its token ids) and scored as
+`radioactivity.answer_mode` scores them: windows from the suspect's own output, the first
+`context` tokens of each answer (whose window held prompt tokens) skipped, each distinct tuple
+once, decoy keys beside the real one.
 
-Not here yet: keeping only the windows we served to one API key (`--served-to`) needs the usage
-log to record served windows, and it records no text or token ids.
+`--served-to LABEL --served-dir DIR` keeps only the tuples our server served to one API key
+(its served-windows log, `seed serve --watermark-served-dir`: `served.py`): a suspect that learned
+from that key's replies repeats their windows, so the test is over the text that key took away,
+and the report says how many tuples were kept. A label without a file in DIR is refused before
+the suspect is asked anything. This module knows nothing about the hash or the statistics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from seed.errors import UserError
-from seed.protect.radioactivity import answer_mode, check_options, report
+from seed.protect.radioactivity import answer_tuples, check_options, radioactivity, report
+from seed.protect.served import keep_served, served_digests
 from seed.protect.watermark import WatermarkKey, read_key
 
 
@@ -98,7 +105,8 @@ def ask(endpoint_url: str, model: str, prompts: list[list[dict[str, str]]], *,
 def run_api(endpoint_url: str, model: str, key_file: Path, files: list[Path],
             tokenizer_dir: Path | None, *, gamma: float, context: int, decoys: int,
             threshold: float, as_json: bool, api_key_env: str | None, max_tokens: int,
-            temperature: float, max_cost: float | None, cache: Path | None) -> bool:
+            temperature: float, max_cost: float | None, cache: Path | None,
+            served_to: str | None = None, served_dir: Path | None = None) -> bool:
     """`seed watermark radioactivity --endpoint`: print the result; True for evidence."""
     from seed.endpoints.local import load_tokenizer
 
@@ -106,7 +114,9 @@ def run_api(endpoint_url: str, model: str, key_file: Path, files: list[Path],
     if tokenizer_dir is None:
         raise UserError("--endpoint needs --tokenizer DIR: our served model's directory (the "
                         "watermark is over its token ids)")
-    key = WatermarkKey.from_bytes(read_key(key_file, "--key-file"))
+    secret = read_key(key_file, "--key-file")
+    key = WatermarkKey.from_bytes(secret)
+    served = served_windows(served_to, served_dir, secret, context)
     prompts = read_prompts(files)
     if not prompts:
         raise UserError("--texts: no prompts; give prompt files (one a line) or Seed records")
@@ -116,5 +126,23 @@ def run_api(endpoint_url: str, model: str, key_file: Path, files: list[Path],
     if not answers:
         raise UserError(f"--endpoint {endpoint_url}: no prompt was answered; check the URL, the "
                         "model name and the key")
-    return report(answer_mode(answers, tokenizer, key, gamma=gamma, context=context,
-                              decoys=decoys), threshold, as_json)
+    tuples = answer_tuples(answers, tokenizer, context)
+    if served is None:
+        return report(radioactivity(tuples, key, gamma=gamma, context=context, decoys=decoys,
+                                    mode="api", texts=len(answers)), threshold, as_json)
+    kept = keep_served(tuples, served, secret)
+    result = radioactivity(kept, key, gamma=gamma, context=context, decoys=decoys, mode="api",
+                           texts=len(answers))
+    return report(replace(result, served_to=served_to, served_of=len(tuples)), threshold,
+                  as_json)
+
+
+def served_windows(label: str | None, directory: Path | None, key: bytes,
+                   context: int) -> np.ndarray | None:
+    """The digests served to `label` (None: no filter); the two options come together."""
+    if label is None and directory is None:
+        return None
+    if label is None or directory is None:
+        raise UserError("--served-to LABEL and --served-dir DIR come together: the key label "
+                        "and the server's serve.watermark_served_dir")
+    return served_digests(directory, label, key, context)

@@ -42,7 +42,7 @@ class EngineRun:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.error: APIError | None = None  # why the run ended early, once it has
         try:
-            self.tag = engine.submit(prompt_ids, params, grammar, self.queue)
+            self.tag = engine.submit(prompt_ids, params, grammar, self.queue, rec.key)
         except QueueFull:
             raise overloaded() from None
         except EngineDead as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seed.errors import UserError
+from seed.protect.served import check_served_dir
 from seed.protect.watermark import check_watermark_key
 from seed.recipe import ServeConfig
 from seed.serve.policy import KeyPolicies
@@ -34,6 +35,7 @@ def run_server(config: ServeConfig) -> None:
         raise UserError("give either a model directory or --upstream URL (serve.model or "
                         "serve.upstream in a recipe), one of them")
     check_watermark_key(config)
+    check_served_dir(config)
     backend: Backend
     if config.upstream is not None:
         from seed.serve.upstream import UpstreamBackend

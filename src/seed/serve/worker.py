@@ -11,7 +11,8 @@ thread) and puts each event into its request's `asyncio.Queue`.
 
 Messages are plain picklable tuples over one multiprocessing Pipe (a Unix socket pair):
 
-    API -> engine   ("submit", tag, prompt_ids, [SamplingParams fields], grammar or None)
+    API -> engine   ("submit", tag, prompt_ids, [SamplingParams fields], grammar or None,
+                     key label or None)
                     ("cancel", tag)   ("stop",)
     engine -> API   ("ready",)   ("failed", reason)
                     ("events", [(tag, index, text, token_ids, logprobs, finish_reason,
@@ -49,6 +50,7 @@ from seed.serve.engine_types import Event, QueueFull, SamplingParams, TokenLogpr
 from seed.serve.model_files import end_of_sequence_ids, read_generation_config
 
 if TYPE_CHECKING:  # the engine (torch, transformers) is imported by the engine process only
+    from seed.protect.served import ServedLog
     from seed.serve.engine import Sequence
 
 log = logging.getLogger(__name__)
@@ -134,12 +136,13 @@ class EngineProcess:
         self._conn.close()
 
     def submit(self, prompt_ids: list[int], params: list[SamplingParams], grammar: str | None,
-               queue: asyncio.Queue) -> int:
+               queue: asyncio.Queue, key_label: str | None = None) -> int:
         """Queue one sequence per params; their Events go to `queue`. Returns the tag to cancel.
 
         Raises QueueFull at max_running + max_queue outstanding sequences, EngineDead once the
         engine process has stopped. `params` carry no constraint: the engine process builds one
-        per sequence from `grammar`.
+        per sequence from `grammar`. `key_label` (None: a server without keys) names the file
+        the watermarked replies' windows go to when `serve.watermark_served_dir` is set.
         """
         if self.dead is not None:
             raise EngineDead(self.dead)
@@ -148,8 +151,13 @@ class EngineProcess:
         tag = next(self._tags)
         fields = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p)
                    if f.name != "constraint"} for p in params]
+        served_to = None
+        if self.config.watermark_served_dir is not None and any(p.watermark for p in params):
+            from seed.protect.served import ANONYMOUS
+
+            served_to = key_label or ANONYMOUS
         try:
-            self._conn.send(("submit", tag, prompt_ids, fields, grammar))
+            self._conn.send(("submit", tag, prompt_ids, fields, grammar, served_to))
         except OSError:
             self._died()
             raise EngineDead(self.dead) from None
@@ -226,6 +234,8 @@ class _Tagged:
     n: int
     done: int = 0
     seqs: list[Sequence] = field(default_factory=list)
+    served_to: str | None = None  # the key label its watermarked replies are recorded for
+    replies: list[list[int]] = field(default_factory=list)  # finished ones' ids, to record
 
 
 def _engine_main(conn: Connection, config: ServeConfig) -> None:
@@ -269,13 +279,18 @@ class _Core:
         vocab_size = model.config.get_text_config().vocab_size
         self.grammar = GrammarTokenizer(tokenizer, vocab_size, eos_ids)
         watermark = None
+        self.served: ServedLog | None = None  # the served-windows log (seed.protect.served)
         if config.watermark_key_file is not None:  # the key stays in this process and the file
+            from seed.protect.served import ServedLog
             from seed.protect.watermark import Watermark, read_key
 
-            watermark = Watermark.from_key(read_key(config.watermark_key_file),
-                                           gamma=config.watermark_gamma,
+            key = read_key(config.watermark_key_file)
+            watermark = Watermark.from_key(key, gamma=config.watermark_gamma,
                                            delta=config.watermark_delta,
                                            context=config.watermark_context)
+            if config.watermark_served_dir is not None:
+                self.served = ServedLog(config.watermark_served_dir, key,
+                                        config.watermark_context)
         # The API side bounds what is outstanding and a cancel leaves this queue at once: twice
         # that bound here is only a guard (QUEUE_FULL if it is ever reached).
         self.engine = Engine(model, tokenizer, eos_ids=eos_ids, max_running=config.max_running,
@@ -308,14 +323,19 @@ class _Core:
                     entry = self.tags.pop(msg[1], None)
                     if entry is not None:
                         self.engine.cancel(entry.seqs)
+                        self._record_served(entry, entry.seqs)
         except (EOFError, OSError):
             pass  # the API process is gone: stop rather than keep a core busy for nobody
         finally:
             self.engine.stop()
+            for entry in list(self.tags.values()):  # what was served of the unfinished ones
+                self._record_served(entry, entry.seqs)
+            if self.served is not None:
+                self.served.close()
 
     def _submit(self, tag: int, prompt_ids: list[int], fields: list[dict[str, Any]],
-                grammar: str | None) -> None:
-        entry = self.tags[tag] = _Tagged(len(fields))
+                grammar: str | None, served_to: str | None) -> None:
+        entry = self.tags[tag] = _Tagged(len(fields), served_to=served_to)
         try:
             params = [SamplingParams(**f, constraint=self.grammar.constraint(grammar)
                                      if grammar else None) for f in fields]
@@ -339,10 +359,25 @@ class _Core:
                 entry = self.tags.get(s.tag)
                 if entry is not None:
                     entry.done += 1
+                    if entry.served_to is not None and s.params.watermark:
+                        entry.replies.append(list(s.out_ids))
                     if entry.done >= entry.n:
                         self.tags.pop(s.tag, None)
+                        self._record_served(entry)  # before the last event is sent
         counts = (self.engine.running, self.engine.queue_depth)  # the main loop corrects them
         self._send(("events", out, *counts), counts)
+
+    def _record_served(self, entry: _Tagged, seqs: list[Sequence] | None = None) -> None:
+        """Append a request's watermarked replies to its key label's served-windows file: the
+        finished ones', or (`seqs`: a request cancelled, or open when the server stops) what its
+        sequences have sampled so far. Once per request, whichever path ends it."""
+        label, entry.served_to = entry.served_to, None
+        if label is None or self.served is None:
+            return
+        replies = entry.replies if seqs is None else [
+            list(s.out_ids) for s in seqs if s.params.watermark]
+        if replies:
+            self.served.record(label, replies)
 
     def _send(self, msg: tuple, counts: tuple[int, int] | None = None) -> None:
         with self._send_lock:
