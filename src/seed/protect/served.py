@@ -117,6 +117,9 @@ class ServedLog:
                 while view:
                     view = view[os.write(fd, view):]
             except (OSError, UserError) as e:
+                fd = self._files.pop(label, None)  # reopened, a torn tail cut, next time
+                if fd is not None:
+                    os.close(fd)
                 if not self._warned:
                     self._warned = True
                     log.warning("serve.watermark_served_dir: cannot append to %s's file (%s); "
@@ -125,19 +128,22 @@ class ServedLog:
     def _open(self, path: Path) -> int:
         """The file opened for appending: a new one gets its header; a torn tail is cut off."""
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        size = os.fstat(fd).st_size
-        if size < HEADER_BYTES:  # new, or torn before its header was whole
-            os.ftruncate(fd, 0)
-            os.write(fd, header(self._dkey, self.context))
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_BYTES:  # new, or torn before its header was whole
+                os.ftruncate(fd, 0)
+                os.write(fd, header(self._dkey, self.context))
+                return fd
+            problem = header_problem(os.pread(fd, HEADER_BYTES, 0), self._dkey, self.context)
+            if problem is not None:
+                raise UserError(f"{path} {problem}")
+            whole = HEADER_BYTES + (size - HEADER_BYTES) // DIGEST_BYTES * DIGEST_BYTES
+            if whole != size:
+                os.ftruncate(fd, whole)
             return fd
-        problem = header_problem(os.pread(fd, HEADER_BYTES, 0), self._dkey, self.context)
-        if problem is not None:
+        except BaseException:
             os.close(fd)
-            raise UserError(f"{path} {problem}")
-        whole = HEADER_BYTES + (size - HEADER_BYTES) // DIGEST_BYTES * DIGEST_BYTES
-        if whole != size:
-            os.ftruncate(fd, whole)
-        return fd
+            raise
 
     def close(self) -> None:
         with self._lock:
