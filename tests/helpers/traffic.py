@@ -1,8 +1,9 @@
 """Real prompts for the audit tests' clients, read in place from ../shared/data (see its README).
 
 Self-Instruct seed tasks (what a distiller bootstraps from), MT-Bench questions and AlpacaEval
-instructions (what people ask), and short texts an app fills into its fixed template (the first
-sentences of AlpacaEval answers). Tests skip when the folder is missing.
+instructions (what people ask), short texts an app fills into its fixed template (the first
+sentences of AlpacaEval answers), and whole answers (text a bigram teacher writes like). Tests
+skip when the folder is missing.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _annotations() -> list[dict]:
 
 def alpaca_instructions(n: int, skip: int = 0) -> list[str]:
     return [a["instruction"] for a in _annotations()[skip:skip + n]]
+
+
+def alpaca_answers(n: int, skip: int = 0) -> list[str]:
+    """Whole AlpacaEval answers (alpaca-7b's, ~400 characters each): real text to write like."""
+    return [a["output_2"] for a in _annotations()[skip:skip + n]]
 
 
 def answer_sentences(n: int, skip: int = 400) -> list[str]:
