@@ -25,6 +25,7 @@ TRAIN_OUT = ["train/model", "train/initial", "train/metrics.jsonl"]
 EVAL_OUT = ["eval/results.json", "eval/samples.jsonl"]
 REPORT_OUT = ["report.html"]
 JUDGE_OUT = "judge/judge_results.json"
+WATERMARK_OUT = "watermark/watermark.json"
 
 
 def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | None = None,
@@ -65,6 +66,11 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
         from seed.policy.terms import load_terms
 
         load_terms(recipe.policy.overrides)
+    if recipe.eval.watermark is not None:  # the key and the served tokenizer, read now
+        from seed.evaluate.watermark_run import served_tokenizer, stage_key
+
+        stage_key(recipe.eval.watermark)
+        served_tokenizer(recipe.eval.watermark, ckpt)
     if recipe.generate.identity_records is not None:
         from seed.protect.identity_records import with_identity_records
 
@@ -165,6 +171,29 @@ def _judge_stage(run: Run, recipe: Recipe, judge: JudgeConfig, console: Console)
                       f"[{info['ci_low']:.1f}, {info['ci_high']:.1f}] vs the baseline")
 
 
+def _watermark_stage(run: Run, recipe: Recipe, console: Console) -> None:
+    """[eval.watermark] (seed.evaluate.watermark_run): the teacher's watermark in the training
+    data and in the student."""
+    from seed.evaluate.watermark_run import served_tokenizer, stage_key, watermark_eval
+
+    config = recipe.eval.watermark
+    assert config is not None
+    tokenizer = served_tokenizer(config, recipe.train.student.checkpoint)
+
+    def work() -> dict[str, Any]:
+        res = watermark_eval(run.path("data/train.jsonl"), run.path("train/model"), config,
+                             tokenizer, run.path("watermark"))
+        return {"key_id": res["key_id"], "p_data": res["data"]["p_value"],
+                "p_student": res["student"].get("p_value")}
+
+    info = _stage(run, console, "watermark",
+                  [config.model_dump(), stage_key(config), str(tokenizer)],
+                  ["data/train.jsonl", "train/model"], [WATERMARK_OUT], work)
+    student = "not tested" if info.get("p_student") is None else f"p {info['p_student']:.3g}"
+    console.print(f"watermark: key id {info['key_id']}: training data p {info['p_data']:.3g}, "
+                  f"student {student}")
+
+
 def run_recipe(path: str | Path, console: Console | None = None,
                accept_terms_risk: str | None = None) -> Path:
     """Run every stage of a recipe; return the run directory."""
@@ -199,7 +228,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
                 workdir="train")
     ev: dict[str, Any] = {}
     if verifiable:
-        ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge"}),
+        ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge", "watermark"}),
                     ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
                     lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
                                            run.path("eval"), recipe.eval,
@@ -208,8 +237,10 @@ def run_recipe(path: str | Path, console: Console | None = None,
     _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
         _judge_stage(run, recipe, recipe.eval.judge, console)
+    if recipe.eval.watermark is not None:
+        _watermark_stage(run, recipe, console)
     _stage(run, console, "report", None, [*EVAL_OUT, "train/metrics.jsonl", "data/train.jsonl",
-                                          JUDGE_OUT], REPORT_OUT,
+                                          JUDGE_OUT, WATERMARK_OUT], REPORT_OUT,
            lambda: {"path": str(write_report(run.root))})
     if ev:
         console.print(

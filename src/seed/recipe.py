@@ -275,11 +275,26 @@ class JudgeConfig(Strict):
     timeout: float = Field(120.0, gt=0, le=DAY)  # seconds per request
 
 
+class WatermarkEvalConfig(Strict):
+    """`[eval.watermark]`: the teacher watermarked its replies with a key you hold; test the
+    training data (detect) and the student (radioactivity, reading mode) for it
+    (seed.evaluate.watermark_run). The settings are the teacher server's."""
+
+    key_file: str  # the key's file; never the key itself (a recipe is kept in the run manifest)
+    gamma: float = Field(0.25, gt=0, lt=1)  # serve.watermark_gamma
+    context: int = Field(2, ge=1, le=8)  # serve.watermark_context
+    tokenizer: str | None = None  # the served model's directory; default train.student.checkpoint
+    decoys: int = Field(100, ge=0, le=10_000)  # decoy keys the real one is ranked among
+    max_texts: int = Field(200, gt=0)  # training answers the student reads
+    threshold: float = Field(1e-5, gt=0, lt=1)  # p-value under which a result is evidence
+
+
 class EvalConfig(Strict):
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(64, gt=0)
     samples: int = Field(12, ge=0)  # conversations shown in the report
     judge: JudgeConfig | None = None  # also judge the student against a baseline
+    watermark: WatermarkEvalConfig | None = None  # test data and student for the teacher's key
 
 
 class PolicyConfig(Strict):

@@ -4,6 +4,8 @@ It reads only what the stages left in the run directory (manifest, metrics, eval
 records) and shows the loss curve, accuracy before and after training, sample conversations with
 their verdicts, the judged evaluation (judge_report.py's section, when there is one), the
 identity probes (`seed eval runs/NAME/train/model --identity --out runs/NAME/identity`, when run),
+the teacher's watermark in the data and the student (watermark_report.py's section, when the
+recipe has [eval.watermark]),
 where the data came from, and how long each stage took. The page is built from html.py's pieces.
 It computes no results.
 """
@@ -17,6 +19,7 @@ from typing import Any
 from seed.errors import UserError
 from seed.evaluate.html import Html, card, cards, figure, page, plots, pre, span, table, text
 from seed.evaluate.judge_report import judge_section
+from seed.evaluate.watermark_report import watermark_section
 from seed.files import load_jsonl, write_text_atomic
 
 _VERDICT_CLASS = {"allow": "ok", "warn": "sub", "block": "bad"}
@@ -142,6 +145,7 @@ def render_report(run_dir: Path) -> str:
                  _samples(samples, eval_cfg.get("samples", 12))]
     body += judge_section(run_dir / "judge")  # the judged evaluation, when the recipe asks for it
     body += _identity(run_dir / "identity" / "identity.json")
+    body += watermark_section(run_dir / "watermark" / "watermark.json")
     body += [
         Html("<h2>Where the data came from</h2>"),
         _provenance(run_dir),
