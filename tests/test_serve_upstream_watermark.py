@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 
 import openai
 import pytest
 
-from helpers.cli import assert_one_line_error, run_cli
-from helpers.serve import running_server
+from helpers.cli import start_cli
+from helpers.serve import running_server, seed_env
 from helpers.servers import free_port
+from seed.errors import UserError
+from seed.recipe import ServeConfig
+from seed.serve.server import run_server
 
 KEY = b"upstream-wm-secret-5e21"
 KEY_ID = hashlib.sha256(KEY).hexdigest()[:12]
@@ -33,6 +37,7 @@ def sha(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def servers(tiny_chat_model, tmp_path_factory):
+    """Both servers, started at once: the front's /health is a 503 until its upstream answers."""
     tmp = tmp_path_factory.mktemp("upstream-wm")
     key = tmp / "watermark.key"
     key.write_bytes(KEY)
@@ -40,12 +45,18 @@ def servers(tiny_chat_model, tmp_path_factory):
     up_keys.write_text(f'[keys.front]\nsha256 = "{sha(FRONT_KEY)}"\nwatermark = "optional"\n')
     front_keys.write_text(f'[keys.strict]\nsha256 = "{sha(STRICT)}"\n\n'
                           f'[keys.loose]\nsha256 = "{sha(LOOSE)}"\nwatermark = "optional"\n')
-    log = tmp / "upstream-usage.jsonl"
-    with running_server(tiny_chat_model, "--watermark-key-file", key, "--keys-file", up_keys,
-                        "--usage-log", log) as upstream, \
-            running_server("--upstream", upstream, "--keys-file", front_keys,
-                           extra_env={"SEED_UPSTREAM_API_KEY": FRONT_KEY}) as front:
-        yield {"front": front, "log": log, "key": key, "tmp": tmp}
+    log, output, port = tmp / "upstream-usage.jsonl", tmp / "upstream.out", free_port()
+    with output.open("w") as out:
+        upstream = start_cli("serve", tiny_chat_model, "--watermark-key-file", key, "--keys-file",
+                             up_keys, "--usage-log", log, "--port", str(port), env=seed_env(),
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with running_server("--upstream", f"http://127.0.0.1:{port}", "--keys-file", front_keys,
+                            extra_env={"SEED_UPSTREAM_API_KEY": FRONT_KEY}) as front:
+            yield {"front": front, "log": log, "key": key, "output": output}
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=30)
 
 
 def upstream_line(log, user: str) -> dict:
@@ -61,12 +72,19 @@ def upstream_line(log, user: str) -> dict:
     raise AssertionError(f"no upstream usage-log line for user {user!r}")
 
 
-def client(servers, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=servers["front"] + "/v1", api_key=key, max_retries=0)
+@pytest.fixture(scope="module")
+def clients(servers):
+    """An openai client per front key, closed before the servers stop (an idle keep-alive
+    connection would hold each server's shutdown for its 5 s grace)."""
+    made = {key: openai.OpenAI(base_url=servers["front"] + "/v1", api_key=key, max_retries=0)
+            for key in (STRICT, LOOSE)}
+    yield made
+    for c in made.values():
+        c.close()
 
 
-def test_a_key_held_to_the_watermark_has_its_opt_out_stripped(servers):
-    strict = client(servers, STRICT)
+def test_a_key_held_to_the_watermark_has_its_opt_out_stripped(servers, clients):
+    strict = clients[STRICT]
     r = strict.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, user="s-chat",
                                        extra_body={"watermarking": False})
     assert r.choices[0].message.content is not None
@@ -80,8 +98,8 @@ def test_a_key_held_to_the_watermark_has_its_opt_out_stripped(servers):
     assert out.status in ("completed", "incomplete")
 
 
-def test_a_key_that_may_opt_out_has_the_field_passed_through(servers):
-    loose = client(servers, LOOSE)
+def test_a_key_that_may_opt_out_has_the_field_passed_through(servers, clients):
+    loose = clients[LOOSE]
     loose.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, user="l-chat",
                                   extra_body={"watermarking": False})
     assert "watermark_key_id" not in upstream_line(servers["log"], "l-chat")
@@ -94,7 +112,9 @@ def test_a_key_that_may_opt_out_has_the_field_passed_through(servers):
 
 
 def test_a_watermark_key_with_upstream_is_refused_at_start_naming_vllms_option(servers):
-    proc = run_cli("serve", "--upstream", "http://127.0.0.1:9/v1", "--watermark-key-file",
-                   servers["key"], "--port", str(free_port()))
-    assert_one_line_error(proc, "--watermark-key-file", "upstream", "--watermark-config")
-    assert KEY.decode() not in proc.stdout + proc.stderr
+    config = ServeConfig(upstream="http://127.0.0.1:9/v1", watermark_key_file=servers["key"])
+    with pytest.raises(UserError, match=r"^--watermark-key-file: an upstream server cannot be "
+                                        r"watermarked by Seed .*vLLM: --watermark-config") as e:
+        run_server(config)  # before anything starts: port 9 is never tried
+    assert KEY.decode() not in str(e.value)
+    assert KEY not in servers["output"].read_bytes() + servers["log"].read_bytes()

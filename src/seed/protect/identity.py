@@ -15,8 +15,10 @@ outputs it learned from. This module finds such claims in text:
 - `PROBES`: 40 questions in 9 languages that ask a model who it is.
 - `claim_rate(claims, n)`: the share of claiming answers with its Wilson score interval.
 
-It reads text and nothing else: `seed.generate.filters` applies it to a teacher's answers, and
-`seed.protect.identity_eval` sends the probes to a model and scores the answers.
+It reads text and nothing else: `seed.generate.filters` applies it to a teacher's answers,
+`seed.protect.identity_eval` sends the probes to a model and scores the answers, and
+`seed.protect.identity_records` writes training records in which the student names itself (with
+questions other than the probes).
 """
 
 from __future__ import annotations
