@@ -78,6 +78,12 @@ def test_a_model_directory_without_a_template_is_refused_for_serving(tmp_path: P
         load_tokenizer(tmp_path)
 
 
+def test_a_directory_without_tokenizer_files_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(UserError, match=r"no tokenizer can be loaded from this directory"):
+        load_tokenizer(tmp_path)
+
+
 def test_a_recipe_template_inline_or_from_a_file_fills_the_gap(tmp_path: Path) -> None:
     _chatml_tokenizer(None).save_pretrained(tmp_path / "ckpt")
     (tmp_path / "chatml.jinja").write_text(CHATML)

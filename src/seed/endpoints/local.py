@@ -48,7 +48,12 @@ def load_tokenizer(path: str | Path, template: str | None = None, *,
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such tokenizer directory; check the path")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError):  # transformers' many lines on what it tried; one is enough
+        raise UserError(f"{path}: no tokenizer can be loaded from this directory; give a model "
+                        "directory with its tokenizer files (tokenizer.json, "
+                        "tokenizer_config.json)") from None
     if template:
         file = Path(template)
         tok.chat_template = file.read_text() if "{" not in template and file.is_file() else template
