@@ -2,16 +2,17 @@
 them, a prompt's text.
 
 One flow reaches every writer. `seed serve` runs with a keys.toml of three keys (hashed by
-`seed keys hash`), a watermark key file and a usage log, its output captured. Through
-openai-python, alice sends chats with logprobs, a forced tool call (then its result and a system
-prompt), a stream, /v1/completions and /v1/responses, reads /metrics and /v1/models, and meets
-each refusal her policy makes (403 for another model, 400 for `n`, `top_logprobs`, `watermarking:
-false` and an invalid body); carol's key has expired and a fourth key is wrong (401). `seed run`
-uses the server as its teacher with bob's key from an environment variable: bob's rpm lets some
-prompts through and 429s the rest, so the run writes records, a request cache (SQLite),
-failed.jsonl, a manifest, a dataset card, a training log and a report; bob's next request is a
-429. `seed generate` with the wrong key fails in one line. Radioactivity's API mode asks the
-server with alice's key and its own cache; once the server has stopped, `seed audit` (text and
+`seed keys hash`), a watermark key file, a usage log and a served-windows directory, its output
+captured. Through openai-python, alice sends chats with logprobs, a forced tool call (then its
+result and a system prompt), a stream, /v1/completions and /v1/responses, reads /metrics and
+/v1/models, and meets each refusal her policy makes (403 for another model, 400 for `n`,
+`top_logprobs`, `watermarking: false` and an invalid body); carol's key has expired and a fourth
+key is wrong (401). `seed run` uses the server as its teacher with bob's key from an environment
+variable: bob's rpm lets some prompts through and 429s the rest, so the run writes records, a
+request cache (SQLite), failed.jsonl, a manifest, a dataset card, a training log, its watermark
+check ([eval.watermark]) and a report; bob's next request is a 429. `seed generate` with the
+wrong key fails in one line. Radioactivity's API mode asks the server with alice's key and its
+own cache, kept to the windows served to her; once the server has stopped, `seed audit` (text and
 --json, --suggest) reads the usage log, and `seed watermark detect` and radioactivity's reading
 mode (text and JSON) the records. Those two and the API mode run in this process, through the
 functions their commands call (a process per output format would import torch again), as do two
@@ -218,9 +219,10 @@ def alices_traffic(url: str, said: dict[str, bytes], tmp: Path) -> None:
                 .create(model="tiny", messages=ask, max_tokens=4))
 
 
-def run_recipe(url: str, tmp: Path) -> Path:
+def run_recipe(url: str, tmp: Path, inp: dict[str, Path]) -> Path:
     """A distiller's recipe: the server as teacher, its key from the environment, one request at
-    a time and no retry (so bob's 429s become failed prompts), a two-step student."""
+    a time and no retry (so bob's 429s become failed prompts), a two-step student; and the
+    teacher's own check of the run for its watermark ([eval.watermark])."""
     prompts = tmp / "inputs" / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in GENERATE))
     return write_recipe(tmp / "inputs" / "recipe.toml", teacher_recipe(url + "/v1", prompts,
@@ -232,6 +234,7 @@ def run_recipe(url: str, tmp: Path) -> Path:
                             "top_logprobs": 2},
         "train": {"max_steps": 2, "batch_size": 2, "seq_len": 64, "warmup_steps": 1,
                   "threads": 1, "student": {"size": "nano"}, "tokenizer": {"kind": "chars"}},
+        "eval.watermark": {"key_file": inp["wm"], "tokenizer": inp["model"], "decoys": 10},
         "policy": {"distribute": False}})
 
 
@@ -268,6 +271,7 @@ def inputs_for(root: Path) -> dict[str, Path]:
     (inputs / "prompts.txt").write_text("\n".join(GENERATE) + "\n")
     return {"model": model, "keys": keys, "wm": inputs / "watermark.key",
             "prompts": inputs / "prompts.txt", "usage": root / "serve" / "usage.jsonl",
+            "served": root / "serve" / "served",
             "records": root / "runs" / "everywhere" / "data" / "train.jsonl"}
 
 
@@ -278,10 +282,11 @@ def serve_and_ask(root: Path, inp: dict[str, Path], said: dict[str, bytes]
     env = {label: seed_env() | {"SEED_EVERYWHERE_KEY": key}
            for label, key in {**KEYS, "wrong": WRONG_KEY}.items()}
     with serving(inp["model"], "--keys-file", inp["keys"], "--watermark-key-file", inp["wm"],
-                 "--usage-log", inp["usage"], "--tool-parser", "hermes",
+                 "--usage-log", inp["usage"], "--watermark-served-dir", inp["served"],
+                 "--tool-parser", "hermes",
                  "--reasoning-parser", "none") as (url, proc):
         alices_traffic(url, said, root)
-        recipe = run_recipe(url, root)
+        recipe = run_recipe(url, root, inp)
         clients = start_together(root, {
             "seed run": (("run", recipe), env["bob"]),
             "seed generate, wrong key": (("generate", recipe, "--out", root / "wrong"),
@@ -292,7 +297,8 @@ def serve_and_ask(root: Path, inp: dict[str, Path], said: dict[str, bytes]
                 url + "/v1", "tiny", inp["wm"], [inp["prompts"]], inp["model"], gamma=GAMMA,
                 context=CONTEXT, decoys=10, threshold=1e-5, as_json=True,
                 api_key_env="SEED_EVERYWHERE_KEY", max_tokens=8, temperature=0.0, max_cost=None,
-                cache=root / "radio" / "radio.sqlite"))
+                cache=root / "radio" / "radio.sqlite", served_to="alice",
+                served_dir=inp["served"]))
         outputs = finished(clients)
         bob = openai.OpenAI(base_url=url + "/v1", api_key=KEYS["bob"], max_retries=0)
         refusal(said, "rpm", openai.RateLimitError, lambda: bob.chat.completions.create(
@@ -355,8 +361,9 @@ def test_every_writer_ran_and_every_refusal_happened(flow):
     assert out["seed run"].returncode == 0, out["seed run"].stderr
     run = flow["root"] / "runs" / "everywhere"
     for name in ("manifest.json", "report.html", "data/README.md", "data/cache.sqlite",
-                 "train/metrics.jsonl"):
+                 "train/metrics.jsonl", "watermark/watermark.json"):
         assert (run / name).is_file(), name
+    assert {p.stem for p in (flow["root"] / "serve" / "served").iterdir()} >= {"alice", "bob"}
     records = (run / "data/train.jsonl").read_text().splitlines()
     failed = (run / "data/failed.jsonl").read_text().splitlines()
     assert len(records) == BOB_RPM and len(failed) == len(GENERATE) - BOB_RPM
@@ -370,7 +377,11 @@ def test_every_writer_ran_and_every_refusal_happened(flow):
     for name, field in (("detect --json", "detected"), ("radioactivity --json", "radioactive"),
                         ("radioactivity, API", "radioactive")):
         result = json.loads(flow["said"][name])
-        assert result["key_id"] == key_id and result["tokens_scored"] > 0 and field in result
+        assert result["key_id"] == key_id and field in result, result
+    api = json.loads(flow["said"]["radioactivity, API"])
+    assert api["served_to"] == "alice" and api["served_of"] > 0  # the answers' tuples, filtered
+    report = json.loads((run / "watermark/watermark.json").read_text())
+    assert key_id in json.dumps(report)
     assert b"p " in flow["said"]["detect"] and b"key " + key_id.encode() in flow["said"][
         "radioactivity"]
     audit = json.loads(out["audit --json"].stdout)
