@@ -234,9 +234,9 @@ def main() -> None:
             s, "--model-name", f"student-{name}", "--threads", "1", timeout=300))
             for name, s in students.items()}
         api = at_once(radioactivity, {name: (
-            args.context, "--endpoint", url + "/v1", "--model", f"student-{name}", "--tokenizer", teacher,
-            "--key-file", key, "--texts", wm_held, "--temperature", "1", "--max-tokens",
-            str(args.max_tokens)) for name, url in student_urls.items()})
+            args.context, "--endpoint", url + "/v1", "--model", f"student-{name}",
+            "--tokenizer", teacher, "--key-file", key, "--texts", wm_held, "--temperature", "1",
+            "--max-tokens", str(args.max_tokens)) for name, url in student_urls.items()})
     show(api)
     print(f"per-round throughput ratios: {[round(r, 3) for r in ratios]}")
     stage(f"done; load {os.getloadavg()[0]:.1f}")
