@@ -99,14 +99,17 @@ def api_key_forms() -> dict[str, bytes]:
 
 
 def watermark_forms() -> dict[str, bytes]:
-    """The watermark key as it could leak: its bytes, hex, base64, whole SHA-256, derived seeds."""
+    """The watermark key as it could leak: its bytes, hex, base64, its SHA-256 beyond the public
+    12-digit id (hex or raw), the seeds derived from it (decimal, hex, packed)."""
     seeds = WatermarkKey.from_bytes(WM_KEY)
+    sha = hashlib.sha256(WM_KEY)
     forms = {"raw": WM_KEY, "hex": WM_KEY.hex().encode(), "base64": base64.b64encode(WM_KEY),
-             "sha256": hashlib.sha256(WM_KEY).hexdigest().encode(),
-             "sha256 prefix": hashlib.sha256(WM_KEY).hexdigest()[:16].encode()}
+             "sha256": sha.hexdigest().encode(), "sha256 prefix": sha.hexdigest()[:16].encode(),
+             "sha256 bytes": sha.digest()}
     for name in ("window_seed", "token_seed", "multiplier"):
         value = getattr(seeds, name)
-        forms |= {name: str(value).encode(), f"{name} hex": f"{value:x}".encode()}
+        forms |= {name: str(value).encode(), f"{name} hex": f"{value:x}".encode(),
+                  f"{name} packed": value.to_bytes(8, "little")}
     return forms
 
 
@@ -400,9 +403,10 @@ def test_no_api_key_is_in_anything_written_or_said(flow):
 
 def test_a_key_hash_is_only_in_keys_toml(flow):
     hashes = {}
-    for label, key in {**KEYS, "wrong": WRONG_KEY}.items():
+    for label, key in {**KEYS, "wrong": WRONG_KEY, "dave": RAW_KEY}.items():
         hashes |= {f"{label} sha256": digest(key).encode(),
-                   f"{label} sha256 prefix": digest(key)[:16].encode()}
+                   f"{label} sha256 prefix": digest(key)[:16].encode(),
+                   f"{label} sha256 bytes": hashlib.sha256(key.encode()).digest()}
     assert leaks(flow, hashes, allowed=("keys.toml",)) == []
     assert digest(KEYS["alice"]).encode() in flow["written"][Path("inputs/keys.toml")]
 
