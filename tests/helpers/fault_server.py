@@ -17,7 +17,8 @@ cut short), `slow:<s>` (the body trickles out over s seconds), `length` (finish_
 `badjson` (an answer that fails the schema), `garbled` (a 200 whose JSON is not a chat completion:
 choices a string, usage a word), `surrogate` (an answer holding a lone `\\ud800` escape),
 `ratelimit:<limit>:<remaining>:<reset>` (a 200 with `x-ratelimit-*-requests` headers). Each
-request is appended to the `--log` file as a JSON line.
+request is appended to the `--log` file as a JSON line (its last user message, fault, `n` and the
+names of the body's fields).
 
 How every answer reports `usage`, set with `POST /_control/usage {"mode": M}`: `words` (the
 default: counts in words), `omit` (no usage key), `null`, `list` (an array instead of an object),
@@ -185,7 +186,7 @@ async def _chat(request: Request, body: dict[str, Any]) -> Response:
     if STATE["log"]:
         with open(STATE["log"], "a") as f:
             f.write(json.dumps({"t": time.time(), "user": user, "fault": fault,
-                                "n": body.get("n", 1)}) + "\n")
+                                "n": body.get("n", 1), "fields": sorted(body)}) + "\n")
     if STATE["latency"]:
         await asyncio.sleep(STATE["latency"])
     kind, _, arg = (fault or "").partition(":")
