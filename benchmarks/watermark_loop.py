@@ -15,7 +15,9 @@ Every step is Seed's own command, run as a user runs it (a subprocess):
    teacher's token for token) on each set of records;
 5. `seed watermark radioactivity` on each student: reading mode (`--model`, the held-out
    watermarked answers as `--texts`), the watermarked student under a wrong key, and API mode
-   (each student behind its own `seed serve`, asked the held-out instructions at temperature 1).
+   (each student behind its own `seed serve`, asked the held-out instructions at temperature 0.5:
+   at 1 its samples spread over tokens it learned less well, and one run gave p 0.002 over 630
+   tuples where 0.5 gave 1e-7 over 212, the control 0.38 and 0.81).
 
 Why a window of 1 (the serving default stays 2, a documented choice): the student must learn the
 green list after each window, and at the scale a CPU trains in minutes it learns next-token
@@ -174,6 +176,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for each seed train")
     ap.add_argument("--rounds", type=int, default=4, help="throughput rounds (ABBA)")
+    ap.add_argument("--api-temperature", type=float, default=0.5,
+                    help="the temperature API mode asks the students at")
     ap.add_argument("--context", type=int, default=1, help="the watermark's window width")
     ap.add_argument("--out", type=Path, help="working directory (default: a new temp one)")
     args = ap.parse_args()
@@ -235,8 +239,9 @@ def main() -> None:
             for name, s in students.items()}
         api = at_once(radioactivity, {name: (
             args.context, "--endpoint", url + "/v1", "--model", f"student-{name}",
-            "--tokenizer", teacher, "--key-file", key, "--texts", wm_held, "--temperature", "1",
-            "--max-tokens", str(args.max_tokens)) for name, url in student_urls.items()})
+            "--tokenizer", teacher, "--key-file", key, "--texts", wm_held, "--temperature",
+            str(args.api_temperature), "--max-tokens", str(args.max_tokens))
+            for name, url in student_urls.items()})
     show(api)
     print(f"per-round throughput ratios: {[round(r, 3) for r in ratios]}")
     stage(f"done; load {os.getloadavg()[0]:.1f}")
