@@ -25,7 +25,7 @@ from helpers.recipes import teacher_recipe, write_recipe
 from helpers.serve import running_server, seed_env
 from helpers.traffic import alpaca_answers, alpaca_instructions, needs_data
 from helpers.watermark_models import count_student, text_bigram_teacher, token_lists
-from seed.protect.detect import read_texts
+from seed.protect.detect import detect, read_texts
 from seed.protect.radioactivity import model_predictor, run_reading
 from seed.protect.radioactivity_api import run_api
 
@@ -75,13 +75,10 @@ def reading(capsys, model, key, texts) -> dict:
 
 def test_the_served_answers_tokenize_back_and_carry_the_watermark(loop):
     """The records hold every sampled token (no re-tokenizing loss) and are watermarked."""
-    proc = run_cli("watermark", "detect", loop["train"], "--key-file", loop["key"], "--model",
-                   loop["teacher"], "--context", "1", "--json")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["p_value"] < 1e-10 and result["key_id"] == KEY_ID
-    lengths = [len(t) for t in token_lists(loop["teacher"], read_texts(loop["train"]))]
-    assert lengths == [160] * TRAIN  # the teacher never ends: each answer is its max_tokens
+    seqs = token_lists(loop["teacher"], read_texts(loop["train"]))
+    assert [len(s) for s in seqs] == [160] * TRAIN  # the teacher never ends: max_tokens each
+    found = detect(seqs, [KEY], gamma=0.25, context=1)
+    assert found.p_value < 1e-10 and found.key_id == KEY_ID
 
 
 def test_the_student_of_watermarked_answers_is_radioactive(loop):
