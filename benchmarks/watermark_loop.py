@@ -21,17 +21,18 @@ Every step is Seed's own command, run as a user runs it (a subprocess):
 
 Why a window of 1 (the serving default stays 2, a documented choice): the student must learn the
 green list after each window, and at the scale a CPU trains in minutes it learns next-token
-statistics after one token but not after two: with a window of 2, ~90k watermarked tokens gave a
-student z near 0 over 144k tuples (issue 14's measurement; `--context 2` runs this loop at 2). A
-wider window needs a student that learns the teacher's statistics after two tokens, which takes
-far more data and steps.
+statistics after one token far better than after two. Issue 14 measured z near 0 over 144k tuples
+at a window of 2 with ~90k watermarked tokens; this loop at `--context 2` (same scale as below)
+gave reading mode z 3.3, p 7e-4 over 842 tuples (the key first among the decoys, short of 1e-5)
+and API mode p 0.23, where a window of 1 gives p near 1e-12 and 1e-7. A wider window needs a
+student that learns the teacher's statistics after two tokens: more data and steps.
 
 Scale (the defaults): 180 training instructions x 256 tokens (~46k watermarked answer tokens), 24
 held-out instructions (6k tokens to read with), students of 2 layers x 64 wide (`nano`) trained
-150 steps of 8 x 512 tokens, the two at once on one thread each. Measured on the shared 2-core
-machine: 46k tokens and 100 steps already gave p 5e-13 (control 0.26), 92k tokens and 150 steps
-p 8e-14 (control 0.09); reading mode scores ~90 tuples, one per character the held-out text holds
-and the student's top-1 after it, since a student this size predicts from the last character.
+150 steps of 8 x 512 tokens, the two at once on one thread each: ~3 minutes on a quiet 2-core
+machine. 46k tokens and 100 steps already gave p 5e-13 (control 0.26), 92k tokens and 150 steps
+p 8e-14 (control 0.09). Reading mode scores ~100 tuples, about one per character the held-out
+text holds, since a student this size predicts from the last character.
 Ends with one `RESULT` line. Needs ../shared/data; nothing is downloaded.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python benchmarks/watermark_loop.py
