@@ -179,13 +179,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="throughput rounds (ABBA)")
     ap.add_argument("--api-temperature", type=float, default=0.5,
                     help="the temperature API mode asks the students at")
+    ap.add_argument("--teacher-layers", type=int, default=1,
+                    help="the teacher's layers (they write nothing, but cost what layers cost)")
     ap.add_argument("--context", type=int, default=1, help="the watermark's window width")
     ap.add_argument("--out", type=Path, help="working directory (default: a new temp one)")
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     tmp = args.out or Path(tempfile.mkdtemp(prefix="seed-wm-loop-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    teacher = text_bigram_teacher(tmp / "teacher", alpaca_answers(805))
+    teacher = text_bigram_teacher(tmp / "teacher", alpaca_answers(805), layers=args.teacher_layers)
     key, wrong = tmp / "watermark.key", tmp / "wrong.key"
     key.write_bytes(os.urandom(32))
     wrong.write_bytes(os.urandom(32))
