@@ -21,6 +21,7 @@ import torch
 import transformers
 
 from seed.errors import UserError
+from seed.protect import watermark
 from seed.protect.detect import binomial_tail, detect, distinct_pairs, read_texts
 from seed.protect.watermark import (
     GreenList,
@@ -73,6 +74,18 @@ def test_tensor_green_list_is_the_pure_python_hash(context, gamma):
     tokens = torch.tensor([rng.randrange(300) for _ in windows])
     assert green.pairs(torch.tensor(windows), tokens).tolist() == [
         expected[i][t] for i, t in enumerate(tokens.tolist())]
+
+
+def test_cached_rows_are_the_masks_through_evictions(monkeypatch):
+    """The server's per-window rows (`masks`) equal `mask`'s, batch after batch, with the cache
+    held to 50 rows so that it evicts: repeated windows in a batch, hits, misses and evicted
+    windows asked again."""
+    monkeypatch.setattr(watermark, "MASK_CACHE_BYTES", 50 * 300)
+    green = GreenList(WatermarkKey.from_bytes(KEY), GAMMA, 2)
+    rng = random.Random(3)
+    for _ in range(200):
+        windows = [(rng.randrange(12), rng.randrange(12)) for _ in range(rng.randrange(1, 40))]
+        assert torch.equal(green.masks(windows, 300), green.mask(torch.tensor(windows), 300))
 
 
 def test_green_list_holds_a_gamma_share_and_changes_with_window_and_key():

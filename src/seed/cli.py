@@ -68,7 +68,6 @@ def generate(
     check_output_dir(out, "--out")
     if r.generate.teacher.kind == "openai":
         from seed.generate.teacher import apply_overrides, generate_from_teacher
-
         from seed.protect.identity_records import with_identity_records
 
         cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)

@@ -11,7 +11,8 @@ token's hash is the key's token seed mixed with its id; the pair is green when t
 (state XOR token hash) times the key's odd multiplier fall under gamma * 2^24. So one
 (window, token) pair is tested without building the vocabulary's list (`pair_is_green`, the
 detector's case), and a batch of windows gets its green masks in a few vectorised integer ops over
-a token-hash table computed once per vocabulary and device (`GreenList.mask`, the server's).
+a token-hash table computed once per vocabulary and device (`GreenList.mask`); the server's
+rows are also kept per window (`GreenList.masks`), since its windows recur.
 
 The key is raw bytes read from a file (`read_key`); it is never logged nor written anywhere: only
 its id (`key_id`, 12 hex digits of its SHA-256) is shown. The seeds are derived from the key under
@@ -22,6 +23,7 @@ sampling, HTTP or texts.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 MASK64 = (1 << 64) - 1
 SCORE_BITS = 24  # a pair's score: the top 24 bits of its hash
+MASK_CACHE_BYTES = 64 << 20  # green rows a GreenList keeps per vocabulary (one byte a token)
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's finalizer constants
 _SEED_LABEL = b"seed watermark v1\0"
 
@@ -142,6 +145,7 @@ class GreenList:
         self.context = context
         self.threshold = green_threshold(gamma)
         self._tables: dict[tuple[int, str], torch.Tensor] = {}
+        self._rows: dict[tuple[int, str], OrderedDict[tuple[int, ...], torch.Tensor]] = {}
 
     def states(self, windows: torch.Tensor) -> torch.Tensor:
         """Each row's window state (int64, shape [N]) from windows of shape [N, context]."""
@@ -174,6 +178,26 @@ class GreenList:
             table = self._tables[where] = self.token_hashes(
                 torch.arange(vocab_size, device=windows.device))
         return self._green(self.states(windows)[:, None], table[None, :])
+
+    def masks(self, windows: list[tuple[int, ...]], vocab_size: int,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+        """`mask` of these windows, each window's row computed once and kept (least recently
+        used first out, within `MASK_CACHE_BYTES`): a server's windows recur (a window of one
+        token is one of the vocabulary), and a decode step's few tiny integer ops cost more than
+        the model's step on a small model."""
+        cache = self._rows.setdefault((vocab_size, str(device)), OrderedDict())
+        missing = []
+        for w in dict.fromkeys(windows):
+            if w in cache:
+                cache.move_to_end(w)
+            else:
+                missing.append(w)
+        if missing:  # rows copied out of their batch, so an old row holds no batch's storage
+            fresh = self.mask(torch.tensor(missing, dtype=torch.int64, device=device), vocab_size)
+            cache.update((w, row.clone()) for w, row in zip(missing, fresh, strict=True))
+            for _ in range(len(cache) - max(len(missing), MASK_CACHE_BYTES // vocab_size)):
+                cache.popitem(last=False)  # this call's windows are the newest: never these
+        return torch.stack([cache[w] for w in windows])
 
 
 @dataclass(frozen=True)

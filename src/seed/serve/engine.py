@@ -386,24 +386,27 @@ class Engine:
                 window = _window(s, context)
                 if window is not None:
                     picked.append(j)
-                    windows.append(window)
+                    windows.append(tuple(window))
         if not picked:
             return None
         return picked, self._green_masks(windows, vocab)
 
-    def _green_masks(self, windows: list[list[int]], vocab: int) -> torch.Tensor:
-        return _marking(self.watermark).green.mask(
-            torch.tensor(windows, dtype=torch.int64, device=self.device), vocab)
+    def _green_masks(self, windows: list[tuple[int, ...]], vocab: int) -> torch.Tensor:
+        return _marking(self.watermark).green.masks(windows, vocab, self.device)
 
     def _biased(self, logits: torch.Tensor, marked: tuple[list[int], torch.Tensor],
                 scales: list[float]) -> torch.Tensor:
         """`logits` (in place) with delta x scale added to each marked row's green tokens."""
         rows, green = marked
         delta = _marking(self.watermark).delta
-        bias = torch.tensor(scales, device=logits.device)[:, None] * delta
-        index = torch.tensor(rows, device=logits.device)
-        logits[index] += green.to(logits.dtype).mul_(bias)
-        return logits
+        if len(set(scales)) == 1:  # one temperature: one fused add (most steps)
+            bias = green.to(logits.dtype).mul_(delta * scales[0])
+        else:
+            bias = green.to(logits.dtype).mul_(
+                torch.tensor(scales, device=logits.device)[:, None] * delta)
+        if len(rows) == len(logits):  # every row marked, in order (_green_rows keeps the order)
+            return logits.add_(bias)
+        return logits.index_add_(0, torch.tensor(rows, device=logits.device), bias)
 
     def _watermarked_prompt(self, logits: torch.Tensor, prompt_ids: list[int],
                             start: int) -> torch.Tensor:
@@ -413,7 +416,8 @@ class Engine:
         ends = [start + 1 + i for i in range(len(logits)) if start + 1 + i >= context]
         if not ends:
             return logits
-        green = self._green_masks([prompt_ids[e - context:e] for e in ends], logits.shape[-1])
+        green = self._green_masks([tuple(prompt_ids[e - context:e]) for e in ends],
+                                  logits.shape[-1])
         rows = list(range(len(logits) - len(ends), len(logits)))
         return self._biased(logits.clone(), (rows, green), [1.0] * len(ends))
 
