@@ -74,11 +74,13 @@ def reading(capsys, model, key, texts) -> dict:
 
 
 def test_the_served_answers_tokenize_back_and_carry_the_watermark(loop):
-    """The records hold every sampled token (no re-tokenizing loss) and are watermarked."""
+    """The records hold every sampled token (no re-tokenizing loss) and are watermarked: at a
+    window of 1 the 6,400 tokens hold ~550 distinct pairs (p from 3e-10 to 6e-13 over runs)."""
     seqs = token_lists(loop["teacher"], read_texts(loop["train"]))
     assert [len(s) for s in seqs] == [160] * TRAIN  # the teacher never ends: max_tokens each
     found = detect(seqs, [KEY], gamma=0.25, context=1)
-    assert found.p_value < 1e-10 and found.key_id == KEY_ID
+    assert found.p_value < 1e-6 and found.key_id == KEY_ID
+    assert detect(seqs, [b"another key"], gamma=0.25, context=1).p_value > 1e-3
 
 
 def test_the_student_of_watermarked_answers_is_radioactive(loop):

@@ -32,12 +32,17 @@ TEACHER_HIDDEN = 128
 
 def bigram_counts(sequences: list[list[int]], vocab: int) -> torch.Tensor:
     """How often each token follows each token in the training sequences, backed off a little to
-    the overall counts (so a token never seen is followed by the most frequent one)."""
+    how often each token occurs (so a token never seen is followed by the most frequent one, and
+    every token that occurs, even only first in a sequence, has a finite log-count after every
+    token: backing off to the followers' counts alone gave such a token -inf, and the student
+    NaN weights)."""
     counts = torch.zeros(vocab, vocab)
-    for seq in (s for s in sequences if len(s) > 1):
+    occurs = torch.zeros(vocab)
+    for seq in (s for s in sequences if s):
         t = torch.tensor(seq)
+        occurs.index_add_(0, t, torch.ones(len(seq)))
         counts.index_put_((t[:-1], t[1:]), torch.ones(len(seq) - 1), accumulate=True)
-    return counts + 1e-3 * counts.sum(0) / counts.sum()
+    return counts + 1e-3 * occurs / occurs.sum()
 
 
 def bigram_llama(path: Path, counts: torch.Tensor, writes: list[int]) -> Path:
@@ -54,6 +59,7 @@ def bigram_llama(path: Path, counts: torch.Tensor, writes: list[int]) -> Path:
     hidden = config.hidden_size
     assert len(writes) < hidden, f"{len(writes)} written tokens need a hidden size above that"
     logits = torch.log(counts[:, writes] / counts[:, writes].sum(-1, keepdim=True)) + 20.0
+    assert torch.isfinite(logits).all(), "every written token needs a count above 0 after each"
     radius = float(logits.norm(dim=-1).max())
     embed = torch.zeros(config.vocab_size, hidden)
     embed[:, :len(writes)] = logits
