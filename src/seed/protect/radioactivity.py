@@ -183,13 +183,6 @@ def answer_tuples(answers: list[str], tokenizer: Any, context: int) -> list[tupl
     return distinct_pairs(token_lists, context)
 
 
-def answer_mode(answers: list[str], tokenizer: Any, key: WatermarkKey, *, gamma: float,
-                context: int, decoys: int) -> Radioactivity:
-    """API mode's scoring of all the answers' tuples."""
-    return radioactivity(answer_tuples(answers, tokenizer, context), key, gamma=gamma,
-                         context=context, decoys=decoys, mode="api", texts=len(answers))
-
-
 def check_options(gamma: float, context: int, decoys: int) -> None:
     if not 0.0 < gamma < 1.0:
         raise UserError(f"--gamma {gamma}: give the green share the server used, between 0 and 1")

@@ -4,7 +4,7 @@ Prompts go to the suspect through `seed generate`'s own engine (`seed.generate.e
 concurrency and retry limits, its request cache (`--cache`, so a rerun asks nothing again) and its
 budget (`--max-cost`, priced as `seed generate` prices a model). The answers are tokenized with OUR
 served model's tokenizer (`--tokenizer`: the watermark hashes its token ids) and scored as
-`radioactivity.answer_mode` scores them: windows from the suspect's own output, the first
+`radioactivity.answer_tuples` takes them: windows from the suspect's own output, the first
 `context` tokens of each answer (whose window held prompt tokens) skipped, each distinct tuple
 once, decoy keys beside the real one.
 
@@ -127,14 +127,12 @@ def run_api(endpoint_url: str, model: str, key_file: Path, files: list[Path],
         raise UserError(f"--endpoint {endpoint_url}: no prompt was answered; check the URL, the "
                         "model name and the key")
     tuples = answer_tuples(answers, tokenizer, context)
-    if served is None:
-        return report(radioactivity(tuples, key, gamma=gamma, context=context, decoys=decoys,
-                                    mode="api", texts=len(answers)), threshold, as_json)
-    kept = keep_served(tuples, served, secret)
+    kept = tuples if served is None else keep_served(tuples, served, secret)
     result = radioactivity(kept, key, gamma=gamma, context=context, decoys=decoys, mode="api",
                            texts=len(answers))
-    return report(replace(result, served_to=served_to, served_of=len(tuples)), threshold,
-                  as_json)
+    if served is not None:
+        result = replace(result, served_to=served_to, served_of=len(tuples))
+    return report(result, threshold, as_json)
 
 
 def served_windows(label: str | None, directory: Path | None, key: bytes,
