@@ -23,10 +23,11 @@ questions other than the probes).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import cache
+
+from seed.evaluate.stats import wilson_interval
 
 # Who makes which models: a claim of any name counts as a claim of its vendor. Names that are also
 # ordinary words ("meta", "llama", "gemini", "bard") count only when capitalised (_COMMON_WORDS).
@@ -211,17 +212,6 @@ _PROBE_TEXTS: dict[str, tuple[str, ...]] = {
 }
 PROBES: tuple[Probe, ...] = tuple(Probe(lang, t) for lang, texts in _PROBE_TEXTS.items()
                                   for t in texts)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% at z = 1.96); (0, 1) for n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def claim_rate(claims: int, n: int) -> dict[str, float | int]:
