@@ -204,3 +204,99 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return n
+
+
+# -- image records ----------------------------------------------------------------------------
+# One JSON line per image: `{"id", "prompt", "negative_prompt"?, "image": {...}, "provenance",
+# "meta"}`. The image itself is a file beside the records file, named by its content
+# (`images/<sha256[:2]>/<sha256>.<format>`), written (seed.generate.image_files) before its line.
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+
+
+class ImageFile(BaseModel):
+    """An image kept exactly as the teacher returned it, addressed by its SHA-256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(pattern=r"^images/[0-9a-f]{2}/[0-9a-f]{64}\.(png|jpeg|webp)$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    format: ImageFormat
+    phash: str = Field(pattern=r"^[0-9a-f]{16}$")  # 64-bit difference hash (dHash)
+
+
+class ImageRecord(BaseModel):
+    """One image with the prompt that asked for it; `id` is a stable hash of both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: str
+    negative_prompt: str | None = None
+    image: ImageFile
+    provenance: Provenance = Field(default_factory=Provenance)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def new(cls, prompt: str, image: ImageFile, provenance: Provenance | None = None,
+            meta: dict[str, Any] | None = None,
+            negative_prompt: str | None = None) -> ImageRecord:
+        blob = json.dumps([prompt, negative_prompt or "", image.sha256], ensure_ascii=False)
+        return cls(id=hashlib.sha256(blob.encode()).hexdigest()[:16], prompt=prompt,
+                   negative_prompt=negative_prompt or None, image=image,
+                   provenance=provenance or Provenance(), meta=meta or {})
+
+    def to_line(self) -> str:
+        """The record as one JSON line with its newline, ready for a single append."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, ensure_ascii=False) + "\n"
+
+    def image_path(self, records_file: str | Path) -> Path:
+        """Where the image lies: `image.file` is relative to the records file's directory."""
+        return Path(records_file).parent / self.image.file
+
+    def read_bytes(self, records_file: str | Path) -> bytes:
+        """The image file's bytes, checked against `image.sha256`; a missing or changed file is
+        a UserError naming the record and the file."""
+        path = self.image_path(records_file)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UserError(f"{records_file}: record {self.id} names {path}, which is missing; "
+                            "restore the images/ folder beside the records or drop the record"
+                            ) from None
+        if hashlib.sha256(data).hexdigest() != self.image.sha256:
+            raise UserError(f"{records_file}: record {self.id}: {path} does not match its "
+                            "sha256 (changed or damaged); restore it or drop the record")
+        return data
+
+    def load(self, records_file: str | Path) -> Any:
+        """The image as a `PIL.Image` (checked as `read_bytes` does), fully read."""
+        from io import BytesIO
+
+        from PIL import Image
+
+        img = Image.open(BytesIO(self.read_bytes(records_file)))
+        img.load()
+        return img
+
+
+def read_image_records(path: str | Path, check_files: bool = True) -> Iterator[ImageRecord]:
+    """Stream the image records of a JSONL file (the torn-line rule of `read_records`); each
+    record's image file is checked to exist and match its sha256 unless `check_files` is False."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such records file; check the path")
+    for lineno, raw in jsonl_lines(path):
+        try:
+            record = ImageRecord.model_validate_json(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            raise UserError(f"{path}:{lineno}: not a valid image record ({where}: "
+                            f"{first['msg']}); fix or remove that line") from None
+        if check_files:
+            record.read_bytes(path)
+        yield record
