@@ -2,8 +2,9 @@
 
 Cards are Hugging Face `README.md` files built with `huggingface_hub`'s `ModelCard` /
 `ModelCardData` and `DatasetCard` / `DatasetCardData`, so the Hub and every tool that reads model
-cards understands their metadata. The body says, in words, who wrote the training data (teachers
-and record counts), what the gate decided for which use, the obligations that follow (name prefix,
+cards understands their metadata; an image-generator student's card is tagged text-to-image for
+diffusers. The body says, in words, who wrote the training data (teachers and record counts),
+what the gate decided for which use, the obligations that follow (name prefix,
 "Built with ..." notices, inherited terms), overrides, any accepted risk, and (dataset cards)
 what generation's filters removed, identity claims included. This module formats
 and writes; the verdicts come from `gate.py`.
@@ -69,16 +70,22 @@ def model_card(result: CheckResult, *, model_name: str, base_model: str | None =
                training: dict[str, Any] | None = None) -> ModelCard:
     """A model card for a student trained on checked records (eval results optional)."""
     datasets = sorted({f.source.split(" (")[0] for f in result.findings})
-    evals = [EvalResult(task_type="text-generation", dataset_type="seed-held-out",
-                        dataset_name="held-out prompts", metric_type=k, metric_value=v)
+    image = result.use.task == "image_generator"
+    evals = [EvalResult(task_type="text-to-image" if image else "text-generation",
+                        dataset_type="seed-held-out", dataset_name="held-out prompts",
+                        metric_type=k, metric_value=v)
              for k, v in (eval_results or {}).items()]
+    extra: dict[str, Any] = {"pipeline_tag": "text-to-image",
+                             "library_name": "diffusers"} if image else {}
     data = ModelCardData(model_name=model_name, base_model=base_model,
                          license=_hub_license(license), datasets=datasets,
-                         tags=["seed", "distillation"], eval_results=evals or None)
+                         tags=["seed", "distillation", *(["text-to-image"] if image else [])],
+                         eval_results=evals or None, **extra)
     notices = result.notices()
     body = [f"# {model_name}", ""]
     body += [f"**{n}**" for n in notices] + ([""] if notices else [])
-    body += ["A student model trained by Seed on teacher-answered records.",
+    made = "teacher-drawn images" if image else "teacher-answered records"
+    body += [f"A student model trained by Seed on {made}.",
              f"Base model: {base_model or 'none (trained from scratch)'}.", ""]
     if training:
         body += ["## Training", ""] + [f"- {k}: {v}" for k, v in training.items()] + [""]
@@ -112,13 +119,16 @@ def dataset_card(result: CheckResult, *, name: str, license: str | None = None,
     licenses = {f.source.split(" (", 1)[1].rstrip(")") for f in result.findings
                 if " (" in f.source}
     lic = license or (licenses.pop() if len(licenses) == 1 else None)
+    image = result.use.task == "image_generator"
     data = DatasetCardData(pretty_name=name, annotations_creators=["machine-generated"],
                            language_creators=["machine-generated"], license=_hub_license(lic),
-                           task_categories=["text-generation"],
+                           task_categories=["text-to-image" if image else "text-generation"],
                            source_datasets=sorted({f.source.split(" (")[0]
                                                    for f in result.findings}))
+    what = ("Images with their prompts, one JSON line each beside content-addressed image files"
+            if image else "Conversations in the OpenAI `messages` format")
     body = [f"# {name}", "",
-            "Conversations in the OpenAI `messages` format; every record's `provenance` names its "
+            f"{what}; every record's `provenance` names its "
             "teacher (route, host, model) and its prompt source. Written by Seed.", "",
             "## Provenance", "", _provenance_table(result), "",
             "## Obligations for models trained on this data", "", _obligations_section(result), "",

@@ -1,26 +1,30 @@
 """The terms gate: records x terms -> a verdict per teacher and source, for one use of the student.
 
 A *use* says whether the student will be distributed, used commercially, and whether it is a chat
-model or a classifier, and gives its name. Records are grouped by teacher (route, host, model) and
-prompt source (kind, name, license); each group gets the teacher's verdict from the terms registry
-and the source license's verdict, the stricter of the two, the obligations that follow, and the
-reasons with the clause and URL they rest on. `seed check` prints this; `seed train` refuses to
-train on a blocked file unless the user accepts the risk in writing. This module reads records and
-the registry; it writes nothing (cards are `cards.py`).
+model, a classifier or an image generator, and gives its name. Records are grouped by teacher
+(route, host, model) and prompt source (kind, name, license); each group gets the teacher's verdict
+from the terms registry and the source license's verdict, the stricter of the two, the obligations
+that follow, and the reasons with the clause and URL they rest on. `seed check` prints this;
+`seed train` refuses to train on a blocked file unless the user accepts the risk in writing. Image
+records (a line with `image` and no `messages`) are read for their provenance only; the gate never
+opens the image files. This module reads records and the registry; it writes nothing (cards are
+`cards.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seed.errors import UserError
+from seed.files import jsonl_lines
 from seed.policy.terms import BUILTIN, LicenseEntry, Obligation, Terms, TermsEntry, load_terms
-from seed.records import Record, Source, Teacher, read_records
+from seed.records import Provenance, Record, Source, Teacher
 from seed.runs import read_manifest
 
 Verdict = Literal["allow", "warn", "block"]
@@ -36,13 +40,14 @@ class Use(BaseModel):
 
     distribute: bool = True
     commercial: bool = True
-    task: Literal["chat", "classifier"] = "chat"
+    task: Literal["chat", "classifier", "image_generator"] = "chat"
     student_name: str | None = None
     unknown: Literal["warn", "block"] = "warn"
 
     def describe(self) -> str:
         return (f"{'distributed' if self.distribute else 'internal'} "
-                f"{'commercial' if self.commercial else 'non-commercial'} {self.task} student"
+                f"{'commercial' if self.commercial else 'non-commercial'} "
+                f"{self.task.replace('_', '-')} student"
                 + (f" named {self.student_name!r}" if self.student_name else ""))
 
 
@@ -128,8 +133,9 @@ def _applies(o: Obligation, use: Use) -> bool:
     return o.when == "always" or use.distribute
 
 
-def _judge_teacher(teacher: Teacher | None, use: Use, terms: Terms, f: Finding) -> None:
-    entry = terms.match(teacher)
+def _judge_teacher(teacher: Teacher | None, source: Source | None, use: Use, terms: Terms,
+                   f: Finding) -> None:
+    entry = terms.match(teacher, source)
     f.entry, f.family = entry.id, entry.family
     for e in [entry, *terms.route_terms(teacher)]:
         _apply(e, use, f)
@@ -195,7 +201,42 @@ def _judge_source(source: Source | None, use: Use, terms: Terms, f: Finding) -> 
                              for o in lic.obligations if _applies(o, use))
 
 
-def evaluate(records: Iterable[Record], use: Use, terms: Terms) -> CheckResult:
+class _Provenanced(Protocol):
+    provenance: Provenance
+
+
+class _ImageLine(BaseModel):
+    """An image record as the gate reads it: its provenance only (records.py has the full model)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    image: dict[str, Any]
+    provenance: Provenance = Field(default_factory=Provenance)
+
+
+def read_provenanced(path: str | Path) -> Iterator[_Provenanced]:
+    """A records file's lines as the gate needs them: chat records in full, image records (a line
+    with `image` and no `messages`) by their provenance only; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such records file; check the path")
+    for lineno, raw in jsonl_lines(path):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        image = isinstance(data, dict) and "image" in data and "messages" not in data
+        try:
+            yield (_ImageLine if image else Record).model_validate_json(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            raise UserError(f"{path}:{lineno}: not a valid record ({where}: {first['msg']}); "
+                            "fix or remove that line") from None
+
+
+def evaluate(records: Iterable[_Provenanced], use: Use, terms: Terms) -> CheckResult:
     """Judge every record for this use; one finding per (teacher, source) group, in file order."""
     groups: dict[tuple[str, str], tuple[Teacher | None, Source | None, int]] = {}
     for r in records:
@@ -206,7 +247,7 @@ def evaluate(records: Iterable[Record], use: Use, terms: Terms) -> CheckResult:
     findings = []
     for (tl, sl), (t, s, n) in groups.items():
         f = Finding(teacher=tl, source=sl, records=n, verdict="allow", entry="", family="")
-        _judge_teacher(t, use, terms, f)
+        _judge_teacher(t, s, use, terms, f)
         _judge_source(s, use, terms, f)
         f.obligations = list(dict.fromkeys(f.obligations))
         f.notices = list(dict.fromkeys(f.notices))
@@ -215,9 +256,15 @@ def evaluate(records: Iterable[Record], use: Use, terms: Terms) -> CheckResult:
 
 
 def check_file(path: str | Path, use: Use, overrides: str | Path | None = None) -> CheckResult:
-    """`evaluate` on a records file with the built-in registry plus an optional overrides file."""
+    """`evaluate` on a records file with the built-in registry plus an optional overrides file.
+
+    A file of image records judged for a chat student (the default use) is judged for an image
+    generator instead: no chat model trains on images."""
     terms = load_terms(overrides)
-    result = evaluate(read_records(path), use, terms)
+    records = list(read_provenanced(path))
+    if use.task == "chat" and records and all(isinstance(r, _ImageLine) for r in records):
+        use = use.model_copy(update={"task": "image_generator"})  # images train no chat model
+    result = evaluate(records, use, terms)
     if not result.findings:
         raise UserError(f"{path}: no records to check; the file is empty")
     return result

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from seed.errors import UserError
-from seed.records import Teacher
+from seed.records import Source, Teacher
 
 BUILTIN = "builtin"
 RawVerdict = Literal["allow", "warn", "block", "unverified"]
@@ -68,14 +68,19 @@ class TermsEntry(Cited):
     models: list[str] = Field(default_factory=list)
     internal: RawVerdict
     distributed: RawVerdict
+    # A prompt source kind (e.g. "shapes"): such an entry matches only records with no teacher,
+    # whose source produced the whole record itself.
+    sources: list[str] = Field(default_factory=list)
     internal_classifier: RawVerdict | None = None
     distributed_classifier: RawVerdict | None = None
+    internal_image_generator: RawVerdict | None = None
+    distributed_image_generator: RawVerdict | None = None
     noncommercial_only: bool = False
 
     def matches(self, teacher: Teacher) -> bool:
         """True when every condition the entry sets holds for this teacher (globs, lowercased)."""
         if not (self.routes or self.hosts or self.models):
-            return False  # the fallback entry matches nothing by itself
+            return False  # the fallback entry and source-only entries match no teacher
         if self.routes and not _any(self.routes, [teacher.route]):
             return False
         if self.hosts and not _any(self.hosts, [teacher.host]):
@@ -83,10 +88,20 @@ class TermsEntry(Cited):
         return not self.models or _any(self.models, [teacher.model_returned,
                                                      teacher.model_requested])
 
+    def matches_source(self, source: Source | None) -> bool:
+        """For a record without a teacher: true when this source-only entry names its kind."""
+        if self.routes or self.hosts or self.models or source is None:
+            return False
+        return _any(self.sources, [source.kind])
+
     def verdict_for(self, distribute: bool, task: str) -> RawVerdict:
         base = self.distributed if distribute else self.internal
         if task == "classifier":
             special = self.distributed_classifier if distribute else self.internal_classifier
+            return special or base
+        if task == "image_generator":
+            special = (self.distributed_image_generator if distribute
+                       else self.internal_image_generator)
             return special or base
         return base
 
@@ -105,12 +120,14 @@ class Terms(BaseModel):
     licenses: list[LicenseEntry]
     overrides: list[str] = Field(default_factory=list)
 
-    def match(self, teacher: Teacher | None) -> TermsEntry:
-        """The first model-layer entry matching the teacher, or the `unknown` entry."""
-        if teacher is not None:
-            for entry in self.entries:
-                if entry.layer == "model" and entry.matches(teacher):
-                    return entry
+    def match(self, teacher: Teacher | None, source: Source | None = None) -> TermsEntry:
+        """The first model-layer entry matching the teacher (or, for a record without one, its
+        source kind), or the `unknown` entry."""
+        for entry in self.entries:
+            if entry.layer != "model":
+                continue
+            if entry.matches(teacher) if teacher is not None else entry.matches_source(source):
+                return entry
         return self.unknown
 
     def route_terms(self, teacher: Teacher | None) -> list[TermsEntry]:
