@@ -35,6 +35,11 @@ class TransientError(Exception):
         self.paid = paid
 
 
+class PromptRefused(Exception):
+    """The teacher refuses this one prompt (a moderation block): the prompt fails, the run goes
+    on, and retrying the same prompt would be refused again."""
+
+
 @dataclass
 class Completion:
     """One answer to a chat request."""

@@ -16,6 +16,11 @@ covers at least one byte, so the count is an upper bound on what such a teacher 
 visible text; hidden reasoning tokens, which only the teacher can count, are the one thing it cannot
 see. A run with estimated counts says so once on stderr, and each answer's provenance says so
 (`teacher.usage_estimated`).
+
+Image teachers are billed per image (`IMAGE_PRICES`: DALL-E, by size and quality) or per token
+(GPT image models: text in, image tokens out, from the response's `usage`); an image reply's usage
+carries an `images` count, and a token-priced one without usage is charged `IMAGE_TOKENS_BOUND`
+output tokens per image by its endpoint (seed.endpoints.images_api).
 """
 
 from __future__ import annotations
@@ -42,7 +47,25 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-3-5-haiku": (0.80, 4.00),
     "claude-3-5-sonnet": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
+    # GPT image models bill text input and image output tokens (the response's `usage`)
+    "gpt-image-1": (5.00, 40.00),
+    "gpt-image-1-mini": (2.00, 8.00),
+    "gpt-image-1.5": (5.00, 32.00),
 }
+
+# Dollars per image for models billed per image, by "model:size:quality" or "model:size"; a
+# recipe adds or overrides entries under [generate.image_prices] (also "model" or "model:quality").
+IMAGE_PRICES: dict[str, float] = {
+    "dall-e-3:1024x1024:standard": 0.040, "dall-e-3:1024x1024:hd": 0.080,
+    "dall-e-3:1792x1024:standard": 0.080, "dall-e-3:1024x1792:standard": 0.080,
+    "dall-e-3:1792x1024:hd": 0.120, "dall-e-3:1024x1792:hd": 0.120,
+    "dall-e-2:1024x1024": 0.020, "dall-e-2:512x512": 0.018, "dall-e-2:256x256": 0.016,
+}
+# What OpenAI uses when a request leaves size or quality out.
+_IMAGE_DEFAULTS = {"dall-e-3": ("1024x1024", "standard"), "dall-e-2": ("1024x1024", "standard")}
+# Output tokens charged per image when a token-priced image teacher sends no usage: the most a
+# GPT image model bills for one image (high quality, 1024x1536: 6,240 tokens), so never too little.
+IMAGE_TOKENS_BOUND = 6240
 
 
 def price_for(model: str, overrides: dict[str, tuple[float, float]] | None = None
@@ -53,6 +76,19 @@ def price_for(model: str, overrides: dict[str, tuple[float, float]] | None = Non
         return table[model]
     prefixes = [m for m in table if model.startswith(m)]
     return table[max(prefixes, key=len)] if prefixes else None
+
+
+def image_price_for(model: str, params: dict[str, object],
+                    overrides: dict[str, float] | None = None) -> float | None:
+    """Dollars per image for `model` at the request's size and quality, or None when the model
+    is not priced per image; the most specific key wins."""
+    table = {**IMAGE_PRICES, **(overrides or {})}
+    size0, quality0 = _IMAGE_DEFAULTS.get(model, ("", ""))
+    size, quality = str(params.get("size") or size0), str(params.get("quality") or quality0)
+    for key in (f"{model}:{size}:{quality}", f"{model}:{size}", f"{model}:{quality}", model):
+        if key in table:
+            return table[key]
+    return None
 
 
 def _count(value: object) -> int | None:
@@ -78,6 +114,13 @@ def billed_usage(reported: object, messages: list[dict[str, str]], replies: list
     """(prompt_tokens, completion_tokens, total_tokens) to charge for one reply, and whether any
     of it was estimated because the teacher's own count was missing or not a count."""
     raw = reported if isinstance(reported, dict) else {}
+    images = _count(raw.get("images"))
+    if images is not None:  # an image teacher's reply: images, and tokens where it bills them
+        tokens_in, tokens_out = (_count(raw.get("input_tokens")) or 0,
+                                 _count(raw.get("output_tokens")) or 0)
+        return ({"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                 "total_tokens": tokens_in + tokens_out, "images": images},
+                raw.get("estimated") is True)
     prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
     asked = [m.get("content") or "" for m in messages]
     estimated = False
@@ -100,10 +143,22 @@ class Budget:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated_requests: int = 0  # replies whose usage the budget counted itself
+    # image teachers: the request's size and quality (None for a text teacher), per-image prices
+    image_params: dict[str, object] | None = None
+    image_prices: dict[str, float] | None = None
+    images: int = 0
 
     def __post_init__(self) -> None:
         self.price = price_for(self.model, self.prices)
-        if self.max_cost is not None and self.price is None:
+        self.image_price = (None if self.image_params is None else
+                            image_price_for(self.model, self.image_params, self.image_prices))
+        if self.max_cost is not None and self.image_params is not None and (
+                self.price is None and self.image_price is None):
+            raise UserError(f"--max-cost needs a price for image model {self.model!r}; add "
+                            f"`\"{self.model}\" = dollars` per image under "
+                            "[generate.image_prices], or `[input, output]` dollars per million "
+                            "tokens under [generate.prices]")
+        if self.max_cost is not None and self.price is None and self.image_params is None:
             raise UserError(f"--max-cost needs a price for model {self.model!r}; add "
                             f"`\"{self.model}\" = [input, output]` (dollars per million tokens) "
                             "under [generate.prices]")
@@ -112,6 +167,7 @@ class Budget:
         """Charge one reply (`billed_usage`'s counts); the first estimated one is warned about."""
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         self.completion_tokens += usage.get("completion_tokens", 0)
+        self.images += usage.get("images", 0)
         if estimated:
             self.estimated_requests += 1
             if self.estimated_requests == 1:
@@ -126,6 +182,8 @@ class Budget:
     @property
     def cost(self) -> float | None:
         """Dollars spent so far; None when the model has no price."""
+        if self.image_price is not None:  # billed per image: its tokens are not billed too
+            return self.images * self.image_price
         if self.price is None:
             return None
         return (self.prompt_tokens * self.price[0] + self.completion_tokens * self.price[1]) / 1e6

@@ -21,8 +21,10 @@ answers a plain list of prompts and returns the texts.
 
 Retries: 429, 5xx, timeouts, dropped connections and invalid answers are retried with jittered
 exponential backoff (at least the server's `Retry-After`); `finish_reason == "length"` too when
-`limits.retry_on_length`. A `UserError` from the endpoint (400, 401, 403, 404) stops the run at
-once: in-flight requests finish, then it is raised. The engine knows nothing about files or records.
+`limits.retry_on_length`. A `PromptRefused` (a moderation block) fails that request at once,
+without a retry, and the run goes on. A `UserError` from the endpoint (400, 401, 403, 404)
+stops the run at once: in-flight requests finish, then it is raised. The engine knows nothing
+about files or records.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from seed.endpoints.base import Completion, Endpoint, TransientError
+from seed.endpoints.base import Completion, Endpoint, PromptRefused, TransientError
 from seed.errors import UserError
 from seed.generate.budget import Budget, billed_usage
 from seed.generate.cache import RequestCache, cache_key
@@ -280,6 +282,9 @@ class _Engine:
             retry_after = None
             try:
                 got = await self._call(req, params)
+            except PromptRefused as e:  # this prompt only; the run goes on
+                return Result(req, error=f"refused: {e}", attempts=attempt,
+                              requested_at=requested_at, responded_at=now_iso())
             except TransientError as e:
                 reason, retry_after = e.reason, e.retry_after
             else:
