@@ -25,6 +25,7 @@ import json
 import re
 import tomllib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -47,6 +48,9 @@ PAIR_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ve
 SINGLE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["score", "reason"],
                  "properties": {"score": {"type": "integer", "enum": list(range(1, 11))},
                                 "reason": {"type": "string"}}}
+
+
+Render = Callable[[Question, list[str], list[str]], list[dict[str, Any]]]
 
 
 @dataclass
@@ -164,11 +168,18 @@ def _append(f: Any, row: dict[str, Any]) -> None:
 async def judge_pairwise(questions: list[Question], model: str, answers: dict[str, list[str]],
                          baseline: str, baseline_answers: dict[str, list[str]], judge: Endpoint,
                          out_path: str | Path, *, settings: JudgeSettings | None = None,
-                         cache: RequestCache | None = None,
-                         limits: Limits | None = None) -> dict[str, int]:
-    """Judge every question answered by both sides, in both orders; append to `out_path`."""
+                         cache: RequestCache | None = None, limits: Limits | None = None,
+                         render: Render | None = None) -> dict[str, int]:
+    """Judge every question answered by both sides, in both orders; append to `out_path`.
+
+    `render(question, answer_a, answer_b)` builds the judge's messages; by default the pairwise
+    text template with both answers in it (seed.evaluate.judge_images shows images instead).
+    """
     settings = settings or JudgeSettings()
     prompts = load_prompts("pairwise", settings.prompts_dir)
+    if render is None:
+        def render(q: Question, a: list[str], b: list[str]) -> list[dict[str, Any]]:
+            return _messages(prompts, q, answer_a=render_turns(a), answer_b=render_turns(b))
     out_path = Path(out_path)
     done = _done(out_path, lambda row: row["id"])
     todo = [q for q in questions
@@ -177,11 +188,11 @@ async def judge_pairwise(questions: list[Question], model: str, answers: dict[st
     judge_name = judge.teacher().model_requested or "judge"
     requests = []
     for q in todo:
-        mine, theirs = render_turns(answers[q.id]), render_turns(baseline_answers[q.id])
-        requests.append(Request(f"{q.id}/model-first", _messages(prompts, q, answer_a=mine,
-                                answer_b=theirs), params, payload=(q, 0)))
-        requests.append(Request(f"{q.id}/model-second", _messages(prompts, q, answer_a=theirs,
-                                answer_b=mine), params, payload=(q, 1)))
+        mine, theirs = answers[q.id], baseline_answers[q.id]
+        requests.append(Request(f"{q.id}/model-first", render(q, mine, theirs), params,
+                                payload=(q, 0)))
+        requests.append(Request(f"{q.id}/model-second", render(q, theirs, mine), params,
+                                payload=(q, 1)))
     halves: dict[str, dict[int, tuple[int | None, str]]] = defaultdict(dict)
     counts = {"written": 0, "unparseable": 0, "failed": 0}
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ RESULTS, JUDGMENTS, GRADES, ANSWERS, CACHE = (
     "judge_results.json", "judgments.jsonl", "grades.jsonl", "answers.json", "cache.sqlite")
 
 
-def _answerer(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
+def answerer(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
     """The endpoint that answers or judges open questions; `what` names its recipe section."""
     if isinstance(cfg, TasksEndpointConfig):
         raise UserError(f"{what}: kind = \"tasks\" cannot judge or answer open questions; use "
@@ -86,7 +86,7 @@ def _drop_stale_judgments(out_dir: Path, identities: list[str], cfg: JudgeConfig
     write_json_atomic(path, stamp)
 
 
-def _limits(cfg: JudgeConfig) -> Limits:
+def limits_of(cfg: JudgeConfig) -> Limits:
     return Limits(concurrency=cfg.concurrency, requests_per_minute=cfg.requests_per_minute,
                   max_attempts=cfg.max_attempts, timeout=cfg.timeout)
 
@@ -177,11 +177,11 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
         raise UserError("eval.judge.baseline is not set and there is no teacher; name a baseline")
     # The baseline's settings come from the teacher's section when it has none of its own.
     baseline_where = "eval.judge.baseline" if cfg.baseline else "generate.teacher"
-    limits = _limits(cfg)
+    limits = limits_of(cfg)
     settings = JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir)
     student_cfg = LocalEndpointConfig(path=str(student_dir))
     student_name, baseline_name = "student", endpoint_name(baseline_cfg)
-    judge = _answerer(cfg.endpoint, "eval.judge.endpoint", limits)
+    judge = answerer(cfg.endpoint, "eval.judge.endpoint", limits)
     opened: list[Endpoint] = [judge]
     cache = RequestCache(out_dir / CACHE)
 
@@ -195,7 +195,7 @@ def run_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Path,
             if isinstance(ecfg, TasksEndpointConfig):  # its answer is the ground truth
                 saved[key] = {q.id: q.reference for q in questions if q.reference}
             if key not in saved:  # models load only when their answers are not on disk yet
-                opened.append(_answerer(ecfg, what, limits))
+                opened.append(answerer(ecfg, what, limits))
                 saved[key] = await answer_questions(questions, opened[-1],
                                                     cfg.answer_max_tokens, cache, limits)
                 write_json_atomic(answers_path, saved)

@@ -5,7 +5,7 @@ records) and shows the loss curve, accuracy before and after training, sample co
 their verdicts, the judged evaluation (judge_report.py's section, when there is one), the
 identity probes (`seed eval runs/NAME/train/model --identity --out runs/NAME/identity`, when run),
 the teacher's watermark in the data and the student (watermark_report.py's section, when the
-recipe has [eval.watermark]),
+recipe has [eval.watermark]), an image student's grid of held-out samples (images_report.py),
 where the data came from, and how long each stage took. The page is built from html.py's pieces.
 It computes no results.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from seed.errors import UserError
 from seed.evaluate.html import Html, card, cards, figure, page, plots, pre, span, table, text
+from seed.evaluate.images_report import image_section
 from seed.evaluate.judge_report import judge_section
 from seed.evaluate.watermark_report import watermark_section
 from seed.files import load_jsonl, write_text_atomic
@@ -140,9 +141,11 @@ def render_report(run_dir: Path) -> str:
         Html("<h2>Training and accuracy</h2>"),
         _plots(metrics, results),
     ]
-    if samples:
+    body += image_section(run_dir / "eval", results, samples)  # an image student's eval
+    conversations = [s for s in samples if s.get("kind") != "image"]
+    if conversations:
         body += [Html("<h2>Sample conversations</h2>"),
-                 _samples(samples, eval_cfg.get("samples", 12))]
+                 _samples(conversations, eval_cfg.get("samples", 12))]
     body += judge_section(run_dir / "judge")  # the judged evaluation, when the recipe asks for it
     body += _identity(run_dir / "identity" / "identity.json")
     body += watermark_section(run_dir / "watermark" / "watermark.json")
