@@ -16,6 +16,7 @@ from seed.evaluate.html import page
 from seed.evaluate.images import Graded, evaluate_images
 from seed.evaluate.images_report import image_section
 from seed.evaluate.judge_images import run_image_judge
+from seed.evaluate.judge_report import write_judge_report
 from seed.generate.images import generate_shapes
 from seed.recipe import GenerateConfig, ImageEvalConfig, JudgeConfig, ShapesConfig
 from seed.records import read_image_records
@@ -92,6 +93,9 @@ def test_image_judge_sees_both_images_in_both_orders_and_rerun_pays_nothing(
         assert sum(pair[0] in teacher_uris for pair in shown) == len(records)  # then second
         again = run_image_judge(cfg, student, tmp_path / "judge", data / "eval.jsonl")
         assert len(log) == 2 * len(records) and again["stats"] == res["stats"]
+    html = write_judge_report(tmp_path / "judge").read_text()
+    assert html.count("data:image/png;base64,") >= 2 * min(5, len(records))  # both images shown
+    assert "length-controlled" not in html
 
 
 def tiny_clip(directory: Path, tokenizer_dir: Path) -> Path:

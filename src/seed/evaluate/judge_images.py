@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import tomllib
 from pathlib import Path
 from string import Template
@@ -112,8 +113,11 @@ def run_image_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Pa
     else:
         raise UserError("eval.judge.baseline: an image student is compared with the teacher's "
                         "images (leave it unset) or a local image pipeline (kind = \"local\")")
-    files = {f"student/{qid}": p for qid, p in student.items()}
-    files |= {f"baseline/{qid}": p for qid, p in baseline.items()}
+    # An answer is its image's path relative to out_dir: what judgments.jsonl keeps as `output`
+    # and `baseline_output`, so the judge report can show the two images.
+    mine = {qid: os.path.relpath(p, out_dir) for qid, p in student.items()}
+    theirs = {qid: os.path.relpath(p, out_dir) for qid, p in baseline.items()}
+    files = {rel: out_dir / rel for rel in [*mine.values(), *theirs.values()]}
     limits = limits_of(cfg)
     judge = answerer(cfg.endpoint, "eval.judge.endpoint", limits)
     cache = RequestCache(out_dir / CACHE)
@@ -121,8 +125,8 @@ def run_image_judge(cfg: JudgeConfig, student_dir: str | Path, out_dir: str | Pa
     async def main() -> dict[str, int]:
         try:
             return await judge_pairwise(
-                questions, "student", {q: [f"student/{q}"] for q in captions}, baseline_name,
-                {q: [f"baseline/{q}"] for q in captions}, judge, out_dir / JUDGMENTS,
+                questions, "student", {q: [mine[q]] for q in captions}, baseline_name,
+                {q: [theirs[q]] for q in captions}, judge, out_dir / JUDGMENTS,
                 settings=JudgeSettings(cfg.json_schema, cfg.max_tokens, cfg.prompts_dir),
                 cache=cache, limits=limits, render=renderer(_prompts(cfg.prompts_dir), files))
         finally:

@@ -11,8 +11,11 @@ statistics beyond grouping what is on disk for the plots.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +69,21 @@ def _answer(value: str) -> Html:
     return pre(value, limit=1200)
 
 
-def _worst_pairwise(s: AnnotationSet, k: int) -> Html:
+def _image(judge_dir: Path) -> Callable[[str], Html]:
+    """An image judgment's answer (its PNG's path under the judge directory) as an inline image."""
+    def show(rel: str) -> Html:
+        path = judge_dir / rel
+        if not path.is_file():
+            return text(f"{rel} (missing)")
+        data = base64.b64encode(path.read_bytes()).decode()
+        return Html(f'<img alt="{escape(rel)}" src="data:image/png;base64,{data}" width="96" '
+                    'height="96" style="image-rendering:pixelated">')
+    return show
+
+
+def _worst_pairwise(s: AnnotationSet, k: int, answer: Callable[[str], Html] = _answer) -> Html:
     lost = sorted((c for c in s.rows if c.preference < 0.5), key=lambda c: sum(c.verdicts or (0,)))
-    rows = [[_answer(c.instruction), _answer(c.output), _answer(c.baseline_output),
+    rows = [[_answer(c.instruction), answer(c.output), answer(c.baseline_output),
              Html("<br>".join(f"<b>{o}:</b> {text(r)}" for o, r in
                               zip(("student shown first", "student shown second"), c.reasons,
                                   strict=False)))]
@@ -85,10 +100,11 @@ def _pairwise(judge_dir: Path, results: dict[str, Any], k: int) -> list[Html]:
     bt = "-" if st.get("bt_score") is None else f"{st['bt_score']:.0f}"
     bt_ci = "" if bt_low is None else f" [{bt_low:.0f}, {bt_high:.0f}]"
     flips = st.get("order_flip_rate")
+    images = results.get("kind") == "image"
     headline = [
         card(f"{_pct(st['win_rate'])}", f"student win rate vs teacher (n={st['n']}), ties half"),
         card(f"{st['ci_low']:.1f}-{st['ci_high']:.1f}%", "95% bootstrap interval"),
-        card(_pct(st["lc_win_rate"]), "length-controlled win rate"),
+        *([] if images else [card(_pct(st["lc_win_rate"]), "length-controlled win rate")]),
         card(bt + bt_ci, "Bradley-Terry score (teacher = 1000)"),
         card(_pct(flips), "order flips (position bias)"),
         card(str(st.get("unparseable", 0)), "pairs with an unparseable verdict"),
@@ -98,18 +114,19 @@ def _pairwise(judge_dir: Path, results: dict[str, Any], k: int) -> list[Html]:
     figures = [_category_bars(labels, [cats[c]["win_rate"] for c in labels],
                               [100 - cats[c]["win_rate"] for c in labels], "win rate (%)",
                               ("student", "teacher"))] if labels else []
-    if s.rows:
+    if s.rows and not images:  # an image has no length
         figures.append(_length_plot(s))
     longer = st.get("longer_wins_rate")
-    length = ("No comparison of unequal lengths was decided." if longer is None else
-              f"The longer answer won {_pct(longer)} of decided comparisons.")
+    length = ("" if images else "No comparison of unequal lengths was decided." if longer is None
+              else f"The longer answer won {_pct(longer)} of decided comparisons.")
     first = st.get("first_position_rate")
     if first is not None:
         length += f" The answer shown first won {_pct(first)} of decisive verdicts (50% = no bias)."
     return [cards(headline), plots(figures),
             Html(f"<p>Each question was judged twice, the answers swapped; orders that disagree "
                  f"count as a tie. {text(length)}</p>"),
-            Html("<h3>Where the student lost worst</h3>"), _worst_pairwise(s, k)]
+            Html("<h3>Where the student lost worst</h3>"),
+            _worst_pairwise(s, k, _image(judge_dir) if images else _answer)]
 
 
 def _single(judge_dir: Path, results: dict[str, Any], k: int) -> list[Html]:
