@@ -230,3 +230,26 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice_and_no_record_lacks_its_im
         assert "refused: moderation_blocked" in (out / "failed.jsonl").read_text()
         for image in (out / "images").rglob("*.png"):  # no torn image under a final name
             assert hashlib.sha256(image.read_bytes()).hexdigest() == image.stem
+
+
+# -- a local diffusers pipeline --------------------------------------------------------------
+
+def test_a_local_pipeline_draws_each_prompt_once_seeded_by_its_index(tmp_path: Path) -> None:
+    from helpers.images import tiny_image_pipeline
+
+    pipe = tiny_image_pipeline(tmp_path / "teacher-pipe")
+    prompts = _prompts(tmp_path / "p.txt", ["red circle left of blue square",
+                                            "green square left of red triangle"])
+    cfg = GenerateConfig.model_validate({
+        "teacher": {"kind": "pipeline", "path": str(pipe)}, "params": {"steps": 2},
+        "prompts": [{"path": str(prompts)}]})
+    info = generate_images(cfg, 3, tmp_path / "out", QUIET)
+    assert info["records_written"] == 2
+    records = list(read_image_records(tmp_path / "out" / "train.jsonl"))
+    assert [(r.image.width, r.image.height, r.image.format) for r in records] == [
+        (16, 16, "png")] * 2
+    assert records[0].provenance.teacher is not None
+    assert records[0].provenance.teacher.model_requested == "teacher-pipe"
+    assert [r.meta["seed"] for r in records] == [3, 4]
+    again = generate_images(cfg, 3, tmp_path / "out", QUIET)
+    assert again["records_written"] == 0 and again["prompts_already_done"] == 2
