@@ -32,6 +32,8 @@ from seed.protect.audit_features import request_features
 from seed.recipe import ServeConfig
 from seed.serve.errors import APIError, model_not_found
 from seed.serve.guard import Guard, allowed_hosts, key_label, key_policy
+from seed.serve.images import ImagesRequest, image_file_route, images_call
+from seed.serve.images import error_param as images_error_param
 from seed.serve.metrics import ServerMetrics
 from seed.serve.openai_format import (
     ChatCompletion,
@@ -99,7 +101,7 @@ _STREAM = {"text/event-stream": {"schema": {
 # Routes by name in /metrics; any other path a client sends is counted as "other".
 _ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models",
                      "/metrics", "/tokenize", "/detokenize",
-                     "/health", "/"})
+                     "/health", "/", "/v1/images/generations", "/v1/images/files"})
 
 
 def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | None = None,
@@ -140,6 +142,8 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | Non
         refused(request.url.path, 400, key_label(request.scope))
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid body"}
         param = responses_error_param if request.url.path == "/v1/responses" else error_param
+        if request.url.path == "/v1/images/generations":
+            param = images_error_param
         where = param(tuple(first.get("loc", ())))
         msg = f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
         return JSONResponse(error_body(msg, param=where), status_code=400)
@@ -225,13 +229,30 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | Non
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={401: _ERRORS[401]})
     async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(),
+        render = getattr(backend, "render_metrics", None)  # an image backend's own families
+        return PlainTextResponse(metrics.render() + (render() if render else ""),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def chat_page() -> Response:
         page = resources.files("seed.serve").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(page)
+
+    @app.post("/v1/images/generations", response_model=None, responses={
+        **_ERRORS, 200: {"content": _STREAM, "description": "An images response, or a stream of "
+                         "image_generation.partial_image and image_generation.completed events "
+                         "when `stream` is true"}})
+    async def image_generations(req: ImagesRequest, http: Request) -> Response:
+        """OpenAI's images.generate, for a served image pipeline (seed.serve.images)."""
+        return await answer("/v1/images/generations", req, http, images_call(backend))
+
+    @app.get("/v1/images/files/{image_id}", include_in_schema=False)
+    async def image_file(image_id: str, http: Request) -> Response:
+        rec = RequestRecord(route="/v1/images/files", metrics=metrics, usage_log=usage_log,
+                            key=key_label(http.scope))
+        response = await image_file_route(backend, image_id)
+        rec.finish(response.status_code)
+        return response
 
     return app
 

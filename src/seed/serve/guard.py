@@ -7,7 +7,8 @@ A pure ASGI middleware around the app's routes (its first middleware), deciding 
    on `evil.example` whose DNS name is rebound to 127.0.0.1 sends `Host: evil.example`, so it
    cannot read a keyless local server.
 2. **Key**: when keys are set, every path but the open ones (`/health`, the chat page `/`, the
-   OpenAPI docs) needs `Authorization: Bearer KEY` (the scheme in any case): `/v1/*` and
+   OpenAPI docs, and URL-mode images under `/v1/images/files/`, whose unguessable ids are their
+   capability) needs `Authorization: Bearer KEY` (the scheme in any case): `/v1/*` and
    `/metrics` included, unknown paths too. A miss, or a key past its policy's `expires`, is a 401
    sent from the headers alone; the key's label and policy are left in the scope for the app
    (`policy.py` holds the keys, their policies and the checks made once the body is read).
@@ -38,6 +39,9 @@ from seed.serve.policy import POLICY_SCOPE, KeyPolicies, KeyPolicy
 
 OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})
+# URL-mode images (seed.serve.image_urls): fetched without a key, like OpenAI's signed URLs; the
+# unguessable id, which lives an hour, is the capability.
+OPEN_PREFIXES = ("/v1/images/files/",)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 KEY_SCOPE = "seed.key"  # where the matched key's label ("key-2") is left for the app
 DRAIN_BYTES = 4 * 1024 * 1024  # of a refused body, read and dropped so the client sees why
@@ -97,7 +101,7 @@ class Guard:
             await self._refuse(scope, receive, send, invalid_host(), None)
             return
         label = None
-        if self.keys and path not in OPEN_PATHS:
+        if self.keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             label = self.keys.match(headers.get("authorization"))
             if label is None:
                 await self._refuse(scope, receive, send, unauthorized(), None)

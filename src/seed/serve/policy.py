@@ -190,6 +190,9 @@ class Ask:
 
 def ask_of(req: Any) -> Ask | None:
     """A generation request's Ask; None for what no policy limits (tokenize, detokenize)."""
+    if callable(getattr(req, "policy_ask", None)):  # an images request (seed.serve.images)
+        ask: Ask = req.policy_ask()
+        return ask
     if isinstance(req, ChatCompletionRequest):
         return Ask(req.model, req.n, req.logprobs or bool(req.top_logprobs),
                    req.top_logprobs or 0, req.max_completion_tokens or req.max_tokens, {

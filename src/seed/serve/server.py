@@ -41,6 +41,10 @@ def run_server(config: ServeConfig) -> None:
         from seed.serve.upstream import UpstreamBackend
 
         backend = UpstreamBackend(config.upstream, timeout=config.upstream_timeout)
+    elif config.model is not None and (config.model / "model_index.json").is_file():
+        from seed.serve.images import ImageBackend  # a diffusers pipeline directory
+
+        backend = ImageBackend(config)
     else:
         from seed.serve.worker import EngineProcess
 
