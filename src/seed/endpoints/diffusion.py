@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from seed.endpoints.diffusion_pipeline import to_pil
 from seed.errors import UserError
-from seed.train.diffusion_models import Sampling, read_sampling
+from seed.train.diffusion_models import Sampling, cumulative_alphas, read_sampling
 
 
 @dataclass
@@ -263,13 +263,3 @@ def checkpoint_sampling(name: str, unet: Any, vae: Any,
     return Sampling(name=name, sizes=[(size, size)], default_steps=25, default_guidance=7.5,
                     quality_steps={"low": 10, "medium": 25, "high": 50}, objective=objective)
 
-
-def cumulative_alphas(scheduler: dict[str, Any]) -> torch.Tensor:
-    """alphas_cumprod of a DDPM-family scheduler config (linear or scaled_linear betas)."""
-    n = int(scheduler.get("num_train_timesteps", 1000))
-    start, end = float(scheduler.get("beta_start", 0.0001)), float(scheduler.get("beta_end", 0.02))
-    if scheduler.get("beta_schedule", "linear") == "scaled_linear":
-        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
-    else:
-        betas = torch.linspace(start, end, n, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0).float()

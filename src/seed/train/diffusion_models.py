@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,13 +22,23 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.normalizers import Lowercase
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
+from seed.recipe import DiffusionSettings
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SEED_FILE = "seed.json"
@@ -60,6 +71,33 @@ class Sampling:
         default_factory=lambda: {"low": 6, "medium": 12, "high": 24})
     objective: str = "rectified_flow"  # or the checkpoint's prediction type (epsilon, ...)
 
+
+class ImageStudent(torch.nn.Module):
+    """The parts of a text-to-image student the loop holds: the UNet and the text encoder, and
+    for a latent checkpoint its frozen VAE, its objective (rectified_flow, epsilon or
+    v_prediction) and its noise schedule (cumulative alphas)."""
+
+    def __init__(self, unet: Any, text_encoder: Any, vae: Any = None,
+                 objective: str = "rectified_flow", alphas: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
+        self.objective = objective
+        self.register_buffer("alphas", alphas, persistent=False)
+        if vae is not None:
+            vae.requires_grad_(False)
+
+    @property
+    def latent_scale(self) -> int:
+        """Pixels per sample element along a side (1 without a VAE)."""
+        if self.vae is None:
+            return 1
+        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor,
+                ids: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids=ids).last_hidden_state
+        out: torch.Tensor = self.unet(sample, timesteps, encoder_hidden_states=text).sample
+        return out
 
 def caption_words(caption: str) -> list[str]:
     """A caption's words as the tokenizer splits them: lowercase, on non-letters."""
@@ -115,7 +153,7 @@ def flow_scheduler() -> Any:
 
 
 def save_pipeline(directory: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module,
-                  tokenizer: PreTrainedTokenizerFast, sampling: Sampling) -> Path:
+                  tokenizer: PreTrainedTokenizerBase, sampling: Sampling) -> Path:
     """Write a pixel-space pipeline directory that diffusers and Seed both load."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -150,3 +188,87 @@ def read_sampling(directory: Path) -> Sampling | None:
     data = json.loads(path.read_text())
     data["sizes"] = [tuple(s) for s in data["sizes"]]
     return Sampling(**data)
+
+
+def student_shape(settings: DiffusionSettings, max_words: int) -> StudentShape:
+    """The from-scratch student `[train.diffusion]` describes, for captions of `max_words`."""
+    if len(settings.attention) != len(settings.channels):
+        raise UserError(f"train.diffusion.attention has {len(settings.attention)} entries and "
+                        f"channels {len(settings.channels)}; give one per resolution")
+    if settings.size % 2 ** (len(settings.channels) - 1):
+        raise UserError(f"train.diffusion.size = {settings.size} does not halve "
+                        f"{len(settings.channels) - 1} times; use a multiple of "
+                        f"{2 ** (len(settings.channels) - 1)}")
+    return StudentShape(size=settings.size, channels=tuple(settings.channels),
+                        attention=tuple(settings.attention),
+                        layers_per_block=settings.layers_per_block, head_dim=settings.head_dim,
+                        text_width=settings.text_width, text_layers=settings.text_layers,
+                        max_words=max_words)
+
+
+def sampling_of(name: str, settings: DiffusionSettings) -> Sampling:
+    """What a saved from-scratch student tells its sampler."""
+    steps = settings.sample_steps
+    return Sampling(name=name, sizes=[(settings.size, settings.size)], default_steps=steps,
+                    default_guidance=settings.guidance,
+                    quality_steps={"low": max(1, steps // 2), "medium": steps, "high": 2 * steps})
+
+
+def load_image_student(directory: Path) -> tuple[ImageStudent, PreTrainedTokenizerBase]:
+    """The trainable parts of a pixel pipeline directory Seed wrote, and its tokenizer."""
+    directory = Path(directory)
+    unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    return ImageStudent(unet, text_encoder), tokenizer
+
+
+def is_pipeline(directory: Path) -> bool:
+    return (Path(directory) / "model_index.json").is_file()
+
+
+def cumulative_alphas(scheduler: dict[str, Any]) -> torch.Tensor:
+    """alphas_cumprod of a DDPM-family scheduler config (linear or scaled_linear betas)."""
+    n = int(scheduler.get("num_train_timesteps", 1000))
+    start, end = float(scheduler.get("beta_start", 0.0001)), float(scheduler.get("beta_end", 0.02))
+    if scheduler.get("beta_schedule", "linear") == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    else:
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).float()
+
+
+def load_checkpoint_student(directory: Path, setting: str = "train.student.checkpoint"
+                            ) -> tuple[ImageStudent, PreTrainedTokenizerBase]:
+    """A diffusers Stable Diffusion-style directory (vae/, unet/, text_encoder/, tokenizer/,
+    scheduler/) as a latent student: its VAE frozen, its text encoder frozen, its objective the
+    scheduler's (`prediction_type`, or rectified flow for a flow-matching scheduler)."""
+    directory = Path(directory)
+    missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+               if not (directory / p).is_dir()]
+    if missing:
+        raise UserError(f"{setting} = {str(directory)!r}: not a latent diffusers pipeline "
+                        f"(no {', '.join(missing)}/); give a Stable Diffusion-style directory")
+    with quiet_progress_bars():
+        unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
+        vae = AutoencoderKL.from_pretrained(directory / "vae")
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    text_encoder.requires_grad_(False)
+    scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+    if "FlowMatch" in scheduler.get("_class_name", ""):
+        return ImageStudent(unet, text_encoder, vae), tokenizer
+    objective = scheduler.get("prediction_type", "epsilon")
+    if objective not in ("epsilon", "v_prediction"):
+        raise UserError(f"{setting}: prediction_type {objective!r} is not trained here; "
+                        "epsilon and v_prediction are")
+    return ImageStudent(unet, text_encoder, vae, objective, cumulative_alphas(scheduler)), tokenizer
+
+
+def save_checkpoint_student(path: Path, base: Path, model: ImageStudent) -> None:
+    """A copy of the checkpoint directory `base` with the student's UNet and text encoder."""
+    shutil.copytree(base, path, dirs_exist_ok=True)
+    with quiet_progress_bars():
+        for name, part in (("unet", model.unet), ("text_encoder", model.text_encoder)):
+            shutil.rmtree(path / name)
+            part.save_pretrained(path / name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,10 +32,10 @@ Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
 class ModeInputs:
     """What a mode builds its layout from: the records of one split and the starting student."""
 
-    records: list[Record]
+    records: list[Record]  # chat records, or image records for the diffusion mode
     source: str  # the records file, for messages
     tokenizer: PreTrainedTokenizerBase
-    model: PreTrainedModel
+    model: PreTrainedModel  # or the diffusion mode's ImageStudent
     config: TrainConfig
     seed: int
     runtime: Runtime
@@ -113,3 +114,21 @@ def logits(model: torch.nn.Module, rows: Rows) -> torch.Tensor:
     out: torch.Tensor = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"],
                               use_cache=False).logits
     return out
+
+
+@dataclass(frozen=True)
+class StudentKind:
+    """What the student is, for the loop: how its records are read, how the starting student is
+    built or loaded (saved once as initial/), how a finished one is saved and recognised, what a
+    batch counts (tokens or images), its training FLOPs per unit (None: no MFU), and the decay of
+    its weights' moving average (0: none)."""
+
+    check: Callable[[TrainConfig, Runtime], None]
+    read: Callable[[Path], list[Any]]
+    initial: Callable[[Path, list[Any], TrainConfig, int, Runtime],
+                      tuple[Any, PreTrainedTokenizerBase]]
+    save: Callable[[Path, Any, PreTrainedTokenizerBase, TrainConfig], None]
+    saved: Callable[[Path], bool]
+    units: Callable[[Rows, int], int]
+    flops: Callable[[Any, TrainConfig], float | None]
+    ema_decay: Callable[[TrainConfig], float] = lambda config: 0.0

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,8 @@ from seed.errors import UserError
 from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
-from seed.train import checkpoints
-from seed.train.layout import Layout, ModeInputs, Rows, num_rows
+from seed.train import checkpoints, diffusion
+from seed.train.layout import Layout, ModeInputs, Rows, StudentKind, num_rows
 from seed.train.limits import check_fits
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
 from seed.train.models import (
@@ -55,6 +55,7 @@ from seed.train.speed import flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import load_saved_tokenizer, train_tokenizer
 
 Scheduler = torch.optim.lr_scheduler.LambdaLR
+EMA = "ema."  # the prefix of the EMA's weights in a checkpoint's weights file
 log = logging.getLogger(__name__)
 
 
@@ -76,13 +77,15 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     """
     records, out_dir, console = Path(records), Path(out_dir), console or Console()
     runtime = Runtime.start(config)
-    check_fits(config, student_shape(config.student), runtime)
-    finished = open_run(records, out_dir, config, seed, runtime)
+    student = student_kind(config)
+    student.check(config, runtime)
+    finished = open_run(records, out_dir, config, seed, runtime, student)
     if finished is not None:
         return finished
     torch.manual_seed(seed)
-    train_records, held_records = split_records(records, config.eval_fraction, seed)
-    model, tokenizer = load_or_build_student(out_dir, train_records, config, seed, runtime)
+    train_records, held_records = split_records(records, config.eval_fraction, seed,
+                                                student.read)
+    model, tokenizer = student.initial(out_dir, train_records, config, seed, runtime)
     inputs = ModeInputs(train_records, str(records), tokenizer, model, config, seed, runtime)
     layout = build_layout(inputs)
     held = build_layout(replace(inputs, records=held_records)) if held_records else None
@@ -91,20 +94,46 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     total_steps = config.max_steps or max(
         1, math.ceil(config.epochs * layout.rows_per_epoch / rows_per_step))
     optimizer, scheduler = make_optimizer(model, config, total_steps)
-    counters = resume(out_dir, model, optimizer, scheduler, config, runtime, console)
+    ema = start_ema(model, student.ema_decay(config), runtime)
+    counters = resume(out_dir, model, optimizer, scheduler, ema, config, runtime, console)
     if runtime.is_main:
         console.print(describe_start(model, tokenizer, layout, config, total_steps, runtime))
     trained = wrap_model(model, config, runtime)
     batches = layout.steps(counters.step * rows_per_step, rows_per_step)
     loss, eval_loss = train_steps(trained, model, layout, held, batches, optimizer, scheduler,
-                                  counters, total_steps, out_dir, tokenizer, config, runtime,
-                                  console)
-    return finish(out_dir, model, optimizer, tokenizer, counters, loss, eval_loss, layout, config,
-                  runtime)
+                                  ema, counters, total_steps, out_dir, tokenizer, student, config,
+                                  runtime, console)
+    return finish(out_dir, model, optimizer, ema, tokenizer, counters, loss, eval_loss, layout,
+                  student, config, runtime)
+
+
+def text_student() -> StudentKind:
+    """A causal LM and its tokenizer (modes sft, kd, online_kd, dpo)."""
+    return StudentKind(
+        check=lambda config, runtime: check_fits(config, student_shape(config.student), runtime),
+        read=lambda path: list(read_records(path)), initial=load_or_build_student,
+        save=lambda path, model, tokenizer, config: checkpoints.save_model(path, model, tokenizer),
+        saved=lambda path: (path / "config.json").is_file(), units=real_tokens,
+        flops=lambda model, config: flops_per_token(model, config.seq_len))
+
+
+def student_kind(config: TrainConfig) -> StudentKind:
+    """What `train.mode` trains: a text-to-image pipeline for diffusion, else a causal LM."""
+    return diffusion.image_student() if config.mode == "diffusion" else text_student()
+
+
+def start_ema(model: torch.nn.Module, decay: float, runtime: Runtime) -> diffusion.Ema | None:
+    """The moving average of the weights the student ships, when its kind keeps one."""
+    if not decay:
+        return None
+    if runtime.sharded:
+        raise UserError("train.distributed = 'fsdp' keeps no EMA of sharded weights; use 'ddp' "
+                        "or set train.diffusion.ema_decay = 0")
+    return diffusion.Ema(model, decay)
 
 
 def open_run(records: Path, out_dir: Path, config: TrainConfig, seed: int,
-             runtime: Runtime) -> dict[str, Any] | None:
+             runtime: Runtime, student: StudentKind) -> dict[str, Any] | None:
     """Clear outputs of other inputs; the summary if this run already finished, else None."""
     if runtime.is_main:
         try:
@@ -115,15 +144,17 @@ def open_run(records: Path, out_dir: Path, config: TrainConfig, seed: int,
         checkpoints.start_fresh_if_changed(out_dir, checkpoints.fingerprint(records, config, seed))
     runtime.barrier()
     summary = out_dir / "summary.json"
-    if (out_dir / "model" / "config.json").is_file() and summary.is_file():
+    if student.saved(out_dir / "model") and summary.is_file():
         done: dict[str, Any] = json.loads(summary.read_text())
         return done
     return None
 
 
-def split_records(records: Path, fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_records(records: Path, fraction: float, seed: int,
+                  read: Callable[[Path], list[Any]] = lambda path: list(read_records(path))
+                  ) -> tuple[list[Any], list[Any]]:
     """(train, held out): a seeded random `fraction` of the records, at least one, held out."""
-    every = list(read_records(records))
+    every = read(records)
     if not every:
         raise UserError(f"{records}: no records to train on; generate some first")
     if fraction == 0:
@@ -186,8 +217,8 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig,
 
 
 def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Scheduler, config: TrainConfig, runtime: Runtime,
-           console: Console) -> Counters:
+           scheduler: Scheduler, ema: diffusion.Ema | None, config: TrainConfig,
+           runtime: Runtime, console: Console) -> Counters:
     """Load the newest checkpoint that loads into model, optimizer, schedule and RNG; its counters.
 
     One that does not load is reported in one warning line and set aside as `step-N.corrupt`, and
@@ -195,6 +226,8 @@ def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     kept). Every rank reads the same files, so all pick the same checkpoint.
     """
     expected = {k: v.shape for k, v in trainable_state(model, config.lora is not None).items()}
+    if ema is not None:
+        expected.update({EMA + k: v.shape for k, v in ema.shadow.items()})
     counters, bad, resumed = Counters(), [], None
     for path in reversed(checkpoints.checkpoints(out_dir)):
         try:
@@ -202,6 +235,10 @@ def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         except checkpoints.BadCheckpoint as e:
             bad.append((path, str(e)))
             continue
+        if ema is not None:
+            ema.load_state_dict({"decay": ema.decay, "updates": checkpoint.step, "shadow": {
+                k[len(EMA):]: checkpoint.model.pop(k) for k in list(checkpoint.model)
+                if k.startswith(EMA)}})
         load_state(checkpoint, model, optimizer, scheduler, config, runtime)
         counters, resumed = Counters(**checkpoint.counters), path
         break
@@ -281,14 +318,17 @@ def accumulate_gradients(model: torch.nn.Module, layout: Layout, batch: Rows,
 
 
 def train_step(model: torch.nn.Module, base: torch.nn.Module, layout: Layout, batch: Rows,
-               optimizer: torch.optim.Optimizer, scheduler: Scheduler, config: TrainConfig,
-               runtime: Runtime) -> float:
-    """One optimizer step on a global batch (gradients clipped); its loss per token (or pair)."""
+               optimizer: torch.optim.Optimizer, scheduler: Scheduler, ema: diffusion.Ema | None,
+               config: TrainConfig, runtime: Runtime) -> float:
+    """One optimizer step on a global batch (gradients clipped, the EMA moved); its loss per
+    token (or pair, or image)."""
     loss = accumulate_gradients(model, layout, batch, config.batch_size, runtime)
     torch.nn.utils.clip_grad_norm_(base.parameters(), config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
+    if ema is not None:
+        ema.update(base)
     return loss
 
 
@@ -316,14 +356,15 @@ def real_tokens(batch: Rows, pad_id: int) -> int:
 
 def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                 held: Layout | None, batches: Iterator[Rows], optimizer: torch.optim.Optimizer,
-                scheduler: Scheduler, counters: Counters, total_steps: int, out_dir: Path,
-                tokenizer: PreTrainedTokenizerBase, config: TrainConfig, runtime: Runtime,
+                scheduler: Scheduler, ema: diffusion.Ema | None, counters: Counters,
+                total_steps: int, out_dir: Path, tokenizer: PreTrainedTokenizerBase,
+                student: StudentKind, config: TrainConfig, runtime: Runtime,
                 console: Console) -> tuple[float, float | None]:
     """Steps until `total_steps`: train, evaluate, log and checkpoint on their schedules.
 
     Returns the last step's loss and the last held-out loss (None without a held-out split).
     """
-    per_token = flops_per_token(base, config.seq_len)
+    per_token = student.flops(base, config)
     peak = peak_flops(runtime.device, config.peak_flops)
     loss, eval_loss = float("nan"), None
     window_tokens, window_start = 0, time.perf_counter()
@@ -336,10 +377,10 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
             while counters.step < total_steps:
                 t0 = time.perf_counter()
                 batch = next(batches)
-                loss = train_step(model, base, layout, batch, optimizer, scheduler, config,
+                loss = train_step(model, base, layout, batch, optimizer, scheduler, ema, config,
                                   runtime)
                 counters.step += 1
-                n_tokens = real_tokens(batch, int(tokenizer.pad_token_id))
+                n_tokens = student.units(batch, int(tokenizer.pad_token_id))
                 counters.tokens += n_tokens
                 window_tokens += n_tokens
                 counters.elapsed_s += time.perf_counter() - t0
@@ -354,7 +395,7 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                             "lr": scheduler.get_last_lr()[0], "tokens": counters.tokens,
                             "tokens_per_s": round(tps, 1),
                             "elapsed_s": round(counters.elapsed_s, 3)}
-                    if (m := mfu(tps, per_token, peak, runtime.world)) is not None:
+                    if per_token and (m := mfu(tps, per_token, peak, runtime.world)) is not None:
                         line["mfu"] = round(m, 4)
                     if eval_loss is not None:
                         line["eval_loss"] = round(eval_loss, 6)
@@ -362,7 +403,7 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                     metrics.flush()
                     bar.update(task, completed=counters.step, loss=loss, tps=tps)
                 if counters.step % config.checkpoint_every == 0 and not last:
-                    save_checkpoint(out_dir, base, optimizer, scheduler, counters, config,
+                    save_checkpoint(out_dir, base, optimizer, scheduler, ema, counters, config,
                                     runtime)
     finally:
         if metrics:
@@ -389,12 +430,15 @@ def trainable_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tenso
 
 
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Scheduler, counters: Counters, config: TrainConfig,
-                    runtime: Runtime) -> None:
-    """A checkpoint of everything a resume needs (gathered from all ranks under FSDP)."""
+                    scheduler: Scheduler, ema: diffusion.Ema | None, counters: Counters,
+                    config: TrainConfig, runtime: Runtime) -> None:
+    """A checkpoint of everything a resume needs (gathered from all ranks under FSDP); the
+    EMA's weights ride in the weights file under `ema.` names."""
     model_state, optimizer_state = (
         full_state(model, optimizer) if runtime.sharded
         else (trainable_state(model, config.lora is not None), optimizer.state_dict()))
+    if ema is not None:
+        model_state = {**model_state, **{EMA + k: v for k, v in ema.shadow.items()}}
     if runtime.is_main:
         checkpoints.save_checkpoint(out_dir, checkpoints.Checkpoint(
             model_state, optimizer_state, scheduler.state_dict(), torch.get_rng_state(),
@@ -402,10 +446,11 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
-           tokenizer: PreTrainedTokenizerBase, counters: Counters, loss: float,
-           eval_loss: float | None, layout: Layout, config: TrainConfig,
-           runtime: Runtime) -> dict[str, Any]:
-    """Save the final student (merged LoRA, gathered FSDP shards) and the summary; return it."""
+           ema: diffusion.Ema | None, tokenizer: PreTrainedTokenizerBase, counters: Counters,
+           loss: float, eval_loss: float | None, layout: Layout, student: StudentKind,
+           config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    """Save the final student (the EMA weights, merged LoRA, gathered FSDP shards) and the
+    summary; return it."""
     model.eval()
     tokens_per_s = round(counters.tokens / max(counters.elapsed_s, 1e-9), 1)
     summary: dict[str, Any] = {
@@ -415,9 +460,10 @@ def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimiz
         "processes": runtime.world, "rows_per_epoch": layout.rows_per_epoch,
         "unit": layout.unit, "vocab_size": len(tokenizer), "size": config.student.size,
         "tokenizer": config.tokenizer.kind}
-    per_token = flops_per_token(model, config.seq_len)
-    if (m := mfu(tokens_per_s, per_token, peak_flops(runtime.device, config.peak_flops),
-                 runtime.world)) is not None:
+    per_token = student.flops(model, config)
+    if per_token and (m := mfu(tokens_per_s, per_token,
+                               peak_flops(runtime.device, config.peak_flops),
+                               runtime.world)) is not None:
         summary["mfu"] = round(m, 4)
     if runtime.sharded:
         whole, _ = full_state(model, optimizer)
@@ -427,8 +473,9 @@ def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimiz
     if runtime.is_main:
         if config.lora:
             checkpoints.save_dir_atomic(out_dir / "adapter", lambda tmp: save_adapter(model, tmp))
-        final = merge_lora(model) if config.lora and config.lora.merge else model
-        checkpoints.save_model(out_dir / "model", final.cpu(), tokenizer)
+        final: Any = ema.averaged(model) if ema is not None else model
+        final = merge_lora(final) if config.lora and config.lora.merge else final
+        student.save(out_dir / "model", final.cpu(), tokenizer, config)
         write_json_atomic(out_dir / "summary.json", summary)
     runtime.barrier()
     return summary

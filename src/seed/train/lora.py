@@ -47,16 +47,28 @@ def quantized_load_kwargs(settings: LoraSettings) -> dict[str, Any]:
                 bnb_4bit_compute_dtype=torch.bfloat16)}
 
 
+# An image student's "all-linear": the attention projections of its UNet (its VAE, which has
+# layers of the same names, and its text encoder stay frozen), as diffusers' LoRA scripts do.
+UNET_ATTENTION = r"unet\..*\.(to_q|to_k|to_v|to_out\.0)"
+
+
 def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
-    """The model with LoRA adapters on `settings.target_modules`; only the adapters train."""
+    """The model with LoRA adapters on `settings.target_modules`; only the adapters train.
+
+    A causal LM gets peft's CAUSAL_LM adapters; any other module (the diffusion mode's image
+    student) plain ones, "all-linear" meaning its UNet's attention projections."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if settings.load_in_4bit:
         model = prepare_model_for_kbit_training(model)
+    text = isinstance(model, PreTrainedModel)
+    targets = settings.target_modules
+    if not text and targets == "all-linear":
+        targets = UNET_ATTENTION
     # peft annotates lora_alpha as int; it only divides by it, and a float alpha is the recipe's.
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]
-                        lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                        lora_dropout=settings.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM" if text else None)
     try:
         with quiet_peft():
             wrapped = get_peft_model(model, config)
