@@ -79,6 +79,11 @@ def test_shapes_writes_training_and_held_out_images_the_verifier_accepts(tmp_pat
     before = (tmp_path / "train.jsonl").read_bytes()
     preflight(recipe, tmp_path)()
     assert (tmp_path / "train.jsonl").read_bytes() == before  # seeded: the same records again
+    fewer = recipe.model_copy(update={"generate": recipe.generate.model_copy(
+        update={"num_records": 10, "eval_prompts": 0})})
+    preflight(fewer, tmp_path)()
+    assert not (tmp_path / "eval.jsonl").exists()
+    assert len(list((tmp_path / "images").glob("*/*.png"))) == 10  # the others' files are gone
 
 
 # -- an Images API teacher -------------------------------------------------------------------

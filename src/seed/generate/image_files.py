@@ -9,6 +9,8 @@
 - `dhash` is a 64-bit difference hash (a 9x8 grey thumbnail, one bit per horizontal neighbour
   pair); `Dedup` drops an image whose sha256 was seen, or whose dHash lies within a Hamming
   distance of one kept.
+- `prune_images` deletes image files no record names (a procedural teacher's records are written
+  afresh each run; an HTTP teacher's directory is never pruned, its images were paid for).
 - `write_imagefolder_metadata` writes `images/metadata.jsonl` (`file_name`, `prompt`, `text`,
   `split`) so `datasets.load_dataset("imagefolder", data_dir=".../images")` and diffusers'
   text-to-image training scripts (`--caption_column text`) read the images as they are.
@@ -186,6 +188,19 @@ def write_imagefolder_metadata(data_dir: Path, splits: dict[str, Path]) -> int:
         write_text_atomic(data_dir / IMAGES / METADATA,
                           "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     return len(rows)
+
+
+def prune_images(data_dir: Path, records: Iterable[Path]) -> int:
+    """Delete the image files under `data_dir/images` that none of `records` names (left by an
+    earlier run that wrote other records, or half-written by a killed one); return how many."""
+    keep = {data_dir / r.image.file for path in records if path.is_file()
+            for r in read_image_records(path, check_files=False)}
+    removed = 0
+    for path in (data_dir / IMAGES).glob("*/*"):
+        if path.is_file() and path not in keep:
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def seen_images(paths: Iterable[Path], dedup: Dedup) -> None:

@@ -44,6 +44,7 @@ from seed.generate.image_files import (
     Dedup,
     ImageRecordWriter,
     check_records_dir,
+    prune_images,
     seen_images,
     write_imagefolder_metadata,
 )
@@ -128,6 +129,7 @@ def generate_shapes(config: GenerateConfig, seed: int, out_dir: Path) -> dict[st
             config.eval_prompts, out_dir / EVAL, "eval", source, dedup)
     else:
         (out_dir / EVAL).unlink(missing_ok=True)
+    prune_images(out_dir, [out_dir / RECORDS, out_dir / EVAL])
     metadata(out_dir)
     return {"train_records": n_train, "eval_records": n_eval,
             "duplicates_dropped": dedup.dropped,
