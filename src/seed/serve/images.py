@@ -227,7 +227,12 @@ class ImageBackend:
         self.store.close()
 
     async def models(self) -> Any:
-        return model_list(self.model_name, self.created)
+        """The served model, its card marked `task: text-to-image` (the chat page's image tab)."""
+        models = model_list(self.model_name, self.created)
+        cards: list[Any] = list(models["data"])
+        for card in cards:
+            card["task"] = "text-to-image"
+        return models
 
     def _text_route(self) -> APIError:
         return APIError(400, f"`{self.model_name}` is an image model: it answers "
