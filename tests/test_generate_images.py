@@ -139,6 +139,25 @@ def test_dall_e_3_gets_b64_json_and_keeps_the_revised_prompt_priced_per_image(
     assert {(r.image.width, r.image.height) for r in records} == {(1024, 1024)}
 
 
+def test_a_chat_teacher_expands_the_prompts_once(server: ImageServer, tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path / "p.txt", ["an expanded kite", "an expanded boat"])
+    cfg = _config(server, prompts, "dall-e-2", params={"size": "256x256"}, expand={
+        "teacher": {"kind": "openai", "base_url": server.base_url, "model": "gpt-4o-mini"},
+        "variations": 2})
+    assert generate_images(cfg, 1, tmp_path / "out", QUIET)["records_written"] == 6
+    records = list(read_image_records(tmp_path / "out" / "train.jsonl"))
+    assert [r.prompt for r in records if "kite" in r.prompt] == [
+        "an expanded kite", "an expanded kite, variation 1", "an expanded kite, variation 2"]
+    expanded = next(r for r in records if r.prompt.endswith("kite, variation 2"))
+    assert expanded.provenance.source is not None
+    assert expanded.provenance.source.kind == "expand"
+    assert expanded.provenance.source.config["teacher"]["model_requested"] == "gpt-4o-mini"
+    chats = len([e for e in server.entries() if "chat" in e])
+    again = generate_images(cfg, 1, tmp_path / "out", QUIET)
+    assert again["prompts_already_done"] == 6
+    assert len([e for e in server.entries() if "chat" in e]) == chats  # the cache answered
+
+
 def test_a_url_answer_is_downloaded_and_kept(server: ImageServer, tmp_path: Path) -> None:
     prompts = _prompts(tmp_path / "p.txt", ["url green square left of red circle"])
     cfg = _config(server, prompts, "dall-e-2", params={"response_format": "url",

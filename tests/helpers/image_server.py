@@ -13,6 +13,9 @@ image models get `output_format` (png, jpeg, webp) and `usage` (input tokens = w
 tokens an image); dall-e-3 gets a `revised_prompt`; `response_format: "url"` gives a URL that
 `GET` serves.
 
+`POST /v1/chat/completions` stands for a chat teacher that expands image prompts (seed's
+`generate.expand`): "Write K ... Picture: X" gets a numbered list "i. X, variation i".
+
 Faults: `POST /_control/faults {"match": "<substring>", "faults": [...]}`: requests whose prompt
 holds the substring take the next fault in order: `429` or `429:<retry-after>`, `500`,
 `slow:<s>` (sleep s seconds, then answer), `notimage` (a 200 whose b64_json is not an image).
@@ -31,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,6 +142,23 @@ async def files(name: str) -> Response:
         return _error(404, "expired")
     data, fmt = STATE["files"][name]
     return Response(data, media_type=f"image/{fmt}")
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Response:
+    """A chat teacher that expands image prompts: "Write K ... Picture: X" gets a numbered list
+    of K lines "i. X, variation i"; any other message is echoed."""
+    body = await request.json()
+    text = body["messages"][-1]["content"]
+    match = re.search(r"Write (\d+) .*Picture: (.*)$", text, re.S)
+    reply = (f"echo: {text}" if match is None else "\n".join(
+        f"{i}. {match.group(2).strip()}, variation {i}" for i in range(1, int(match.group(1)) + 1)))
+    _log({"chat": text[-80:], "model": body.get("model")})
+    return JSONResponse({"id": "chat-1", "object": "chat.completion", "model": body.get("model"),
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": reply}}],
+                         "usage": {"prompt_tokens": len(text.split()),
+                                   "completion_tokens": len(reply.split())}})
 
 
 @app.post("/v1/images/generations")

@@ -13,6 +13,10 @@ Three teachers draw:
 - `pipeline`: a local diffusers pipeline directory (seed.endpoints.diffusion.ImagePipeline) draws
   the prompts from files, seeded per prompt, in batches.
 
+Prompts for the last two come from `generate.prompts` files; with `[generate.expand]` a chat
+teacher also writes `variations` detailed prompts from each (through the same engine and cache,
+so a rerun asks it nothing again; each variation's source names that teacher).
+
 Every image is stored (seed.generate.image_files) before its record's line is appended, duplicates
 (sha256, and dHash within `generate.filters.image_hamming` bits) are dropped, and
 `images/metadata.jsonl` indexes the records for `datasets`' imagefolder. This module does not train
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from functools import partial
 from io import BytesIO
@@ -31,6 +36,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from seed.endpoints.factory import make_endpoint
 from seed.endpoints.images_api import ImagesEndpoint, check_params, decode_completion
 from seed.endpoints.shapes import Shapes, Split
 from seed.errors import UserError
@@ -38,8 +44,8 @@ from seed.files import hash_json, seal_jsonl, write_json_atomic
 from seed.generate import sources
 from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache
-from seed.generate.engine import Request, Result, Stats, run
-from seed.generate.filters import PromptFilter
+from seed.generate.engine import Request, Result, Stats, complete_all, run
+from seed.generate.filters import PromptFilter, is_refusal
 from seed.generate.image_files import (
     Dedup,
     ImageRecordWriter,
@@ -157,23 +163,68 @@ class Failures:
         self._f.close()
 
 
-def file_prompts(config: GenerateConfig) -> Iterator[sources.Prompt]:
-    """The configured prompt files' prompts, filtered, up to `num_records` when it is set."""
+def file_prompts(config: GenerateConfig) -> list[sources.Prompt]:
+    """Every prompt of the configured files, in order (checked, not yet filtered)."""
     if not config.prompts:
         raise UserError("no prompts: add [[generate.prompts]] with a path or pass --prompts FILE "
                         "(one prompt a line, JSONL with `prompt`, or CSV)")
+    return [prompt for p in config.prompts
+            for prompt in sources.read_prompts(p.path, p.format, p.column, p.license, p.name)]
+
+
+def kept_prompts(config: GenerateConfig, prompts: list[sources.Prompt]) -> list[sources.Prompt]:
+    """The prompts the filters keep, up to `num_records` when the recipe sets it."""
     f = config.filters
     keep = PromptFilter(f.exact_duplicates, f.near_duplicates, f.min_prompt_chars,
                         f.max_prompt_chars)
     limit = config.num_records if "num_records" in config.model_fields_set else None
-    n = 0
-    for p in config.prompts:
-        for prompt in sources.read_prompts(p.path, p.format, p.column, p.license, p.name):
-            if limit is not None and n >= limit:
-                return
-            if keep.reason(prompt.messages[-1]["content"]) is None:
-                n += 1
-                yield prompt
+    out = [p for p in prompts if keep.reason(p.messages[-1]["content"]) is None]
+    return out if limit is None else out[:limit]
+
+
+EXPAND = ("Write {k} different prompts for a text-to-image model, each a more detailed "
+          "description of the picture below (its subject, setting, colours, composition and "
+          "style) in one sentence. Write them as a numbered list, one per line, and nothing "
+          "else.\n\nPicture: {prompt}")
+_ITEM = re.compile(r"^\s*(?:\d+\s*[.)]|[-*])\s*")
+
+
+def _variations(answer: str | None, k: int) -> list[str]:
+    lines = [_ITEM.sub("", x).strip() for x in (answer or "").splitlines()]
+    return [x for x in lines if len(x) >= 3 and not is_refusal(x)][:k]
+
+
+async def expand_prompts(config: GenerateConfig, prompts: list[sources.Prompt],
+                         cache: RequestCache) -> list[sources.Prompt]:
+    """Each prompt (when `keep_original`) and the chat teacher's variations of it, through the
+    engine and the request cache (a rerun asks nothing again). Each variation's source names the
+    chat teacher and the prompt it came from."""
+    ex = config.expand
+    if ex is None:
+        return prompts
+    endpoint = make_endpoint(ex.teacher, "generate.expand.teacher",
+                             timeout=config.limits.timeout)
+    asks = [[{"role": "user", "content": EXPAND.format(k=ex.variations,
+                                                       prompt=p.messages[-1]["content"])}]
+            for p in prompts]
+    try:
+        await endpoint.check_reachable()
+        answers = await complete_all(asks, endpoint, make_limits(config), dict(ex.params), cache)
+    finally:
+        await endpoint.aclose()
+    if prompts and not any(answers):
+        raise UserError(f"generate.expand.teacher answered none of {len(prompts)} prompts; "
+                        "check it is up and serves that model")
+    teacher = endpoint.teacher().model_dump(mode="json", exclude_none=True)
+    out: list[sources.Prompt] = []
+    for p, answer in zip(prompts, answers, strict=True):
+        if ex.keep_original:
+            out.append(p)
+        src = Source(kind="expand", name=p.source.name, license=p.source.license,
+                     config={"teacher": teacher, "from": p.messages[-1]["content"]})
+        out += [sources.Prompt([{"role": "user", "content": t}], src)
+                for t in _variations(answer, ex.variations)]
+    return out
 
 
 def answered(path: Path, job: str) -> set[str]:
@@ -252,8 +303,8 @@ class HttpImageGeneration:
             self.writer.write(records)
             self.written += len(records)
 
-    def _requests(self, done: set[str]) -> Iterator[Request]:
-        for p in file_prompts(self.config):
+    def _requests(self, prompts: list[sources.Prompt], done: set[str]) -> Iterator[Request]:
+        for p in prompts:
             if p.key not in done:
                 yield Request(p.key, [{"role": "user", "content": p.messages[-1]["content"]}],
                               self.params, payload=p)
@@ -270,14 +321,14 @@ class HttpImageGeneration:
             seen_images([path], self.dedup)
             cache = RequestCache(self.out_dir / CACHE)
             self.writer, self.failures = ImageRecordWriter(path), Failures(self.out_dir / FAILED)
-            limit = self.config.num_records if "num_records" in self.config.model_fields_set \
-                else None
-            self.stats.total = (self.total if limit is None else min(self.total, limit)) \
-                - self.already
             try:
+                prompts = kept_prompts(self.config, await expand_prompts(
+                    self.config, file_prompts(self.config), cache))
+                self.stats.total = len([p for p in prompts if p.key not in done])
                 with live(self.stats, self.budget, self.console):
-                    await run(self._requests(done), self.endpoint, self.limits, cache=cache,
-                              on_result=self._save, budget=self.budget, stats=self.stats)
+                    await run(self._requests(prompts, done), self.endpoint, self.limits,
+                              cache=cache, on_result=self._save, budget=self.budget,
+                              stats=self.stats)
             finally:
                 self.writer.close()
                 self.failures.close()
@@ -326,7 +377,13 @@ def generate_with_pipeline(config: GenerateConfig, seed: int, out_dir: Path,
     seen_images([path], dedup)
     teacher = Teacher(route="local", host=None, model_requested=pipe.name,
                       weights_revision=None, params=params)
-    todo = [(i, p) for i, p in enumerate(file_prompts(config)) if p.key not in done]
+    cache = RequestCache(out_dir / CACHE)
+    try:
+        prompts = kept_prompts(config, asyncio.run(expand_prompts(config, file_prompts(config),
+                                                                  cache)))
+    finally:
+        cache.close()
+    todo = [(i, p) for i, p in enumerate(prompts) if p.key not in done]
     written = 0
     with ImageRecordWriter(path) as out:
         for start in range(0, len(todo), batch_size):
