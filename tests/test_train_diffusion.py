@@ -3,43 +3,27 @@ untrained copy), EMA weights shipped, metrics logged, a killed run resumed to th
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from helpers.images import write_shapes
 from helpers.training import metrics
 from seed.endpoints.diffusion import DrawRequest, ImagePipeline
-from seed.endpoints.shapes import Shapes
-from seed.generate.image_files import ImageRecordWriter
-from seed.recipe import ShapesConfig, TrainConfig
-from seed.records import ImageRecord
+from seed.recipe import TrainConfig
 from seed.train import train_student
 
-SHAPES = Shapes(ShapesConfig(size=16))
 TRAIN = {"mode": "diffusion", "max_steps": 12, "batch_size": 8, "warmup_steps": 2, "lr": 2e-3,
          "checkpoint_every": 4, "log_every": 2, "threads": 1,
          "diffusion": {"size": 16, "channels": [8, 16], "attention": [False, True],
                        "head_dim": 8, "text_width": 16, "ema_decay": 0.9, "sample_steps": 3}}
-
-
-def write_shapes(path: Path, count: int) -> Path:
-    """`count` shapes teacher images as image records beside `path`."""
-    with ImageRecordWriter(path) as writer:
-        for spec in SHAPES.specs("train", count, seed=3):
-            buf = io.BytesIO()
-            SHAPES.draw(spec).save(buf, format="PNG")
-            writer.write([ImageRecord.new(SHAPES.caption(spec), writer.store(buf.getvalue()),
-                                          meta={"spec": spec})])
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
