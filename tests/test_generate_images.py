@@ -258,9 +258,15 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice_and_no_record_lacks_its_im
 
 # -- a local diffusers pipeline --------------------------------------------------------------
 
-def test_a_local_pipeline_draws_each_prompt_once_seeded_by_its_index(tmp_path: Path) -> None:
+def test_a_local_pipeline_draws_each_prompt_once_seeded_by_its_index(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import torch
+
     from helpers.images import tiny_image_pipeline
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a loaded 2-core machine, 2 spinning threads cost ~30x
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     pipe = tiny_image_pipeline(tmp_path / "teacher-pipe")
     prompts = _prompts(tmp_path / "p.txt", ["red circle left of blue square",
                                             "green square left of red triangle"])
