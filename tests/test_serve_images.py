@@ -220,5 +220,58 @@ def test_a_text_model_server_refuses_images(tiny_server):
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "model_not_image"
     assert "text model `tiny`" in r.json()["error"]["message"]
+    edit = httpx.post(tiny_server + "/v1/images/edits", data={"prompt": PROMPT},
+                      files={"image": ("in.png", _png(Image.new("RGB", (16, 16))), "image/png")},
+                      timeout=60)
+    assert edit.status_code == 400 and edit.json()["error"]["code"] == "model_not_image"
     gone = httpx.get(tiny_server + "/v1/images/files/img_x.png", timeout=60)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "image_not_found"
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_edits_redraw_an_image_and_inpaint_only_the_masked_half(client):
+    given_b64 = client.images.generate(model="tiny-image", prompt=PROMPT,
+                                       extra_body={"seed": 61}).data[0].b64_json
+    given = base64.b64decode(given_b64)
+    kw = {"model": "tiny-image", "prompt": "green square left of red circle"}
+    edit = client.images.edit(image=("in.png", given, "image/png"), **kw,
+                              extra_body={"seed": 62, "strength": 0.5})
+    again = client.images.edit(image=("in.png", given, "image/png"), **kw,
+                               extra_body={"seed": 62, "strength": 0.5})
+    out = _pixels(edit.data[0].b64_json)
+    assert edit.size == "16x16" and out.shape == (16, 16, 3)
+    assert edit.data[0].b64_json == again.data[0].b64_json != given_b64
+    fresh = client.images.generate(extra_body={"seed": 62}, **kw)
+    # half the steps from the given image: nearer to it than a new image of the same seed is
+    source = _pixels(given_b64)
+    assert np.abs(out - source).mean() < np.abs(_pixels(fresh.data[0].b64_json) - source).mean()
+    mask = Image.new("RGBA", (16, 16), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 8, 16))  # the left half transparent: redraw it
+    painted = client.images.edit(image=("in.png", given, "image/png"),
+                                 mask=("mask.png", _png(mask), "image/png"), **kw,
+                                 extra_body={"seed": 63})
+    result = _pixels(painted.data[0].b64_json)
+    assert np.array_equal(result[:, 8:], source[:, 8:])  # kept exactly
+    assert np.abs(result[:, :8] - source[:, :8]).mean() > 10  # redrawn
+
+
+def test_edits_stream_and_refuse_a_mask_without_alpha(client):
+    given = base64.b64decode(client.images.generate(model="tiny-image", prompt=PROMPT,
+                                                    extra_body={"seed": 71}).data[0].b64_json)
+    events = list(client.images.edit(image=("in.png", given, "image/png"), prompt=PROMPT,
+                                     model="tiny-image", stream=True, partial_images=1,
+                                     extra_body={"seed": 72, "strength": 1.0}))
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+    opaque = Image.new("RGB", (16, 16))
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(image=("in.png", given, "image/png"), prompt=PROMPT,
+                           mask=("mask.png", _png(opaque), "image/png"))
+    assert e.value.body["param"] == "mask" and "alpha" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(image=("in.png", b"not an image", "image/png"), prompt=PROMPT)
+    assert e.value.body["param"] == "image"

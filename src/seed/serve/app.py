@@ -32,6 +32,7 @@ from seed.protect.audit_features import request_features
 from seed.recipe import ServeConfig
 from seed.serve.errors import APIError, model_not_found
 from seed.serve.guard import Guard, allowed_hosts, key_label, key_policy
+from seed.serve.image_edits import edits_call, read_edit_form
 from seed.serve.images import ImagesRequest, image_file_route, images_call
 from seed.serve.images import error_param as images_error_param
 from seed.serve.metrics import ServerMetrics
@@ -101,7 +102,8 @@ _STREAM = {"text/event-stream": {"schema": {
 # Routes by name in /metrics; any other path a client sends is counted as "other".
 _ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models",
                      "/metrics", "/tokenize", "/detokenize",
-                     "/health", "/", "/v1/images/generations", "/v1/images/files"})
+                     "/health", "/", "/v1/images/generations", "/v1/images/files",
+                     "/v1/images/edits"})
 
 
 def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | None = None,
@@ -245,6 +247,15 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | Non
     async def image_generations(req: ImagesRequest, http: Request) -> Response:
         """OpenAI's images.generate, for a served image pipeline (seed.serve.images)."""
         return await answer("/v1/images/generations", req, http, images_call(backend))
+
+    @app.post("/v1/images/edits", response_model=None, responses={
+        **_ERRORS, 200: {"content": _STREAM, "description": "The edited images, or a stream of "
+                         "image_edit events when `stream` is true"}})
+    async def image_edits(http: Request) -> Response:
+        """OpenAI's images.edit (a multipart form: image, optional mask, prompt, ...):
+        image-to-image and inpainting (seed.serve.image_edits)."""
+        form = await read_edit_form(http)
+        return await answer("/v1/images/edits", form.request, http, edits_call(backend, form))
 
     @app.get("/v1/images/files/{image_id}", include_in_schema=False)
     async def image_file(image_id: str, http: Request) -> Response:

@@ -75,6 +75,7 @@ class ImageJob:
     requests: list[Any]
     partial_images: int
     loop: asyncio.AbstractEventLoop
+    guides: list[Any] | None = None  # per image: an edit's `begin(row)` and `after_step(row)`
     events: asyncio.Queue[ImageEvent] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -142,11 +143,14 @@ class ImageEngine:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def submit(self, requests: list[Any], partial_images: int = 0) -> ImageJob:
-        """Queue a request's images; a 429 when the queue holds `max_queue` images already."""
+    def submit(self, requests: list[Any], partial_images: int = 0,
+               guides: list[Any] | None = None) -> ImageJob:
+        """Queue a request's images; a 429 when the queue holds `max_queue` images already.
+        `guides` (seed.serve.image_edits) start each row from a given image and may hold part of
+        it after every step."""
         if self.dead:
             raise APIError(503, self.dead, type_="server_error", code="engine_unavailable")
-        job = ImageJob(list(requests), partial_images, asyncio.get_running_loop())
+        job = ImageJob(list(requests), partial_images, asyncio.get_running_loop(), guides)
         with self._cond:
             queued = sum(len(j.requests) for j in self._waiting)
             if queued and queued + len(job.requests) > self.max_queue:
@@ -215,8 +219,10 @@ class ImageEngine:
             for i in range(len(job.requests)):
                 job.tell(ImageEvent("error", i, message=f"The image pipeline failed: {e}"))
             return
-        for i, (req, row) in enumerate(zip(job.requests, rows, strict=True)):
-            total = int(req.steps)
+        for i, row in enumerate(rows):
+            if job.guides is not None:
+                job.guides[i].begin(row)  # an edit starts part way, from the given image
+            total = int(row.steps - row.index)
             self._live.append(_Live(job, i, row, total,
                                     previews=preview_steps(total, job.partial_images)))
 
@@ -242,6 +248,8 @@ class ImageEngine:
         finished = []
         for r in batch:
             r.done_steps += 1
+            if r.job.guides is not None:
+                r.job.guides[r.index].after_step(r.row)
             if r.row.done:
                 finished.append(r)
                 r.job.tell(ImageEvent("image", r.index, self.pipeline.image(r.row)))

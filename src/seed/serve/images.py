@@ -272,24 +272,29 @@ class ImageBackend:
         refuse_extras(req)
         if req.model is not None and req.model != self.model_name:
             raise model_not_found(req.model)
-        p = plan(req, self.pipeline)
+        return await self.answer(req, plan(req, self.pipeline), None, http, rec)
+
+    async def answer(self, req: ImagesRequest, p: Plan, guides: list[Any] | None, http: Request,
+                     rec: RequestRecord, events: str = "image_generation") -> Response:
+        """Draw `req.n` images as `p` says (with `guides`: edits of a given image, one each) and
+        answer them as JSON or, streamed, as `events`.partial_image / .completed events."""
+        from seed.endpoints.diffusion import DrawRequest
+
         fmt = req.output_format or "png"
         rec.request = {"n": req.n, "size": f"{p.width}x{p.height}", "steps": p.steps,
                        "guidance": p.guidance, "seed": req.seed is not None,
                        "stream": bool(req.stream), "response_format": req.response_format
                        or "b64_json", "output_format": fmt, "user": req.user}
-        from seed.endpoints.diffusion import DrawRequest
-
         first = secrets.randbelow(MAX_IMAGE_SEED) if req.seed is None else req.seed
         draws = [DrawRequest(req.prompt, req.negative_prompt or "",
                              (first + i) % (MAX_IMAGE_SEED + 1) if req.seed is not None
                              else secrets.randbelow(MAX_IMAGE_SEED), p.steps, p.guidance,
                              p.width, p.height) for i in range(req.n)]
-        job = self.engine.submit(draws, (req.partial_images or 0) if req.stream else 0)
+        job = self.engine.submit(draws, (req.partial_images or 0) if req.stream else 0, guides)
         head = {"output_format": fmt, "size": f"{p.width}x{p.height}", "quality": p.quality,
                 "background": "opaque"}
         if req.stream:
-            return StreamingResponse(self._stream(job, req, head, rec),
+            return StreamingResponse(self._stream(job, req, head, events),
                                      media_type="text/event-stream")
         try:
             images = await self._collect(job, http)
@@ -303,7 +308,6 @@ class ImageBackend:
                 data.append({"url": str(http.base_url).rstrip("/") + FILES_ROUTE + image_id})
             else:
                 data.append({"b64_json": base64.b64encode(raw).decode("ascii")})
-        rec.completion_tokens = 0
         return JSONResponse({"created": int(time.time()), "data": data, **head})
 
     async def _collect(self, job: ImageJob, http: Request) -> list[Any]:
@@ -325,7 +329,7 @@ class ImageBackend:
         return images
 
     async def _stream(self, job: ImageJob, req: ImagesRequest, head: dict[str, Any],
-                      rec: RequestRecord) -> Any:
+                      events: str) -> Any:
         """The request's SSE events: partial images, then each image's completed event."""
         fmt = head["output_format"]
         left = len(job.requests)
@@ -339,13 +343,11 @@ class ImageBackend:
                 body = {"b64_json": base64.b64encode(raw).decode("ascii"),
                         "created_at": int(time.time()), **head, "image_index": ev.index}
                 if ev.kind == "partial":
-                    yield _sse("image_generation.partial_image",
-                               {"type": "image_generation.partial_image",
+                    yield _sse(f"{events}.partial_image", {"type": f"{events}.partial_image",
                                 "partial_image_index": ev.partial, **body})
                 else:
                     left -= 1
-                    yield _sse("image_generation.completed",
-                               {"type": "image_generation.completed", **body})
+                    yield _sse(f"{events}.completed", {"type": f"{events}.completed", **body})
         finally:
             self.engine.cancel(job)
 
