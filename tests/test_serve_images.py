@@ -24,6 +24,9 @@ from PIL import Image
 
 from helpers.images import tiny_image_pipeline
 from helpers.serve import running_server
+from seed.errors import UserError
+from seed.recipe import ServeConfig
+from seed.serve.images import ImageBackend
 
 ALICE, BOB = "sk-images-alice", "sk-images-bob"
 TTL_S = 3.0
@@ -275,3 +278,9 @@ def test_edits_stream_and_refuse_a_mask_without_alpha(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.images.edit(image=("in.png", b"not an image", "image/png"), prompt=PROMPT)
     assert e.value.body["param"] == "image"
+
+
+def test_an_image_pipeline_refuses_a_watermark_key(tmp_path):
+    config = ServeConfig(model=tmp_path / "tiny-image", watermark_key_file=tmp_path / "wm.key")
+    with pytest.raises(UserError, match="image pipeline: --watermark-key-file"):
+        ImageBackend(config)  # before anything loads

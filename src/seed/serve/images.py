@@ -1,5 +1,8 @@
 """OpenAI's Images API for an image student: `POST /v1/images/generations` and its URLs.
 
+(`POST /v1/images/edits` reads its form in `image_edits.py` and draws through
+`ImageBackend.answer` here.)
+
 `ImagesRequest` is the body (OpenAI's fields plus Seed's extensions `seed`,
 `num_inference_steps`, `guidance_scale`, `negative_prompt`); `ImageBackend` serves a pipeline
 directory (one with `model_index.json`: `seed.endpoints.diffusion.ImagePipeline`) with the batching
@@ -198,12 +201,15 @@ class ImageBackend:
     """A pipeline directory behind the Images API; the text routes answer a 400."""
 
     def __init__(self, config: ServeConfig) -> None:
+        if config.model is None:
+            raise UserError("give an image pipeline directory to serve")
+        if config.watermark_key_file is not None:
+            raise UserError(f"{config.model} is an image pipeline: --watermark-key-file "
+                            "(serve.watermark_key_file) watermarks text replies only; drop it")
         import torch
 
         from seed.endpoints.diffusion import ImagePipeline
 
-        if config.model is None:
-            raise UserError("give an image pipeline directory to serve")
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(config.dtype)
         if config.threads:
