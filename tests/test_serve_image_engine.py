@@ -1,6 +1,7 @@
 """The image scheduler in process, on a real tiny pipeline (tests/helpers/images.py): rows join
 the running batch at step boundaries within `max_running`, a full queue is a 429, a cancelled job
-leaves the batch, and sizes take turns; the images equal the pipeline's own `draw`."""
+leaves the batch, and sizes take turns; the images equal the pipeline's own `draw`. A latent
+Stable Diffusion-style checkpoint is served too, and refuses edits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import asyncio
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from helpers.images import tiny_image_pipeline
+from helpers.images import tiny_image_pipeline, tiny_latent_pipeline
 from seed.endpoints.diffusion import DrawRequest, ImagePipeline
 from seed.serve.errors import APIError
+from seed.serve.image_edits import EditForm, EditRequest, edit_guides
 from seed.serve.image_engine import ImageEngine, ImageMetrics, preview_steps
+from seed.serve.images import Plan
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,26 @@ def test_partial_images_are_spread_over_the_steps():
     assert preview_steps(12, 3) == (3, 6, 9)
     assert preview_steps(2, 3) == (1,)  # too few steps for three: one
     assert preview_steps(4, 0) == ()
+
+
+def test_a_latent_checkpoint_is_served_and_refuses_edits(tmp_path):
+    latent = ImagePipeline.load(tiny_latent_pipeline(tmp_path / "sd"))
+    engine = ImageEngine(latent, max_running=4, max_queue=8, metrics=ImageMetrics())
+    (w, h) = latent.sizes[0]
+
+    async def run() -> list:
+        engine.start()
+        try:
+            return await _images(engine.submit([DrawRequest("red circle", seed=s, steps=2,
+                                                            width=w, height=h)
+                                                for s in (1, 2)]), 2)
+        finally:
+            engine.stop()
+
+    images = asyncio.run(run())
+    assert [i.size for i in images] == [(w, h)] * 2 and images[0].tobytes() != images[1].tobytes()
+    form = EditForm(EditRequest(prompt="red circle"), b"", None)
+    plan = Plan(width=w, height=h, steps=2, guidance=1.0, quality="auto")
+    with pytest.raises(APIError) as e:
+        edit_guides(form, Image.new("RGB", (w, h)), plan, latent)
+    assert e.value.status == 400 and "pixel-space rectified-flow" in e.value.message
