@@ -16,9 +16,12 @@ itself (the lead times that end to end).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
+from typing import Any
 
+import numpy as np
 import torch
 
 from seed.endpoints.diffusion import DrawRequest, ImagePipeline
@@ -58,10 +61,11 @@ def arguments() -> argparse.Namespace:
     return p.parse_args()
 
 
-def data(shapes: Shapes, tokenizer, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def data(shapes: Shapes, tokenizer: Any, count: int,
+         seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     specs = shapes.specs("train", count, seed=seed)
-    pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(shapes.draw(s))).permute(
-        2, 0, 1) for s in specs])
+    pixels = torch.stack([torch.from_numpy(np.asarray(shapes.draw(s)).copy()).permute(2, 0, 1)
+                          for s in specs])
     ids = tokenizer([shapes.caption(s) for s in specs], padding="max_length",
                     max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     return pixels, ids
@@ -112,16 +116,16 @@ def main() -> None:
     def lr_factor(step: int) -> float:
         if step < args.warmup:
             return (step + 1) / args.warmup
-        import math
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return args.min_lr_ratio + (1 - args.min_lr_ratio) * cosine
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     ema = Ema(model, args.ema)
     g = torch.Generator().manual_seed(args.seed)
-    train_s, loss_sum = 0.0, 0.0
+    train_s, cpu_s, loss_sum = 0.0, 0.0, 0.0
     for step in range(1, args.steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         idx = torch.randint(len(pixels), (args.batch,), generator=g)
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(args.batch, generator=g) < args.dropout] = empty
@@ -133,7 +137,8 @@ def main() -> None:
         sched.step()
         ema.update(model)
         train_s += time.perf_counter() - t0
-        loss_sum += float(loss) / count
+        cpu_s += time.process_time() - c0
+        loss_sum += float(loss.detach()) / count
         if step % args.eval_every == 0 or step == args.steps:
             student = model if args.no_ema else ema.averaged(model)
             student.eval()
@@ -143,7 +148,8 @@ def main() -> None:
             acc = accuracy(shapes, pipeline, args.eval_n, args)
             fields = " ".join(f"{k}={v}" for k, v in acc.items())
             print(f"RESULT step={step} {fields} loss={loss_sum / args.eval_every:.4f} "
-                  f"s_per_step={train_s / step:.4f} eval_s={time.perf_counter() - t1:.1f} "
+                  f"s_per_step={train_s / step:.4f} cpu_s_per_step={cpu_s / step:.4f} "
+                  f"eval_s={time.perf_counter() - t1:.1f} "
                   f"load={os.getloadavg()[0]:.1f}", flush=True)
             loss_sum = 0.0
 

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from seed.endpoints.diffusion_pipeline import to_pil
 from seed.errors import UserError
+from seed.quiet import quiet_progress_bars
 from seed.train.diffusion_models import Sampling, cumulative_alphas, read_sampling
 
 
@@ -100,11 +101,14 @@ class ImagePipeline:
             raise UserError(f"{directory}: not an image pipeline directory (no model_index.json "
                             "and unet/); give a directory seed train wrote or a diffusers one")
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-        unet: Any = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=dtype)
-        text_encoder: Any = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype)
+        with quiet_progress_bars():  # transformers draws a bar per weights file
+            unet: Any = UNet2DConditionModel.from_pretrained(directory / "unet",
+                                                             torch_dtype=dtype)
+            text_encoder: Any = CLIPTextModel.from_pretrained(directory / "text_encoder",
+                                                              dtype=dtype)
+            vae: Any = (AutoencoderKL.from_pretrained(directory / "vae", torch_dtype=dtype)
+                        if (directory / "vae").is_dir() else None)
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        vae: Any = (AutoencoderKL.from_pretrained(directory / "vae", torch_dtype=dtype)
-               if (directory / "vae").is_dir() else None)
         sampling, alphas = read_sampling(directory), None
         scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         if sampling is None:

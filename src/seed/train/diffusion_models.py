@@ -217,8 +217,9 @@ def sampling_of(name: str, settings: DiffusionSettings) -> Sampling:
 def load_image_student(directory: Path) -> tuple[ImageStudent, PreTrainedTokenizerBase]:
     """The trainable parts of a pixel pipeline directory Seed wrote, and its tokenizer."""
     directory = Path(directory)
-    unet = UNet2DConditionModel.from_pretrained(directory / "unet")
-    text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
+    with quiet_progress_bars():
+        unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
     return ImageStudent(unet, text_encoder), tokenizer
 
