@@ -26,13 +26,14 @@ from seed.files import load_jsonl, write_text_atomic
 _VERDICT_CLASS = {"allow": "ok", "warn": "sub", "block": "bad"}
 
 
-def _plots(metrics: list[dict[str, Any]], results: dict[str, Any] | None) -> Html:
+def _plots(metrics: list[dict[str, Any]], results: dict[str, Any] | None,
+           loss_label: str = "training loss (assistant tokens)") -> Html:
     out = []
     if metrics:
         def loss(ax: Any) -> None:
             ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="#0969da")
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel("training loss (assistant tokens)")
+            ax.set_ylabel(loss_label)
 
         out.append(figure(loss, "Loss curve"))
     if results and results.get("baseline_accuracy") is not None:
@@ -106,6 +107,11 @@ def _timings(manifest: dict[str, Any]) -> Html:
                 + f'<p class="sub">{text(versions)}</p>')
 
 
+def _train_mode(manifest: dict[str, Any]) -> str | None:
+    mode: str | None = manifest.get("stages", {}).get("train", {}).get("info", {}).get("mode")
+    return mode
+
+
 def _cards(manifest: dict[str, Any], results: dict[str, Any] | None) -> Html:
     train_info = manifest.get("stages", {}).get("train", {}).get("info", {})
     gen_info = manifest.get("stages", {}).get("generate", {}).get("info", {})
@@ -119,7 +125,9 @@ def _cards(manifest: dict[str, Any], results: dict[str, Any] | None) -> Html:
     if train_info:
         out.append(card(f"{train_info.get('params', 0) / 1e6:.2f}M", "student parameters"))
         out.append(card(str(train_info.get("steps", "?")), "optimizer steps"))
-        out.append(card(f"{train_info.get('tokens_per_s', 0):,.0f}", "training tokens/s"))
+        images = train_info.get("mode") == "diffusion"  # its "tokens" are images seen
+        out.append(card(f"{train_info.get('tokens_per_s', 0):,.0f}",
+                        "training images/s" if images else "training tokens/s"))
     total = sum(st.get("seconds", 0) for st in manifest.get("stages", {}).values())
     out.append(card(f"{total:.0f} s", "total stage time"))
     return cards(out)
@@ -139,7 +147,8 @@ def render_report(run_dir: Path) -> str:
              f'{text(manifest.get("seed"))}</p>'),
         _cards(manifest, results),
         Html("<h2>Training and accuracy</h2>"),
-        _plots(metrics, results),
+        _plots(metrics, results, *(["training loss (rectified flow, per image)"]
+                                   if _train_mode(manifest) == "diffusion" else [])),
     ]
     body += image_section(run_dir / "eval", results, samples)  # an image student's eval
     conversations = [s for s in samples if s.get("kind") != "image"]
