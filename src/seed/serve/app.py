@@ -248,9 +248,9 @@ def create_app(backend: Backend, config: ServeConfig, *, keys: KeyPolicies | Non
         """OpenAI's images.generate, for a served image pipeline (seed.serve.images)."""
         return await answer("/v1/images/generations", req, http, images_call(backend))
 
-    @app.post("/v1/images/edits", response_model=None, responses={
-        **_ERRORS, 200: {"content": _STREAM, "description": "The edited images, or a stream of "
-                         "image_edit events when `stream` is true"}})
+    # Not in the OpenAPI schema: its multipart form is read by hand (seed.serve.image_edits),
+    # so the schema would declare no body for it.
+    @app.post("/v1/images/edits", include_in_schema=False)
     async def image_edits(http: Request) -> Response:
         """OpenAI's images.edit (a multipart form: image, optional mask, prompt, ...):
         image-to-image and inpainting (seed.serve.image_edits)."""
