@@ -16,7 +16,6 @@ itself (the lead times that end to end).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from typing import Any
@@ -26,9 +25,10 @@ import torch
 
 from seed.endpoints.diffusion import DrawRequest, ImagePipeline
 from seed.endpoints.shapes import Shapes
-from seed.recipe import ShapesConfig
+from seed.recipe import ShapesConfig, TrainConfig
 from seed.train.diffusion import Ema, flow_loss
 from seed.train.diffusion_models import ImageStudent, Sampling, StudentShape, build_parts
+from seed.train.optim import make_optimizer
 
 
 def arguments() -> argparse.Namespace:
@@ -47,6 +47,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--schedule", default="logit_normal", choices=["logit_normal", "uniform"])
     p.add_argument("--dropout", type=float, default=0.1, help="caption dropout")
@@ -111,16 +112,10 @@ def main() -> None:
     pixels, ids = data(shapes, tokenizer, args.images, args.seed)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-    def lr_factor(step: int) -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * cosine
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    # The loop's optimizer and schedule (AdamW, decay on matrices, warmup + cosine).
+    opt, sched = make_optimizer(model, TrainConfig(
+        mode="diffusion", lr=args.lr, warmup_steps=args.warmup, min_lr_ratio=args.min_lr_ratio,
+        weight_decay=args.weight_decay, max_steps=args.steps), args.steps)
     ema = Ema(model, args.ema)
     g = torch.Generator().manual_seed(args.seed)
     train_s, cpu_s, loss_sum = 0.0, 0.0, 0.0
