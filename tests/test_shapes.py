@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from seed.endpoints.shapes import Shapes
 from seed.errors import UserError
@@ -60,17 +60,25 @@ def test_verifier_rejects_noise_and_blank_images() -> None:
     assert blank.seen["left"] == {"color": "none", "shape": "none"}
 
 
-def test_verifier_tolerates_mild_noise_on_teacher_images() -> None:
-    """Gaussian noise of sigma 20 (of 255) per channel keeps every image right; measured: 100% up
-    to sigma 20, ~96% at 30, ~72% at 40, ~41% at 50 at 16 and 32 px."""
+def test_verifier_tolerates_noise_and_soft_edges_on_teacher_images() -> None:
+    """Gaussian noise of sigma 30 (of 255) per channel, or a blur of radius 0.7 px, keeps every
+    image right, and a swapped caption stays wrong (benchmarks/shapes_verifier.py measures more:
+    100% up to sigma 30, 97-99% at 50 over 2,000 images a size)."""
     rng = np.random.default_rng(1)
     for config in (ShapesConfig(size=16), ShapesConfig(size=32)):
         shapes = Shapes(config)
         for spec in shapes.specs("all", 100, seed=7):
-            noisy = np.asarray(shapes.draw(spec), np.float32) + rng.normal(0, 20, (config.size,
-                                                                               config.size, 3))
-            image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-            assert shapes.verify(image, shapes.caption(spec)).exact
+            image, caption = shapes.draw(spec), shapes.caption(spec)
+            noisy = np.asarray(image, np.float32) + rng.normal(0, 30, (config.size,
+                                                                       config.size, 3))
+            soft = image.filter(ImageFilter.GaussianBlur(0.7))
+            for seen in (Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), soft):
+                assert shapes.verify(seen, caption).exact
+            left, right = spec["left"], spec["right"]
+            if left["color"] != right["color"]:
+                swapped = (f"{right['color']} {left['shape']} left of {left['color']} "
+                           f"{right['shape']}")
+                assert not shapes.verify(soft, swapped).exact
 
 
 def test_verifier_reads_other_sizes_and_modes() -> None:

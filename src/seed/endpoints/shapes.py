@@ -176,7 +176,15 @@ class Shapes:
         blob = _largest_component(distance > _MIN_BG_DISTANCE / 2)
         if blob.sum() < 8:
             return {"color": "none", "shape": "none"}
-        return {"color": self._color_of(pixels[blob]), "shape": self._shape_of(blob)}
+        # The object's edge is where it is half as far from the background as its core (the
+        # half-maximum contour): a soft or blurred edge, as a student draws it, keeps its place.
+        core = float(np.percentile(distance[blob], 90))
+        blob = _largest_component(distance > max(core / 2, _MIN_BG_DISTANCE / 2))
+        if blob.sum() < 8:
+            return {"color": "none", "shape": "none"}
+        solid = blob & (distance >= 0.75 * core)
+        return {"color": self._color_of(pixels[solid if solid.sum() >= 4 else blob]),
+                "shape": self._shape_of(blob)}
 
     def _color_of(self, pixels: np.ndarray) -> str:
         median = np.median(pixels, axis=0)
