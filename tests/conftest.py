@@ -22,6 +22,35 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# The files that take longest, heaviest first (`--durations`, fresh-clone and loaded runs). With
+# `-n 2 --dist loadfile` a worker takes one file at a time; xdist would hand out files with the
+# most tests first, so these few-test, long files came last and one worker ran them alone while
+# the other sat idle. They go first here (pytest_collection_modifyitems), longest first, and
+# xdist keeps that order (pytest_configure). A file not listed runs after them, in the usual
+# order; a stale list costs balance, never a test.
+HEAVY_FIRST = [
+    "tests/test_train_loop.py", "tests/test_secrets_everywhere.py", "tests/test_judge_e2e.py",
+    "tests/test_protect_loop.py", "tests/test_train_fsdp.py", "tests/test_serve_audit.py",
+    "tests/test_serve_lm_eval.py", "tests/test_policy_pipeline.py", "tests/test_serve_worker.py",
+    "tests/test_pipeline.py", "tests/adversarial/test_adv_edge.py", "tests/test_serve_fields.py",
+    "tests/test_train_same_code.py", "tests/test_train_ddp.py", "tests/test_serve_tools.py",
+    "tests/test_identity_eval.py", "tests/test_protect_served.py",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the collection's file order under xdist (see HEAVY_FIRST)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The HEAVY_FIRST files first, longest first; a stable sort, so each file's tests stay
+    together and in their order."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 ARITHMETIC = {"name": "basic_arithmetic",
               "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
                          "operators": ["+", "-"]}}
