@@ -17,18 +17,16 @@ import httpx
 import pytest
 
 from helpers.fuzz import FuzzCase, check_answer, fuzz_cases
-from helpers.models import tiny_model
-from helpers.serve import running_server
 
 SEED = int(os.environ.get("SEED_FUZZ_SEED", "12"))
 BODIES = 2000
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    model = tiny_model(tmp_path_factory.mktemp("fuzz") / "tiny", context=256)
-    with running_server(str(model), "--threads", "1") as url:
-        yield url
+def served(tiny_server):
+    """The shared plain `seed serve` (conftest): the same tiny model at one thread (seed_env's
+    OMP_NUM_THREADS=1), so the fuzzer costs no server start of its own."""
+    return tiny_server
 
 
 def send(client: httpx.Client, url: str, case: FuzzCase) -> str | None:
