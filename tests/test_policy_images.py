@@ -219,3 +219,19 @@ def test_seed_check_reads_image_records(tmp_path: Path) -> None:
     by_entry = {f["entry"]: f for f in out["findings"]}
     assert by_entry["openai-images"]["verdict"] == "block"
     assert by_entry["shapes-source"]["verdict"] == "allow"
+
+
+def test_the_shapes_writers_records_pass_for_a_distributed_commercial_image_student(
+        tmp_path: Path) -> None:
+    """The records `seed generate` writes for `kind = "shapes"`, judged as they are written."""
+    from seed.generate.images import generate_shapes
+    from seed.recipe import GenerateConfig
+
+    config = GenerateConfig.model_validate({"num_records": 6, "eval_prompts": 0,
+                                            "teacher": {"kind": "shapes", "size": 16}})
+    generate_shapes(config, 3, tmp_path)
+    result = check_file(tmp_path / "train.jsonl", Use())  # the default use: a chat student
+    assert result.use.task == "image_generator"  # image records train no chat model
+    assert result.verdict == "allow" and result.records == 6
+    [f] = result.findings
+    assert f.entry == "shapes" and f.teacher.startswith("shapes:seed-shapes==")
