@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from huggingface_hub import ModelCard
@@ -19,7 +20,7 @@ from helpers.cli import run_cli
 from seed.errors import UserError
 from seed.policy.cards import write_dataset_card, write_model_card
 from seed.policy.commands import use_from
-from seed.policy.gate import Use, check_file, gate_training
+from seed.policy.gate import CheckResult, Use, check_file, gate_training
 from seed.recipe import PolicyConfig
 from seed.records import Source, Teacher
 
@@ -36,7 +37,7 @@ PROMPTS = Source(kind="file", name="prompts.txt", license="cc0-1.0")
 SHAPES_SOURCE = Source(kind="shapes", name="shapes", version="1", seed=0)
 JOURNEYDB = Source(kind="import", name="JourneyDB", license="JourneyDB")
 
-IMAGE_STUDENT = {"task": "image_generator"}
+IMAGE_STUDENT: dict[str, Any] = {"task": "image_generator"}
 
 
 def write_image_records(path: Path, teacher: Teacher | None, source: Source | None = PROMPTS,
@@ -66,9 +67,9 @@ def write_image_records(path: Path, teacher: Teacher | None, source: Source | No
 
 
 def check(tmp_path: Path, teacher: Teacher | None, source: Source | None = PROMPTS,
-          **use: object):
+          **use: Any) -> CheckResult:
     records = write_image_records(tmp_path / "train.jsonl", teacher, source)
-    return check_file(records, Use(**use))  # type: ignore[arg-type]
+    return check_file(records, Use(**use))
 
 
 @pytest.mark.parametrize("teacher", [GPT_IMAGE, DALL_E], ids=["gpt-image-1", "dall-e-3"])
