@@ -82,6 +82,17 @@ def generate(
         if info["stopped"]:
             console.print(f"stopped: {info['stopped']}; rerun with a higher cap to finish")
         return
+    if r.generate.teacher.kind in ("images", "pipeline"):
+        from seed.generate.images import generate_images
+        from seed.generate.teacher import apply_overrides
+
+        cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
+        info = generate_images(cfg, r.seed, out, console=console)
+        console.print(f"{info['records_written']} image records written to "
+                      f"{out / 'train.jsonl'} ({info.get('failed', 0)} prompts failed)")
+        if info.get("stopped"):
+            console.print(f"stopped: {info['stopped']}; rerun with a higher cap to finish")
+        return
     from seed.pipeline import preflight
 
     info = preflight(r, out, console)()
@@ -294,7 +305,7 @@ def judge(
     """Judge a student against a baseline; writes judge_results.json and report.html, resumable."""
     from seed.evaluate.judge_report import write_judge_report
     from seed.evaluate.judge_run import run_judge
-    from seed.recipe import load_recipe
+    from seed.recipe import chat_teacher, load_recipe
     from seed.runs import check_output_dir
 
     r, _ = load_recipe(recipe)
@@ -304,12 +315,20 @@ def judge(
     cfg = r.eval.judge
     if questions:
         cfg = cfg.model_copy(update={"questions": str(questions)})
-    res = run_judge(cfg, model, out, teacher=r.generate.teacher)
+    if (model / "model_index.json").is_file():  # an image pipeline: the judge sees both images
+        from seed.evaluate.judge_images import run_image_judge
+
+        if not cfg.questions:
+            raise UserError("an image student is judged on held-out image records: pass "
+                            "--questions data/eval.jsonl (or set eval.judge.questions)")
+        res = run_image_judge(cfg, model, out, cfg.questions)
+    else:
+        res = run_judge(cfg, model, out, teacher=chat_teacher(r.generate.teacher))
     st, req = res["stats"], res["requests"]
     if res["mode"] == "pairwise":
+        lc = "" if st.get("lc_win_rate") is None else f"LC {st['lc_win_rate']:.1f}%, "
         console.print(f"student win rate {st['win_rate']:.1f}% [{st['ci_low']:.1f}, "
-                      f"{st['ci_high']:.1f}] (LC {st['lc_win_rate']:.1f}%, n={st['n']}, "
-                      f"{st['unparseable']} unparseable)")
+                      f"{st['ci_high']:.1f}] ({lc}n={st['n']}, {st['unparseable']} unparseable)")
     else:
         for name, sc in st["scores"].items():
             console.print(f"{name}: mean score {sc['mean']} (n={sc['n']})")

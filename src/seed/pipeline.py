@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from seed.errors import UserError
-from seed.recipe import JudgeConfig, Recipe, load_recipe
+from seed.recipe import IMAGE_TEACHERS, JudgeConfig, Recipe, chat_teacher, load_recipe
 from seed.records import count_records
 from seed.runs import Run, check_output_dir
 
@@ -55,6 +55,10 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
         if judge is not None and not judge.questions:
             raise UserError("eval.judge.questions: an HTTP teacher gives no held-out prompts; "
                             "name a questions file (records or MT-Bench question.jsonl)")
+    elif teacher.kind in IMAGE_TEACHERS:
+        from seed.generate.images import image_work
+
+        work = image_work(recipe.generate, recipe.seed, data, console or Console(), check_teacher)
     else:
         raise UserError("generate.teacher.kind = \"local\": `seed run` takes a tasks or an "
                         "openai teacher; serve the model with `seed serve` and point an openai "
@@ -157,9 +161,15 @@ def _judge_stage(run: Run, recipe: Recipe, judge: JudgeConfig, console: Console)
     from seed.evaluate.judge_run import run_judge
 
     def work() -> dict[str, Any]:
-        res = run_judge(judge, run.path("train/model"), run.path("judge"),
-                        questions_path=run.path("data/eval.jsonl"),
-                        teacher=recipe.generate.teacher)
+        if recipe.generate.teacher.kind == "shapes":  # images: the judge sees both pictures
+            from seed.evaluate.judge_images import run_image_judge
+
+            res = run_image_judge(judge, run.path("train/model"), run.path("judge"),
+                                  run.path("data/eval.jsonl"))
+        else:
+            res = run_judge(judge, run.path("train/model"), run.path("judge"),
+                            questions_path=run.path("data/eval.jsonl"),
+                            teacher=chat_teacher(recipe.generate.teacher))
         st = res["stats"]
         return {"requests": res["requests"], **{k: st[k] for k in
                 ("n", "win_rate", "lc_win_rate", "ci_low", "ci_high") if k in st}}
@@ -194,6 +204,30 @@ def _watermark_stage(run: Run, recipe: Recipe, console: Console) -> None:
                   f"student {student}")
 
 
+def _eval_config(recipe: Recipe) -> dict[str, Any]:
+    """What the eval stage's result depends on: [eval.images] for an image recipe, the rest for
+    text (so a text recipe's eval does not rerun when image settings change, and the reverse)."""
+    if recipe.generate.teacher.kind == "shapes":
+        return recipe.eval.images.model_dump()
+    return recipe.eval.model_dump(exclude={"judge", "watermark", "images"})
+
+
+def _evaluate(run: Run, recipe: Recipe) -> dict[str, Any]:
+    """The held-out eval of a procedural teacher's prompts: answers or images, graded."""
+    teacher = recipe.generate.teacher
+    if teacher.kind == "shapes":
+        from seed.evaluate.images import evaluate_images
+
+        return evaluate_images(run.path("train/model"), run.path("data/eval.jsonl"),
+                               run.path("eval"), recipe.eval.images, teacher,
+                               baseline_dir=run.path("train/initial"),
+                               train_records=run.path("data/train.jsonl"))
+    from seed.evaluate.verify import evaluate_tasks
+
+    return evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"), run.path("eval"),
+                          recipe.eval, baseline_dir=run.path("train/initial"))
+
+
 def run_recipe(path: str | Path, console: Console | None = None,
                accept_terms_risk: str | None = None) -> Path:
     """Run every stage of a recipe; return the run directory."""
@@ -209,10 +243,9 @@ def run_recipe(path: str | Path, console: Console | None = None,
     run.begin(recipe.name, text, recipe.model_dump(mode="json"), recipe.seed)
 
     from seed.evaluate.report import write_report
-    from seed.evaluate.verify import evaluate_tasks
 
     # Only a procedural teacher gives verifiable held-out prompts (data/eval.jsonl).
-    verifiable = recipe.generate.teacher.kind == "tasks"
+    verifiable = recipe.generate.teacher.kind in ("tasks", "shapes")
     gen = _stage(run, console, "generate", gen_config, [],
                  GENERATE_OUT if verifiable else GENERATE_OUT[:1], generate)
     if gen:
@@ -228,12 +261,9 @@ def run_recipe(path: str | Path, console: Console | None = None,
                 workdir="train")
     ev: dict[str, Any] = {}
     if verifiable:
-        ev = _stage(run, console, "eval", recipe.eval.model_dump(exclude={"judge", "watermark"}),
+        ev = _stage(run, console, "eval", _eval_config(recipe),
                     ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
-                    lambda: evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"),
-                                           run.path("eval"), recipe.eval,
-                                           baseline_dir=run.path("train/initial")),
-                    workdir="eval")
+                    partial(_evaluate, run, recipe), workdir="eval")
     _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
         _judge_stage(run, recipe, recipe.eval.judge, console)
@@ -248,5 +278,8 @@ def run_recipe(path: str | Path, console: Console | None = None,
             f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"
         )
     console.print(f"report: {run.path('report.html')}")
-    console.print(f"chat with the student: seed chat {run.path('train/model')}")
+    if recipe.generate.teacher.kind in IMAGE_TEACHERS:
+        console.print(f"serve the student: seed serve {run.path('train/model')}")
+    else:
+        console.print(f"chat with the student: seed chat {run.path('train/model')}")
     return run.root

@@ -59,10 +59,62 @@ class TasksEndpointConfig(Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
 
 
+class ShapesConfig(Strict):
+    """`kind = "shapes"`: procedural two-object images, exactly verifiable (seed.endpoints.shapes).
+
+    Captions name a left and a right object ("red circle left of blue square"); `held_out` of
+    the compositions are kept for evaluation and never drawn for training."""
+
+    kind: Literal["shapes"] = "shapes"
+    size: int = Field(32, ge=12, le=256)  # canvas side in pixels
+    colors: list[str] = Field(default_factory=lambda: ["red", "green", "blue", "yellow"],
+                              min_length=1)
+    shapes: list[str] = Field(default_factory=lambda: ["circle", "square", "triangle"],
+                              min_length=1)
+    background: Literal["black", "white"] = "black"
+    held_out: float = Field(0.25, ge=0, lt=1)  # share of compositions kept for evaluation
+    seed: int = 0  # picks the held-out compositions and each image's jitter
+
+
 # Anything that answers chat messages; `kind` picks the variant, and each variant takes only its
 # own keys, so a `base_url` under `kind = "tasks"` is an unknown key.
 EndpointConfig = Annotated[OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig,
                            Field(discriminator="kind")]
+
+
+class ImagesEndpointConfig(Strict):
+    """`kind = "images"`: any server speaking OpenAI's Images API (`POST /v1/images/generations`)
+    as the teacher of image records (seed.endpoints.images_api)."""
+
+    kind: Literal["images"] = "images"
+    base_url: str
+    model: str  # dall-e-2, dall-e-3, gpt-image-1, gpt-image-1-mini, gpt-image-1.5, or a server's
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    route: str | None = None  # direct, azure, ...; inferred from the URL when unset
+
+
+class PipelineTeacherConfig(Strict):
+    """`kind = "pipeline"`: a local diffusers pipeline directory draws the teacher's images."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    path: str
+    device: str = "cpu"
+
+
+# What `generate.teacher` can be: a chat teacher, or one that draws images.
+TeacherConfig = Annotated[OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig
+                          | ShapesConfig | ImagesEndpointConfig | PipelineTeacherConfig,
+                          Field(discriminator="kind")]
+IMAGE_TEACHERS = ("shapes", "images", "pipeline")  # the kinds that write image records
+
+
+def chat_teacher(teacher: TeacherConfig) -> EndpointConfig | None:
+    """`teacher` when it answers chat messages (the judge's default baseline), else None."""
+    if isinstance(teacher, OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig):
+        return teacher
+    return None
 
 
 class PromptFile(Strict):
@@ -118,6 +170,9 @@ class FiltersConfig(Strict):
     # where such claims come from; a tasks teacher writes generator ground truth, never filtered.
     identity: Literal["drop", "flag", "off"] = "drop"
     min_answer_chars: int = Field(1, ge=0)
+    # image records: drop an image whose 64-bit dHash is within this many bits of one kept
+    # (None: exact sha256 duplicates only)
+    image_hamming: int | None = Field(None, ge=0, le=64)
 
 
 class IdentityRecordsConfig(Strict):
@@ -128,8 +183,18 @@ class IdentityRecordsConfig(Strict):
     developer: str | None = Field(None, min_length=1, max_length=100)  # named in the answers
 
 
+class PromptExpansionConfig(Strict):
+    """`[generate.expand]`: for an image teacher, a chat teacher writes `variations` detailed
+    image prompts from each prompt of the files (seed.generate.images)."""
+
+    teacher: OpenAIEndpointConfig
+    variations: int = Field(2, gt=0, le=16)
+    keep_original: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)  # the chat teacher's sampling
+
+
 class GenerateConfig(Strict):
-    teacher: EndpointConfig
+    teacher: TeacherConfig
     num_records: int = Field(1000, gt=0)
     # openai teachers: prompt sources, sampling, limits, budget (see seed.generate.teacher)
     prompts: list[PromptFile] = Field(default_factory=list)
@@ -143,6 +208,10 @@ class GenerateConfig(Strict):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     identity_records: IdentityRecordsConfig | None = None
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/1M tokens in, out
+    # image teachers: dollars per image, by "model", "model:quality", "model:size" or
+    # "model:size:quality" (the most specific wins); token-priced models use `prices`
+    image_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    expand: PromptExpansionConfig | None = None  # image prompts written by a chat teacher
     max_cost: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0)
     eval_prompts: int = Field(200, ge=0)
@@ -226,8 +295,31 @@ class DpoSettings(Strict):
     beta: float = Field(0.1, gt=0)
 
 
+class DiffusionSettings(Strict):
+    """`[train.diffusion]`: a text-to-image student (`train.mode = "diffusion"`).
+
+    From scratch (no train.student.checkpoint): a pixel-space UNet of `channels` per resolution
+    (cross-attention where `attention` is true), a CLIP text encoder of `text_layers` x
+    `text_width` and a word-level tokenizer, trained with rectified flow. From a diffusers
+    checkpoint: latent training with its own VAE and prediction type (the shape keys are unused).
+    """
+
+    timesteps: Literal["logit_normal", "uniform"] = "logit_normal"  # how training draws t
+    caption_dropout: float = Field(0.1, ge=0, lt=1)  # empty captions, for classifier-free guidance
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0: no EMA; model/ holds the EMA weights
+    size: int = Field(16, ge=8, le=1024)  # the canvas (square pixels) of a from-scratch student
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    attention: list[bool] = Field(default_factory=lambda: [False, False, True], min_length=1)
+    layers_per_block: int = Field(1, gt=0)
+    head_dim: int = Field(16, gt=0)
+    text_width: int = Field(64, gt=0)
+    text_layers: int = Field(1, gt=0)
+    sample_steps: int = Field(12, gt=0)  # the saved pipeline's default steps and guidance
+    guidance: float = Field(3.0, ge=0)
+
+
 class TrainConfig(Strict):
-    mode: Literal["sft", "kd", "online_kd", "dpo"] = "sft"
+    mode: Literal["sft", "kd", "online_kd", "dpo", "diffusion"] = "sft"
     student: StudentConfig = Field(default_factory=StudentConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     epochs: float = Field(1.0, gt=0)
@@ -246,6 +338,7 @@ class TrainConfig(Strict):
     lora: LoraSettings | None = None
     distill: DistillSettings = Field(default_factory=DistillSettings)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
+    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on a CUDA GPU
     compile: bool = False  # torch.compile; rows are fixed-length, so packing never recompiles
     grad_checkpointing: bool = False
@@ -289,12 +382,27 @@ class WatermarkEvalConfig(Strict):
     threshold: float = Field(1e-5, gt=0, lt=1)  # p-value under which a result is evidence
 
 
+class ImageEvalConfig(Strict):
+    """`[eval.images]`: an image student draws every held-out prompt once per sampling seed and the
+    procedural teacher's verifier grades each image (seed.evaluate.images)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)  # sampling seeds
+    steps: int | None = Field(None, gt=0, le=1000)  # denoising steps; default: the pipeline's
+    guidance: float | None = Field(None, ge=0, le=50)  # CFG scale; default: the pipeline's
+    batch_size: int = Field(64, gt=0)  # images denoised together
+    max_prompts: int | None = Field(None, gt=0)  # held-out prompts drawn; default: all
+    train_prompts: int = Field(0, ge=0)  # also grade this many training prompts, for comparison
+    grid: int = Field(24, ge=0)  # held-out samples shown in the report
+    clip_model: str | None = None  # a local CLIP directory for the CLIP score; skipped when unset
+
+
 class EvalConfig(Strict):
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(64, gt=0)
     samples: int = Field(12, ge=0)  # conversations shown in the report
     judge: JudgeConfig | None = None  # also judge the student against a baseline
     watermark: WatermarkEvalConfig | None = None  # test data and student for the teacher's key
+    images: ImageEvalConfig = Field(default_factory=ImageEvalConfig)  # image recipes only
 
 
 class PolicyConfig(Strict):
@@ -303,7 +411,7 @@ class PolicyConfig(Strict):
     student_name: str | None = None
     distribute: bool = True  # the strict default: assume the student leaves the building
     commercial: bool = True
-    task: Literal["chat", "classifier"] = "chat"
+    task: Literal["chat", "classifier", "image_generator"] = "chat"
     unknown: Literal["warn", "block"] = "warn"  # records whose terms cannot be matched or read
     overrides: str | None = None  # a terms file of your own (e.g. written permission you hold)
     license: str | None = None  # the student's own license, for its model card
@@ -349,6 +457,11 @@ class ServeConfig(Strict):
     # one file per key label here, for `seed watermark radioactivity --served-to LABEL`
     # (seed.protect.served); off when unset
     watermark_served_dir: Path | None = None
+    # An image pipeline directory (one with model_index.json; seed.serve.images): images in one
+    # denoising batch, images waiting before a 429, and how long a response_format url lives (s)
+    max_images_running: int = Field(16, gt=0, le=1024)
+    max_images_queue: int = Field(64, ge=0)
+    image_url_ttl: float = Field(3600.0, gt=0)
 
     @field_validator("allowed_hosts")
     @classmethod
