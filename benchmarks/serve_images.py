@@ -5,7 +5,7 @@ at step boundaries, so 8 clients at once get >= 3x the images per second of the 
 sent one after another. Both arms run against one `seed serve` subprocess, side by side in ABBA
 order (sequential, concurrent, concurrent, sequential, ...), the same prompts, seeds and steps;
 the ratio is of the arms' total images over their total seconds. The pipeline is an untrained
-student of the training benchmark's shape (16x16 pixels, a conv UNet of widths 32, 64, 64 with
+student of recipes/images.toml's shape (16x16 pixels, a conv UNet of widths 16, 32, 64 with
 cross-attention only at its lowest resolution; its weights do not change the cost) unless
 `--pipeline DIR` names a trained one.
 
@@ -50,7 +50,7 @@ WORDS = sorted({w for p in PROMPTS for w in p.split()})
 
 def student(directory: Path, size: int) -> Path:
     """An untrained image student of the recipe's shape, saved as a pipeline directory."""
-    shape = StudentShape(size=size, channels=(32, 64, 64), attention=(False, False, True))
+    shape = StudentShape(size=size, channels=(16, 32, 64), attention=(False, False, True))
     unet, text_encoder, tokenizer = build_parts(WORDS, shape, 0)
     return save_pipeline(directory, unet, text_encoder, tokenizer,
                          Sampling(name=directory.name, sizes=[(size, size)]))
