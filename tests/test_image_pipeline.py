@@ -15,15 +15,6 @@ from seed.errors import UserError
 CAPTION = "red circle left of blue square"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run several times faster on one thread than on two busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
     return tiny_image_pipeline(tmp_path_factory.mktemp("pipe") / "tiny", sizes=[(16, 16), (24, 16)])

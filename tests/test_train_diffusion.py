@@ -26,15 +26,6 @@ TRAIN = {"mode": "diffusion", "max_steps": 12, "batch_size": 8, "warmup_steps": 
                        "head_dim": 8, "text_width": 16, "ema_decay": 0.9, "sample_steps": 3}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run several times faster on one thread than on two busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("images") / "train.jsonl", 48)
