@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -36,7 +36,7 @@ from seed.errors import UserError
 from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
-from seed.train import checkpoints, diffusion
+from seed.train import checkpoints
 from seed.train.layout import Layout, ModeInputs, Rows, StudentKind, num_rows
 from seed.train.limits import check_fits
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
@@ -53,6 +53,9 @@ from seed.train.runtime import Runtime
 from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import load_saved_tokenizer, train_tokenizer
+
+if TYPE_CHECKING:  # the image student's modules import diffusers (~2 s): only when it trains
+    from seed.train.diffusion import Ema
 
 Scheduler = torch.optim.lr_scheduler.LambdaLR
 EMA = "ema."  # the prefix of the EMA's weights in a checkpoint's weights file
@@ -119,17 +122,23 @@ def text_student() -> StudentKind:
 
 def student_kind(config: TrainConfig) -> StudentKind:
     """What `train.mode` trains: a text-to-image pipeline for diffusion, else a causal LM."""
-    return diffusion.image_student() if config.mode == "diffusion" else text_student()
+    if config.mode != "diffusion":
+        return text_student()
+    from seed.train.diffusion import image_student
+
+    return image_student()
 
 
-def start_ema(model: torch.nn.Module, decay: float, runtime: Runtime) -> diffusion.Ema | None:
+def start_ema(model: torch.nn.Module, decay: float, runtime: Runtime) -> Ema | None:
     """The moving average of the weights the student ships, when its kind keeps one."""
     if not decay:
         return None
     if runtime.sharded:
         raise UserError("train.distributed = 'fsdp' keeps no EMA of sharded weights; use 'ddp' "
                         "or set train.diffusion.ema_decay = 0")
-    return diffusion.Ema(model, decay)
+    from seed.train.diffusion import Ema
+
+    return Ema(model, decay)
 
 
 def open_run(records: Path, out_dir: Path, config: TrainConfig, seed: int,
@@ -217,7 +226,7 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig,
 
 
 def resume(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Scheduler, ema: diffusion.Ema | None, config: TrainConfig,
+           scheduler: Scheduler, ema: Ema | None, config: TrainConfig,
            runtime: Runtime, console: Console) -> Counters:
     """Load the newest checkpoint that loads into model, optimizer, schedule and RNG; its counters.
 
@@ -318,7 +327,7 @@ def accumulate_gradients(model: torch.nn.Module, layout: Layout, batch: Rows,
 
 
 def train_step(model: torch.nn.Module, base: torch.nn.Module, layout: Layout, batch: Rows,
-               optimizer: torch.optim.Optimizer, scheduler: Scheduler, ema: diffusion.Ema | None,
+               optimizer: torch.optim.Optimizer, scheduler: Scheduler, ema: Ema | None,
                config: TrainConfig, runtime: Runtime) -> float:
     """One optimizer step on a global batch (gradients clipped, the EMA moved); its loss per
     token (or pair, or image)."""
@@ -356,7 +365,7 @@ def real_tokens(batch: Rows, pad_id: int) -> int:
 
 def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                 held: Layout | None, batches: Iterator[Rows], optimizer: torch.optim.Optimizer,
-                scheduler: Scheduler, ema: diffusion.Ema | None, counters: Counters,
+                scheduler: Scheduler, ema: Ema | None, counters: Counters,
                 total_steps: int, out_dir: Path, tokenizer: PreTrainedTokenizerBase,
                 student: StudentKind, config: TrainConfig, runtime: Runtime,
                 console: Console) -> tuple[float, float | None]:
@@ -430,7 +439,7 @@ def trainable_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tenso
 
 
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Scheduler, ema: diffusion.Ema | None, counters: Counters,
+                    scheduler: Scheduler, ema: Ema | None, counters: Counters,
                     config: TrainConfig, runtime: Runtime) -> None:
     """A checkpoint of everything a resume needs (gathered from all ranks under FSDP); the
     EMA's weights ride in the weights file under `ema.` names."""
@@ -446,7 +455,7 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
-           ema: diffusion.Ema | None, tokenizer: PreTrainedTokenizerBase, counters: Counters,
+           ema: Ema | None, tokenizer: PreTrainedTokenizerBase, counters: Counters,
            loss: float, eval_loss: float | None, layout: Layout, student: StudentKind,
            config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     """Save the final student (the EMA weights, merged LoRA, gathered FSDP shards) and the

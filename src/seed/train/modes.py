@@ -9,15 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seed.errors import UserError
-from seed.train import diffusion, distill, dpo, sft
+from seed.train import distill, dpo, sft
 from seed.train.layout import Layout, ModeInputs
+
+
+def diffusion_layout(inputs: ModeInputs) -> Layout:
+    """The image student's layout; its module imports diffusers (~2 s), so only when it trains."""
+    from seed.train.diffusion import layout
+
+    return layout(inputs)
+
 
 MODES: dict[str, Callable[[ModeInputs], Layout]] = {
     "sft": sft.layout,
     "kd": distill.kd_layout,
     "online_kd": distill.online_kd_layout,
     "dpo": dpo.layout,
-    "diffusion": diffusion.layout,
+    "diffusion": diffusion_layout,
 }
 
 
