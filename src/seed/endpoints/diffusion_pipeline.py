@@ -2,7 +2,7 @@
 # (diffusers registers components as attributes at run time; mypy cannot see them.)
 """The custom diffusers pipeline a Seed image student is saved with (copied to `pipeline.py`).
 
-`DiffusionPipeline.from_pretrained(directory)` (or with `custom_pipeline=directory`) loads it
+`DiffusionPipeline.from_pretrained(directory, trust_remote_code=True)` loads it, offline,
 outside Seed: it imports only torch, PIL and diffusers. It draws with rectified flow: the UNet
 predicts the velocity `noise - image`, Euler steps go from sigma 1 (noise) to 0 (image) through
 the directory's `FlowMatchEulerDiscreteScheduler`, and classifier-free guidance runs the empty (or

@@ -6,7 +6,7 @@ attention only at the lowest resolutions, where it is cheap on a CPU), a `CLIPTe
 layer or two and a word-level tokenizer over the captions' words. `save_pipeline` writes them as
 a diffusers pipeline directory (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/
 with `FlowMatchEulerDiscreteScheduler`, the custom `pipeline.py` that `DiffusionPipeline.
-from_pretrained(dir, custom_pipeline=dir)` runs) plus `seed.json` with what Seed's sampler needs.
+from_pretrained(dir, trust_remote_code=True)` runs) plus `seed.json` with what Seed's sampler needs.
 This module knows nothing about training or sampling; seed.endpoints.diffusion samples.
 """
 
