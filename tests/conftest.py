@@ -33,7 +33,7 @@ HEAVY_FIRST = [
     "tests/test_protect_loop.py", "tests/test_serve_images.py", "tests/test_train_fsdp.py",
     "tests/test_serve_audit.py", "tests/test_serve_lm_eval.py", "tests/test_policy_pipeline.py",
     "tests/test_train_loop.py", "tests/test_pipeline.py", "tests/adversarial/test_adv_edge.py",
-    "tests/test_serve_fields.py", "tests/test_train_same_code.py", "tests/test_train_ddp.py",
+    "tests/test_serve_fields.py", "tests/test_train_same_code.py",
     "tests/test_serve_tools.py", "tests/test_images_roundtrip.py",
     "tests/test_serve_images_browser.py", "tests/test_identity_eval.py",
     "tests/test_protect_served.py",

@@ -1,5 +1,6 @@
 """One training loop: the quickstart's recipe runs the same functions in one process on a CPU as
-in two torchrun processes (gloo DDP) with `train.dtype = "float32"`.
+in two torchrun processes (gloo DDP) with `train.dtype = "float32"`, and the two processes (4 rows
+each) give the one process's losses (8 rows) on the same global batch.
 
 Which code ran is traced, not read from a flag: a profiler hook records every function of
 `seed.train` that is called, per process, and the sets are compared.
@@ -16,7 +17,7 @@ import pytest
 
 from helpers.cli import ROOT, cli_env, run_cli, torchrun
 from helpers.recipes import write_recipe
-from helpers.training import sums, write_chats
+from helpers.training import metrics, sums, write_chats
 
 # Runs `python -m seed ARGS` with a profiler hook that notes each seed.train function called.
 TRACER = """
@@ -55,13 +56,16 @@ def _traced_train(tmp_path: Path, name: str, recipe: Path, records: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_quickstart_recipe_runs_the_same_functions_on_one_cpu_and_under_torchrun(
+def test_quickstart_recipe_runs_the_same_functions_and_losses_on_one_cpu_and_under_torchrun(
         tmp_path: Path) -> None:
     quickstart = tomllib.loads((ROOT / "recipes" / "quickstart.toml").read_text())
     short = {"train.max_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1,
              "train.threads": 1}
     laptop = write_recipe(tmp_path / "laptop.toml", quickstart, short)
-    box = write_recipe(tmp_path / "box.toml", quickstart, {**short, "train.dtype": "float32"})
+    # Two ranks of half the quickstart's rows each: the same global batch as the one process.
+    half = quickstart["train"]["batch_size"] // 2
+    box = write_recipe(tmp_path / "box.toml", quickstart,
+                       {**short, "train.dtype": "float32", "train.batch_size": half})
     records = write_chats(tmp_path / "r.jsonl", sums(96))
 
     one = _traced_train(tmp_path, "one", laptop, records, [sys.executable])
@@ -79,3 +83,8 @@ def test_quickstart_recipe_runs_the_same_functions_on_one_cpu_and_under_torchrun
     for name, processes in (("one", 1), ("two", 2)):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["processes"] == processes and summary["steps"] == 4
+    # Both ranks built the same student from the seed and reduced the same global batch.
+    losses = [[m["loss"] for m in metrics(tmp_path / name)] for name in ("one", "two")]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert losses[0][-1] < losses[0][0]  # it trained: not equal by standing still
+    assert (tmp_path / "two" / "model" / "README.md").is_file()  # the model card, written once
