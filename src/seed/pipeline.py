@@ -93,10 +93,11 @@ def _generate_http(generation: Any) -> dict[str, Any]:
     if info["stopped"]:
         raise UserError(f"generation stopped ({info['stopped']}); the records so far are kept "
                         "in data/, raise the cap and run again to finish")
+    kept = ("requests_paid", "answers_from_cache", "failed", "cost", "usage_estimated_requests",
+            "verify")
     return {"train_records": count_records(generation.out_dir / "train.jsonl"),
-            "eval_records": 0, **{k: info[k] for k in ("requests_paid", "answers_from_cache",
-                                                       "failed", "cost",
-                                                       "usage_estimated_requests")}}
+            "eval_records": count_records(generation.out_dir / "eval.jsonl"),  # generate.tasks
+            **{k: info[k] for k in kept if k in info}}
 
 
 def _stage(run: Run, console: Console, name: str, config: Any, inputs: list[str],
@@ -244,8 +245,8 @@ def run_recipe(path: str | Path, console: Console | None = None,
 
     from seed.evaluate.report import write_report
 
-    # Only a procedural teacher gives verifiable held-out prompts (data/eval.jsonl).
-    verifiable = recipe.generate.teacher.kind in ("tasks", "shapes")
+    # Only a procedural teacher (or generate.tasks) gives verifiable held-out prompts (eval.jsonl).
+    verifiable = recipe.generate.teacher.kind in ("tasks", "shapes") or bool(recipe.generate.tasks)
     gen = _stage(run, console, "generate", gen_config, [],
                  GENERATE_OUT if verifiable else GENERATE_OUT[:1], generate)
     if gen:

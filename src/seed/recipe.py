@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from seed.errors import UserError
@@ -193,6 +201,20 @@ class PromptExpansionConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)  # the chat teacher's sampling
 
 
+class VerifyConfig(Strict):
+    """`[generate.verify]`: each sampled answer is checked before it is kept (rejection sampling;
+    seed.generate.verify). The answer is read from the reply's content, never its reasoning."""
+
+    kind: Literal["task", "math", "json_schema"]  # reasoning-gym's scorer, math-verify, a schema
+    keep: Literal["first_correct", "all_correct", "pairs"] = "first_correct"
+    # where the answer is in a reply: auto = the last <answer>...</answer>, else the last
+    # \boxed{...}, else the last "Answer:" line, else the whole reply
+    extract: Literal["auto", "answer_tag", "boxed", "answer_line", "whole"] = "auto"
+    threshold: float = Field(1.0, gt=0, le=1)  # task: the scorer's score that counts as correct
+    reference: str = "answer"  # math: the prompts' field (JSONL key, CSV column) with the answer
+    json_schema: dict[str, Any] | None = None  # json_schema: default generate.response_schema
+
+
 class GenerateConfig(Strict):
     teacher: TeacherConfig
     num_records: int = Field(1000, gt=0)
@@ -202,6 +224,9 @@ class GenerateConfig(Strict):
     evol_instruct: EvolInstructConfig | None = None
     turns: int = Field(1, gt=0)  # user turns per conversation; the teacher writes follow-ups
     samples: int = Field(1, gt=0, le=128)  # answers per prompt (`n`; OpenAI's limit is 128)
+    # openai teachers: prompts (and held-out eval.jsonl) from these reasoning-gym families
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    verify: VerifyConfig | None = None  # check each answer before it is kept
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, logprobs, ...
     response_schema: dict[str, Any] | None = None  # JSON schema the answer must satisfy
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -218,6 +243,17 @@ class GenerateConfig(Strict):
     # Evaluation items come from a seed this far from the training seed (reasoning-gym builds item
     # i from Random(seed + i), so nearby seeds share items); overlapping questions are dropped too.
     eval_seed_offset: int = 1_000_000_007
+
+    @model_validator(mode="after")
+    def _openai_only(self) -> GenerateConfig:
+        # The tasks teacher answers its own prompts with ground truth: nothing to verify.
+        if self.teacher.kind != "openai":
+            for key in ("tasks", "verify"):
+                if getattr(self, key):
+                    raise PydanticCustomError(
+                        "openai_only", "{key} is for an openai teacher's answers (a tasks teacher "
+                        "takes its families under generate.teacher.tasks)", {"key": key})
+        return self
 
     @field_validator("prices")
     @classmethod

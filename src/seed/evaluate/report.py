@@ -122,6 +122,9 @@ def _cards(manifest: dict[str, Any], results: dict[str, Any] | None) -> Html:
             out.append(card(f"{results['baseline_accuracy']:.1%}", "untrained student"))
     if gen_info:
         out.append(card(str(gen_info.get("train_records", "?")), "training records"))
+    if verified := gen_info.get("verify"):  # verified generation's yield (seed.generate.verify)
+        out.append(card(f"{verified['yield']:.1%}", f"teacher answers verified "
+                        f"({verified['correct']:,} of {verified['samples']:,})"))
     if train_info:
         out.append(card(f"{train_info.get('params', 0) / 1e6:.2f}M", "student parameters"))
         out.append(card(str(train_info.get("steps", "?")), "optimizer steps"))

@@ -1,14 +1,17 @@
 """Where prompts come from: files, Self-Instruct, Evol-Instruct, and multi-turn follow-ups.
 
 - `read_prompts(spec)` streams a prompt file: JSONL with `messages` or `prompt` per line, CSV with a
-  named column, or plain text (one prompt per line). `check_prompts(spec)` reads it once first so a
-  broken line is reported (file and line) before anything is paid for.
+  named column, or plain text (one prompt per line); with `reference`, each prompt carries its
+  reference answer (a JSONL key or CSV column) for generate.verify. `check_prompts(spec)` reads it
+  once first so a broken line is reported (file and line) before anything is paid for.
 - `self_instruct(...)` bootstraps new instructions from seed tasks (Wang et al. 2023): the teacher
   sees eight sampled tasks as a numbered list and continues it; new ones are deduplicated.
 - `evol_instruct(...)` rewrites instructions (Xu et al. 2023) with the in-depth operations (add
   constraints, deepen, concretize, more reasoning steps) and the in-breadth one (a new, rarer task
   of the same domain), then the elimination step drops failed evolutions.
 - `follow_up_messages(...)` asks the teacher to play the user and write the next turn.
+- `task_prompts(config, seed)` draws `generate.tasks`' reasoning-gym prompts (and the held-out
+  evaluation records) for an HTTP teacher to answer.
 
 Generative sources take an `ask(prompts) -> answers` coroutine (the engine with its cache behind
 it) and a seed, so a rerun sends the same requests and is answered from the cache. This module
@@ -21,14 +24,15 @@ import csv
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seed.errors import UserError
 from seed.files import read_jsonl
 from seed.generate.filters import NearDuplicates, is_refusal, similarity
-from seed.records import Source, record_id
+from seed.recipe import GenerateConfig
+from seed.records import Record, Source, record_id
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 Ask = Callable[[list[list[dict[str, str]]]], Awaitable[list[str | None]]]
@@ -36,10 +40,12 @@ Ask = Callable[[list[list[dict[str, str]]]], Awaitable[list[str | None]]]
 
 @dataclass
 class Prompt:
-    """The messages to send (ending with a user turn) and where they came from."""
+    """The messages to send (ending with a user turn), where they came from, and what a verifier
+    reads besides the answer (`meta`: the reference `answer`, a reasoning-gym task's entry)."""
 
     messages: list[dict[str, str]]
     source: Source
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -74,9 +80,22 @@ def _row_messages(row: Any, where: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
+def _reference(row: Any, key: str | None, where: str) -> dict[str, Any]:
+    """The prompt's `meta`: its reference answer from the row's `key`, when one is asked for."""
+    if key is None:
+        return {}
+    value = row.get(key) if isinstance(row, dict) else None
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value):
+        raise UserError(f"{where}: no reference answer {key!r} (generate.verify.reference); "
+                        "add it to that line or name the field that holds it")
+    return {"answer": str(value)}
+
+
 def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None,
-                 license: str | None = None, name: str | None = None) -> Iterator[Prompt]:
-    """Stream the prompts of one file (see the module docstring for the formats)."""
+                 license: str | None = None, name: str | None = None,
+                 reference: str | None = None) -> Iterator[Prompt]:
+    """Stream the prompts of one file (see the module docstring for the formats); with
+    `reference`, each prompt's reference answer from that JSONL key or CSV column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such prompts file; check generate.prompts path")
@@ -84,10 +103,14 @@ def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None
     fmt = _kind(path, kind)
     if fmt == "jsonl":
         for lineno, row in read_jsonl(path):
-            yield Prompt(_jsonl_messages(row, f"{path}:{lineno}"), source)
+            where = f"{path}:{lineno}"
+            yield Prompt(_jsonl_messages(row, where), source, _reference(row, reference, where))
         return
+    if fmt == "text" and reference is not None:
+        raise UserError(f"{path}: a text prompts file holds no reference answers; give the "
+                        f"prompts as JSONL or CSV with a {reference!r} field")
     try:
-        yield from _text_prompts(path, fmt, column, source)
+        yield from _text_prompts(path, fmt, column, source, reference)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; save it as UTF-8 (or point generate.prompts "
                         "at the prompts file)") from None
@@ -96,8 +119,10 @@ def read_prompts(path: str | Path, kind: str = "auto", column: str | None = None
                         "generate.prompts format") from None
 
 
-def _text_prompts(path: Path, fmt: str, column: str | None, source: Source) -> Iterator[Prompt]:
-    """The prompts of a CSV file (a named column) or a text file (one per line)."""
+def _text_prompts(path: Path, fmt: str, column: str | None, source: Source,
+                  reference: str | None = None) -> Iterator[Prompt]:
+    """The prompts of a CSV file (a named column, the reference answer in another) or a text file
+    (one per line)."""
     with path.open(encoding="utf-8", newline="") as f:
         if fmt == "csv":
             reader = csv.DictReader(f)
@@ -108,11 +133,28 @@ def _text_prompts(path: Path, fmt: str, column: str | None, source: Source) -> I
                                 "column")
             for row in reader:
                 if (text := (row[col] or "").strip()):
-                    yield Prompt([{"role": "user", "content": text}], source)
+                    yield Prompt([{"role": "user", "content": text}], source,
+                                 _reference(row, reference, f"{path}:{reader.line_num}"))
             return
         for line in f:
             if line.strip():
                 yield Prompt([{"role": "user", "content": line.strip()}], source)
+
+
+def task_prompts(config: GenerateConfig, seed: int) -> tuple[list[Record], list[Prompt]]:
+    """`generate.tasks`: the held-out evaluation records and the training prompts from those
+    reasoning-gym families, each with its task entry and reference answer in `meta`."""
+    if not config.tasks:
+        return [], []
+    from seed.endpoints.tasks import TasksEndpoint
+    from seed.generate.from_tasks import held_out_split
+
+    held_out, train = held_out_split(TasksEndpoint(config.tasks, "generate"), config, seed)
+    prompts = []
+    for r in train:
+        assert r.provenance.source is not None  # every task prompt names its generator
+        prompts.append(Prompt(r.chat(), r.provenance.source, r.meta))
+    return held_out, prompts
 
 
 def check_prompts(path: str | Path, **kw: Any) -> int:

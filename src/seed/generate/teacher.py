@@ -3,18 +3,21 @@
 Files in the output directory:
 - `train.jsonl`: one record per answer (times `samples`), each with its teacher, source and purpose
   provenance and `meta.prompt_key`, appended as one write per prompt so a crash never splits a
-  prompt's samples; a rerun skips every prompt already there.
+  prompt's samples; a rerun skips every prompt already there. With `generate.verify`, only the
+  answers its verifier passes, as `keep` says (seed.generate.verify).
+- `eval.jsonl`: with `generate.tasks`, the held-out reasoning-gym prompts (never trained on).
 - `cache.sqlite`: the request cache; answers land there before the records file, so a prompt
   answered but not yet written when the process died is written on the rerun without a request.
 - `failed.jsonl`: prompts that failed after every retry, or whose answers the filters dropped
-  (too short, a refusal, a claim to be another model: `generate.filters.identity`), with the
-  reason; a rerun tries them again.
-- `summary.json`: the closing figures.
+  (too short, a refusal, a claim to be another model: `generate.filters.identity`), or of which
+  none verified, with the reason; a rerun tries them again (a cached answer costs nothing).
+- `summary.json`: the closing figures (with a verifier, its yield per family over the job).
 
 The flow: check every input (prompt files, key, base URL) before writing anything; build the
-prompt stream (files, then Self-Instruct and Evol-Instruct output) through the instruction filters;
-stream it through the engine; write. Multi-turn conversations go round by round (the teacher
-answers, then plays the user), each round through the same engine and cache.
+prompt stream (files, then Self-Instruct and Evol-Instruct output, then `generate.tasks`) through
+the instruction filters; stream it through the engine; filter, verify, write. Multi-turn
+conversations go round by round (the teacher answers, then plays the user), each round through the
+same engine and cache.
 """
 
 from __future__ import annotations
@@ -35,17 +38,18 @@ from seed.endpoints.factory import make_endpoint
 from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, seal_jsonl, write_json_atomic
-from seed.generate import sources
+from seed.generate import sources, verify
 from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
 from seed.generate.filters import AnswerFilter, PromptFilter, is_refusal
 from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
-from seed.records import Provenance, Record, Source, Teacher, read_records
+from seed.records import Provenance, Record, Source, Teacher, read_records, write_records
 from seed.runs import now_iso
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
+EVAL = "eval.jsonl"  # generate.tasks' held-out prompts
 # A multi-turn conversation under way: its prompt, its turns so far, each answer's logprobs.
 Conversation = tuple[sources.Prompt, list[dict[str, str]], list[Any]]
 
@@ -96,9 +100,11 @@ class Output:
         self._records.write("".join(r.to_line() for r in records).encode())
         self.written += len(records)
 
-    def fail(self, key: str, messages: list[dict[str, str]], reason: str, attempts: int) -> None:
+    def fail(self, key: str, messages: list[dict[str, str]], reason: str, attempts: int,
+             extra: dict[str, Any] | None = None) -> None:
         line = json.dumps({"prompt_key": key, "messages": messages, "reason": reason,
-                           "attempts": attempts, "at": now_iso()}, ensure_ascii=False)
+                           "attempts": attempts, "at": now_iso(), **(extra or {})},
+                          ensure_ascii=False)
         self._failed.write((line + "\n").encode())
         self.failed += 1
 
@@ -117,8 +123,8 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
             "model_returned": c.model, "system_fingerprint": c.system_fingerprint,
             "requested_at": result.requested_at, "responded_at": result.responded_at,
             "usage_estimated": c.usage_estimated or None})
-        meta: dict[str, Any] = {"prompt_key": prompt.key, "job": job, "sample": i,
-                                "finish_reason": c.finish_reason}
+        meta: dict[str, Any] = {**prompt.meta, "prompt_key": prompt.key, "job": job,
+                                "sample": i, "finish_reason": c.finish_reason}
         lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
         if lps:
             meta["logprobs"] = lps
@@ -130,8 +136,10 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
 
 def job_key(endpoint: Endpoint, config: GenerateConfig) -> str:
     """What makes two answers to one prompt interchangeable: teacher, parameters, turns."""
+    # What is kept depends on the verifier too (answers are cached, so a new one costs nothing).
+    verify = {"verify": config.verify.model_dump()} if config.verify else {}
     return hash_json({"endpoint": endpoint.identity(), "params": request_params(config),
-                      "turns": config.turns})[:16]
+                      "turns": config.turns, **verify})[:16]
 
 
 def _keep(answers: dict[int, Result], result: Result) -> None:
@@ -150,14 +158,20 @@ class Generation:
             raise UserError("generate.turns > 1 needs generate.samples = 1 (sample whole "
                             "conversations by running again with another seed)")
         self.limit = config.num_records if "num_records" in config.model_fields_set else None
+        self.verify = verify.resolved(config)
+        self.reference = self.verify.reference if self.verify and self.verify.kind == "math" \
+            else None
         self.total = 0
         for p in config.prompts:  # a broken line stops us here, before anything is paid for
-            self.total += sources.check_prompts(p.path, kind=p.format, column=p.column)
+            self.total += sources.check_prompts(p.path, kind=p.format, column=p.column,
+                                                reference=self.reference)
         if config.self_instruct:
             sources.seed_tasks(config.self_instruct.seed_tasks)
-        if not config.prompts and not config.self_instruct:
+        self.held_out, self.task_prompts = sources.task_prompts(config, seed)
+        self.total += len(self.task_prompts)
+        if not config.prompts and not config.self_instruct and not config.tasks:
             raise UserError("no prompts: add [[generate.prompts]] with a path, "
-                            "[generate.self_instruct], or pass --prompts FILE")
+                            "[[generate.tasks]], [generate.self_instruct], or pass --prompts FILE")
         if config.response_schema is not None:
             schema_model(config.response_schema)
         f = config.filters
@@ -205,7 +219,8 @@ class Generation:
         return out
 
     def _file_prompts(self, f: Any) -> Iterator[sources.Prompt]:
-        return sources.read_prompts(f.path, f.format, f.column, f.license, f.name)
+        return sources.read_prompts(f.path, f.format, f.column, f.license, f.name,
+                                    self.reference)
 
     def _stream(self, generated: list[sources.Prompt]) -> Iterator[sources.Prompt]:
         """Every prompt to answer, filtered, without those already answered, up to the limit."""
@@ -213,7 +228,7 @@ class Generation:
         files = () if evolved_files else (p for f in self.config.prompts
                                           for p in self._file_prompts(f))
         n = 0
-        for stream in (files, generated):
+        for stream in (files, generated, self.task_prompts):
             for p in stream:
                 if self.limit is not None and n >= self.limit:
                     return
@@ -228,12 +243,17 @@ class Generation:
         if not result.ok:
             self.out.fail(prompt.key, prompt.messages, result.error or "failed", result.attempts)
             return
-        kept, why = self.answers.keep(_records(prompt, result, self.teacher, self.job))
+        samples = _records(prompt, result, self.teacher, self.job)
+        kept, why = self.answers.keep(samples)
+        extra = None
+        if self.verify is not None:  # on answers already cached: a rerun re-verifies for free
+            kept, verdict, tally = verify.select(self.verify, samples, kept)
+            why, extra = why or verdict, {"job": self.job, "verify": tally}
         if kept:
             self.out.write(kept)
             self.out.done.add(prompt.key)
         else:
-            self.out.fail(prompt.key, prompt.messages, why or "filtered", result.attempts)
+            self.out.fail(prompt.key, prompt.messages, why or "filtered", result.attempts, extra)
 
     async def _multi_turn(self, prompts: Iterator[sources.Prompt]) -> None:
         convs: list[Conversation] = [(p, list(p.messages), []) for p in prompts]
@@ -291,6 +311,8 @@ class Generation:
             self.cache.close()
             raise
         self.already = len(done)
+        if self.held_out:
+            write_records(self.out_dir / EVAL, self.held_out)
         if self.total:
             limit = self.total if self.limit is None else min(self.total, self.limit)
             self.stats.total = limit - self.already
@@ -332,9 +354,15 @@ class Generation:
                 "completion_tokens": self.budget.completion_tokens, "cost": self.budget.cost,
                 "usage_estimated_requests": self.budget.estimated_requests,
                 "stopped": self.stats.stopped}
+        verified = None if self.verify is None else verify.dataset_yield(
+            self.out_dir / RECORDS, self.out_dir / FAILED, self.job, self.verify)
+        if verified is not None:
+            info["verify"] = verified
         write_json_atomic(self.out_dir / SUMMARY, info)
         for line in summary(self.stats, self.budget):
             self.console.print(line)
+        for line in verify.yield_lines(verified) if verified is not None else ():
+            self.console.print(f"yield {line}")
         return info
 
 

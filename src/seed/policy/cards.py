@@ -6,7 +6,8 @@ cards understands their metadata; an image-generator student's card is tagged te
 diffusers. The body says, in words, who wrote the training data (teachers and record counts),
 what the gate decided for which use, the obligations that follow (name prefix,
 "Built with ..." notices, inherited terms), overrides, any accepted risk, and (dataset cards)
-what generation's filters removed, identity claims included. This module formats
+what generation's filters removed, identity claims included, and verified generation's yield
+(answers paid for, verified and kept, per task family). This module formats
 and writes; the verdicts come from `gate.py`.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from seed.files import write_text_atomic
+from seed.generate.verify import yield_lines
 from seed.policy.gate import CheckResult
 
 
@@ -112,6 +114,19 @@ def _filters_section(summary: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _verify_section(verified: dict[str, Any]) -> list[str]:
+    """Verified generation's yield: answers paid for, verified and kept, per family."""
+    keep = {"first_correct": "the first verified answer of each prompt",
+            "all_correct": "every verified answer",
+            "pairs": "DPO pairs (a verified answer chosen, a failed one rejected)"}
+    lines = ["## Verification", "",
+             f"Every answer was checked (`{verified['kind']}` verifier) before it was kept; "
+             f"kept: {keep.get(verified['keep'], verified['keep'])}. Yield: "
+             f"{verified['correct']:,} of {verified['samples']:,} answers paid for verified "
+             f"({verified['yield']:.1%}).", ""]
+    return [*lines, *(f"- {line}" for line in yield_lines(verified)), ""]
+
+
 def dataset_card(result: CheckResult, *, name: str, license: str | None = None,
                  generation: dict[str, Any] | None = None) -> DatasetCard:
     """A dataset card for generated records: machine-generated, with the provenance table and,
@@ -135,6 +150,8 @@ def dataset_card(result: CheckResult, *, name: str, license: str | None = None,
             "## Terms check", "", _policy_section(result), ""]
     if generation is not None:
         body += _filters_section(generation)
+        if generation.get("verify"):
+            body += _verify_section(generation["verify"])
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
