@@ -1,6 +1,7 @@
 """Verified generation: an HTTP teacher that answers reasoning-gym prompts right only part of the
 time; only verified answers are kept (all, the first, or DPO pairs), the yield is reported, pairs
 train with mode = "dpo", and a rerun (after a kill -9 too) re-verifies from the cache for free.
+The teacher's thinking trace argues for the opposite answer each time: only the content is graded.
 
 Which samples the teacher gets right is a hash the test computes itself (helpers.task_teacher),
 and every kept answer is also scored with reasoning-gym's own scorer here, independently of Seed.
@@ -188,7 +189,7 @@ def test_seed_run_evaluates_the_student_on_the_held_out_task_prompts(
     recipe = write_recipe(tmp_path / "r.toml", {
         "name": "verified", "seed": SEED, "runs_dir": str(tmp_path / "runs"),
         "generate": _config(teacher.base_url, "first_correct"),
-        "train": {**SMALL, "max_steps": 3, "student": {"size": "nano"},
+        "train": {**SMALL, "max_steps": 3, "seq_len": 128, "student": {"size": "nano"},
                   "tokenizer": {"kind": "chars"}},
         "eval": {"max_new_tokens": 8}, "policy": {"distribute": False}})
     run = run_recipe(recipe, Console(quiet=True))
@@ -246,9 +247,10 @@ def test_kill_9_mid_run_then_rerun_pays_for_nothing_twice(teacher: TaskTeacher,
         kept_before = {r.messages[0].content for r in read_records(out / "train.jsonl")} \
             if (out / "train.jsonl").exists() else set()
         teacher.latency = 0.0
-        rerun = start_cli("generate", recipe, "--out", out, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-        assert rerun.wait(timeout=120) == 0, rerun.stderr.read().decode() if rerun.stderr else ""
+        rerun = start_cli("generate", recipe, "--out", out, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+        stdout, stderr = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, stderr
     finally:
         teacher.latency = 0.0
     second = teacher.asked[start + len(first):]
@@ -258,6 +260,10 @@ def test_kill_9_mid_run_then_rerun_pays_for_nothing_twice(teacher: TaskTeacher,
     assert set(first) | set(second) == set(teacher.answers)
     kept = {(r.messages[0].content, r.meta["sample"]) for r in read_records(out / "train.jsonl")}
     assert kept == _right(teacher)
+    summary = json.loads((out / "summary.json").read_text())["verify"]
+    assert summary["correct"] == len(kept) and summary["prompts"] == N  # both runs counted
+    assert (f"yield basic_arithmetic: {len(kept)} of {N * SAMPLES} answers verified"
+            in " ".join(stdout.split()))
 
 
 def test_extracting_and_grading_read_the_answer_not_the_thought() -> None:

@@ -6,6 +6,7 @@ is `reply.format(answer)` (default `<answer>{}</answer>`, the reasoning-gym conv
 right answer, unless `corrupted(question, i, wrong)` says that sample is wrong: then the right
 answer with a `1` appended (never right, whatever the answer). `corrupted` is a hash, so a test
 knows which samples are right without asking the server; an unknown question gets "I don't know".
+Each choice also carries a `reasoning_content` thought that argues for the opposite answer.
 Each request's question is appended to `server.asked` as it arrives; an optional `latency`
 (seconds) before each answer lets a kill land mid-run.
 """
@@ -43,6 +44,15 @@ class TaskTeacher:
     reply: str
     asked: list[str] = field(default_factory=list)
 
+    def thought(self, question: str, sample: int) -> str:
+        """A thinking trace (DeepSeek's `reasoning_content`) that argues for the opposite answer:
+        a verifier that read it instead of the content would flip every verdict."""
+        if question not in self.answers:
+            return "No idea."
+        right = self.answers[question]
+        other = right if corrupted(question, sample, self.wrong) else right + "1"
+        return f"First guess: {self.reply.format(other)}"
+
     def answer(self, question: str, sample: int) -> str:
         if question not in self.answers:
             return "I don't know."
@@ -69,7 +79,8 @@ def task_teacher(answers: dict[str, str], wrong: float = 0.4, latency: float = 0
             await asyncio.sleep(server.latency)
         texts = [server.answer(question, i) for i in range(int(body.get("n", 1)))]
         choices = [{"index": i, "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": text}}
+                    "message": {"role": "assistant", "content": text,
+                                "reasoning_content": server.thought(question, i)}}
                    for i, text in enumerate(texts)]
         words = sum(len(text.split()) for text in texts)
         return {"id": "chatcmpl-task", "object": "chat.completion", "created": int(time.time()),
