@@ -289,6 +289,7 @@ def test_extracting_and_grading_read_the_answer_not_the_thought() -> None:
 @pytest.mark.parametrize(("extra", "needle"), [
     ({"tasks": []}, 'kind = "task" grades answers to reasoning-gym prompts'),
     ({"samples": 1, "verify": {"kind": "task", "keep": "pairs"}}, "generate.samples to 2"),
+    ({"prompts": [{"path": "p.jsonl"}]}, "prompts files have no task to grade against"),
     ({"verify": {"kind": "json_schema", "json_schema": {"type": 3}}}, "not a JSON schema"),
     ({"verify": {"kind": "json_schema"}}, "needs a schema"),
 ])

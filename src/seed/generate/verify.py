@@ -149,6 +149,10 @@ def resolved(config: GenerateConfig) -> VerifyConfig | None:
     if v.kind == "task" and not config.tasks:
         raise UserError("generate.verify.kind = \"task\" grades answers to reasoning-gym "
                         "prompts: add [[generate.tasks]] (a family name and its config)")
+    if v.kind == "task" and config.prompts:
+        raise UserError("generate.verify.kind = \"task\" grades only [[generate.tasks]] prompts, "
+                        "and prompts files have no task to grade against: generate them in "
+                        "another run, or verify with kind = \"math\" and reference answers")
     if v.kind in ("task", "math") and (config.self_instruct or config.evol_instruct):
         raise UserError(f"generate.verify.kind = \"{v.kind}\" needs each prompt's reference "
                         "answer, which Self-Instruct and Evol-Instruct prompts do not have; "
