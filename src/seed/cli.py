@@ -170,7 +170,8 @@ def check(
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="Dataset file (JSON array or JSON lines).")],
-    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt or messages.")],
+    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt, messages or "
+                                        "s1k (reasoning traces kept).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records file to write (JSONL).")],
     teacher: Annotated[str | None, typer.Option(help="Who wrote the answers: ROUTE:MODEL, e.g. "
                                                 "direct:gpt-4o.")] = None,

@@ -381,6 +381,9 @@ class TrainConfig(Strict):
     distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (ddp) or shard (fsdp)
     loss_chunk: int | None = Field(None, ge=0)  # SFT loss this many tokens at a time; 0: off
     eval_fraction: float = Field(0.0, ge=0, lt=1)  # records held out for eval loss
+    # An assistant turn's thinking trace (reasoning_content): train = thought and answer in the
+    # loss (as R1-Distill, OpenThoughts and s1 do), answer = thought shown but masked, drop = gone
+    reasoning: Literal["train", "answer", "drop"] = "train"
     eval_every: int = Field(100, gt=0)
     peak_flops: float | None = Field(None, gt=0)  # per device, for MFU where it is not known
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seed.errors import UserError
 from seed.files import jsonl_lines, seal_jsonl
@@ -31,12 +31,29 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 
 class Message(BaseModel):
-    """One chat turn in the OpenAI format."""
+    """One chat turn in the OpenAI format; an assistant turn may hold its thinking trace in
+    `reasoning_content` (the key Qwen3's and DeepSeek-R1's chat templates read), written only
+    when set, so a record without one is the same line it always was."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Role
     content: str
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _reasoning_on_assistant(self) -> Message:
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message holds reasoning_content; only assistant "
+                             "turns have a reasoning trace")
+        return self
+
+    def chat(self) -> dict[str, str]:
+        """The turn as a plain dict, with `reasoning_content` only where it is set."""
+        out = {"role": self.role, "content": self.content}
+        if self.reasoning_content is not None:
+            out["reasoning_content"] = self.reasoning_content
+        return out
 
 
 class Teacher(BaseModel):
@@ -111,16 +128,15 @@ class Record(BaseModel):
         return json.dumps(data, ensure_ascii=False) + "\n"
 
     def chat(self) -> list[dict[str, str]]:
-        """The messages as plain dicts, the shape chat templates and HTTP APIs take."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        """The messages as plain dicts, the shape chat templates and HTTP APIs take (with each
+        assistant turn's `reasoning_content` where it has one)."""
+        return [m.chat() for m in self.messages]
 
 
 def record_id(messages: Iterable[Message | dict[str, str]]) -> str:
-    """A stable 16-hex-digit hash of the conversation's roles and contents."""
-    canon = [
-        {"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m)
-        for m in messages
-    ]
+    """A stable 16-hex-digit hash of the conversation's roles, contents and reasoning traces (a
+    turn without a trace hashes as it always did)."""
+    canon = [m.chat() if isinstance(m, Message) else dict(m) for m in messages]
     blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

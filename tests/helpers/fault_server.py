@@ -24,6 +24,13 @@ How every answer reports `usage`, set with `POST /_control/usage {"mode": M}`: `
 default: counts in words), `omit` (no usage key), `null`, `list` (an array instead of an object),
 `strings` ("12"), `floats` (12.0), `negative`, `zero`, `junk` (a word, a list, an object) or
 `total_only` (only total_tokens), as teachers that drop or garble it do.
+
+How an answer carries a thinking trace (`thinking about: <last user message>`), set with
+`POST /_control/reasoning {"field": F}`: `none` (the default: no trace), `reasoning_content`
+(DeepSeek's API), `reasoning` (vLLM's and OpenRouter's name) or `think` (inline,
+`<think>...</think>` before the answer, as a server without a reasoning parser sends it). With a
+trace, `words` usage counts its words in `completion_tokens` and in
+`completion_tokens_details.reasoning_tokens`.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 app = FastAPI()
 STATE: dict[str, Any] = {"latency": 0.0, "log": None, "model": "fault-model", "rules": [],
-                         "usage": "words"}
+                         "usage": "words", "reasoning": "none"}
+REASONING_FIELDS = ("none", "reasoning_content", "reasoning", "think")
 
 
 WORDS = ["river", "violin", "glacier", "compiler", "saffron", "lighthouse", "origami", "volcano",
@@ -88,7 +96,13 @@ def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
             text += " \ud800"
         if schema:
             text = json.dumps({"answer": text}) if fault != "badjson" else json.dumps({"x": 1})
-        choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        field = STATE["reasoning"]
+        if field == "think":
+            message["content"] = f"<think>\nthinking about: {user}\n</think>\n\n{text}"
+        elif field != "none":
+            message[field] = f"thinking about: {user}"
+        choice: dict[str, Any] = {"index": i, "message": message,
                                   "finish_reason": "length" if fault == "length" else "stop"}
         if body.get("logprobs"):
             k = int(body.get("top_logprobs") or 0)
@@ -99,10 +113,15 @@ def _answer(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
                 for w in text.split()]}
         choices.append(choice)
     words = sum(len(m["content"].split()) for m in body["messages"])
+    thought = n * len(f"thinking about: {user}".split()) if STATE["reasoning"] != "none" else 0
     out_words = sum(len(c["message"]["content"].split()) for c in choices)
+    if STATE["reasoning"] in ("reasoning_content", "reasoning"):
+        out_words += thought
     out = {"id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
            "model": f"{STATE['model']}-2024", "system_fingerprint": "fp_fault", "choices": choices}
     usage = _usage(STATE["usage"], words, out_words)
+    if thought and STATE["usage"] == "words":
+        usage["completion_tokens_details"] = {"reasoning_tokens": thought}
     if STATE["usage"] != "omit":
         out["usage"] = usage
     return out
@@ -148,6 +167,15 @@ async def set_usage(request: Request) -> dict[str, str]:
     _usage(mode, 0, 0)  # an unknown mode is a KeyError here, not on the next answer
     STATE["usage"] = mode
     return {"usage": mode}
+
+
+@app.post("/_control/reasoning")
+async def set_reasoning(request: Request) -> Response:
+    field = (await request.json())["field"]
+    if field not in REASONING_FIELDS:
+        return JSONResponse({"error": f"field: one of {REASONING_FIELDS}"}, 400)
+    STATE["reasoning"] = field
+    return JSONResponse({"reasoning": field})
 
 
 @app.get("/v1/models")

@@ -53,6 +53,9 @@ class Completion:
     usage: dict[str, Any] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] | None = None
     usage_estimated: bool = False
+    # The thinking trace, apart from `text` however the teacher sent it (a `reasoning_content` or
+    # `reasoning` field, or `<think>...</think>` inline); None when the answer has none.
+    reasoning: str | None = None
 
 
 class Endpoint(Protocol):

@@ -1,7 +1,8 @@
 """A Hugging Face model directory as an endpoint, loaded in process.
 
 Loads any `AutoModelForCausalLM` directory with its tokenizer and chat template, and answers
-conversations: batched (left-padded) for evaluation, token by token for a terminal chat. This module
+conversations: batched (left-padded) for evaluation, token by token for a terminal chat; a model
+whose template thinks has its `<think>` trace split from its answer (`seed.thinking`). This module
 knows nothing about HTTP; `seed serve` builds its batching engine on the same loading code, and
 training loads a checkpoint's tokenizer with `load_tokenizer` (the one tokenizer loader).
 """
@@ -23,6 +24,7 @@ from seed.errors import UserError
 from seed.files import hash_path
 from seed.quiet import quiet_progress_bars
 from seed.records import Teacher
+from seed.thinking import opens_thinking, split_thought, template_thinks
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -180,9 +182,24 @@ class LocalModel(EndpointDefaults):
         """Greedy answers, in left-padded batches: a local model needs no engine."""
         return self.generate(conversations, max_new_tokens=max_tokens)
 
+    def thinks(self, messages: list[dict[str, str]]) -> bool | None:
+        """Whether a reply to `messages` starts inside `<think>` (True), may open it (False), or
+        is plain content (None: the chat template writes no `<think>`)."""
+        template = self.tokenizer.chat_template
+        if not isinstance(template, str) or not template_thinks(template):
+            return None
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                    tokenize=False)
+        return opens_thinking(str(prompt))
+
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
         n = int(params.get("n", 1))
         texts = self.generate([messages] * n, max_new_tokens=int(params.get("max_tokens", 256)),
                               temperature=float(params.get("temperature", 0.0)),
                               top_p=float(params.get("top_p", 1.0)))
-        return [Completion(text=t, model=self.path.name) for t in texts]
+        inside = self.thinks(messages)
+        out = []
+        for t in texts:
+            reasoning, content = (None, t) if inside is None else split_thought(t, inside)
+            out.append(Completion(text=content, model=self.path.name, reasoning=reasoning))
+        return out

@@ -11,7 +11,9 @@ the answer into `Completion`s, or raises:
 
 A body is read defensively: choices that are not objects, content that is not text, fields of the
 wrong type are a `TransientError`, never a crash. `usage` is passed on as the server sent it; what
-it is worth is the budget's call (`seed.generate.budget.billed_usage`).
+it is worth is the budget's call (`seed.generate.budget.billed_usage`). A reasoning teacher's
+thinking trace is kept apart from the answer (`Completion.reasoning`) however it comes
+(`answer_and_reasoning`), and is never sent back in a request.
 
 The API key is read from an environment variable or a file when the endpoint is built, kept only in
 the client's headers, and never logged, cached or written: `teacher()` and `identity()` omit it.
@@ -36,6 +38,7 @@ from pydantic import BaseModel, PydanticUserError, ValidationError, create_model
 from seed.endpoints.base import Completion, EndpointDefaults, HeaderListener, TransientError
 from seed.errors import UserError, first_line
 from seed.records import Teacher
+from seed.thinking import CLOSE, OPEN, split_thought
 
 FATAL_STATUS = {400, 401, 403, 404, 422}
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -151,13 +154,29 @@ def _optional_str(value: Any) -> str | None:
     return _clean(value) if isinstance(value, str) else None
 
 
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+def answer_and_reasoning(message: Any) -> tuple[str, str | None]:
+    """A choice's answer and thinking trace, whichever way the server sent the trace:
+    `reasoning_content` (DeepSeek's API, `seed serve`), `reasoning` (vLLM, OpenRouter), or inline
+    in the content as `<think>...</think>` (a server without a reasoning parser; a reply that only
+    closes `</think>` began inside it, its template having opened `<think>` in the prompt)."""
+    text = _text(message)
+    fields = message if isinstance(message, dict) else {}
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(fields.get(key), str):
+            return text, _clean(fields[key]).strip("\n") or None
+    inside = CLOSE in text and OPEN not in text.split(CLOSE, 1)[0]
+    reasoning, content = split_thought(text, inside)
+    return (text, None) if reasoning is None else (content, reasoning)
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "completion_tokens_details")
 
 
 def parse_choices(data: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A chat completion body's choices (in index order) and its usage as sent (only the counts'
-    keys; what they hold is the budget's to judge). TypeError, KeyError or AttributeError when
-    the body is not a chat completion."""
+    keys, and `completion_tokens_details`, which holds `reasoning_tokens`; what they hold is the
+    budget's to judge). TypeError, KeyError or AttributeError when the body is not a chat
+    completion."""
     choices = data["choices"]
     if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
         raise TypeError("choices is not a list of objects")
@@ -287,7 +306,9 @@ class OpenAIEndpoint(EndpointDefaults):
         """
         params = dict(params)
         schema = params.pop("response_schema", None)
-        body: dict[str, Any] = {"messages": messages, **params}
+        # A trace is never sent back: DeepSeek's API refuses reasoning_content in its input.
+        sent = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+        body: dict[str, Any] = {"messages": sent, **params}
         if self.route != "azure":
             body["model"] = self.model
         if schema is not None:
@@ -335,14 +356,14 @@ class OpenAIEndpoint(EndpointDefaults):
         try:
             data = resp.json()
             choices, usage = parse_choices(data)
-            answers = [(_text(c.get("message")), _logprobs(c)) for c in choices]
+            answers = [(answer_and_reasoning(c.get("message")), _logprobs(c)) for c in choices]
         except (ValueError, KeyError, TypeError, AttributeError):
             # ValueError covers a body that is not JSON, not UTF-8, or cut short
             raise TransientError("the response body is not a chat completion (truncated JSON?)")\
                 from None
-        paid = ([text for text, _ in answers], usage)
+        paid = ([text + (thought or "") for (text, thought), _ in answers], usage)
         out = []
-        for choice, (text, logprobs) in zip(choices, answers, strict=True):
+        for choice, ((text, thought), logprobs) in zip(choices, answers, strict=True):
             if validator is not None:
                 try:
                     validator.model_validate_json(text)
@@ -353,7 +374,7 @@ class OpenAIEndpoint(EndpointDefaults):
                 text=text, finish_reason=_optional_str(choice.get("finish_reason")) or "stop",
                 model=_optional_str(data.get("model")),
                 system_fingerprint=_optional_str(data.get("system_fingerprint")),
-                usage=usage, logprobs=logprobs))
+                usage=usage, logprobs=logprobs, reasoning=thought))
         if not out:
             raise TransientError("the response has no choices", paid=paid)
         return out

@@ -1,7 +1,8 @@
 """The run report: one self-contained HTML file (inline SVG plots, no scripts, no network).
 
 It reads only what the stages left in the run directory (manifest, metrics, eval results, samples,
-records) and shows the loss curve, accuracy before and after training, sample conversations with
+records) and shows the loss curve, accuracy before and after training (and by the length of a
+thinking student's trace), sample conversations with
 their verdicts, the judged evaluation (judge_report.py's section, when there is one), the
 identity probes (`seed eval runs/NAME/train/model --identity --out runs/NAME/identity`, when run),
 the teacher's watermark in the data and the student (watermark_report.py's section, when the
@@ -46,6 +47,20 @@ def _plots(metrics: list[dict[str, Any]], results: dict[str, Any] | None,
 
         out.append(figure(accuracy, "Accuracy before and after", size=(3.6, 3.2), grid=False))
     return plots(out)
+
+
+def _trace_lengths(results: dict[str, Any] | None) -> list[Html]:
+    """Accuracy by the student's trace length (seed.evaluate.verify.trace_buckets), when it
+    thinks."""
+    buckets = (results or {}).get("by_trace_length")
+    if not buckets:
+        return []
+    rows = [[b["tokens"], str(b["n"]), f"{b['accuracy']:.1%}"] for b in buckets]
+    return [Html("<h2>Accuracy by trace length</h2>"),
+            Html('<p class="sub">Held-out answers grouped by the length of the student\'s '
+                 "thinking trace (tokens inside &lt;think&gt;), graded on the answer after "
+                 "it.</p>"),
+            table(["trace tokens", "answers", "accuracy"], rows)]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -153,6 +168,7 @@ def render_report(run_dir: Path) -> str:
         _plots(metrics, results, *(["training loss (rectified flow, per image)"]
                                    if _train_mode(manifest) == "diffusion" else [])),
     ]
+    body += _trace_lengths(results)
     body += image_section(run_dir / "eval", results, samples)  # an image student's eval
     conversations = [s for s in samples if s.get("kind") != "image"]
     if conversations:

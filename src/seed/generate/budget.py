@@ -109,10 +109,15 @@ def text_tokens(texts: list[str]) -> int:
     return sum(len(t.encode("utf-8", "surrogatepass")) + TEMPLATE_TOKENS for t in texts)
 
 
-def billed_usage(reported: object, messages: list[dict[str, str]], replies: list[str]
-                 ) -> tuple[dict[str, int], bool]:
+def billed_usage(reported: object, messages: list[dict[str, str]], replies: list[str],
+                 thoughts: list[str | None] | None = None) -> tuple[dict[str, int], bool]:
     """(prompt_tokens, completion_tokens, total_tokens) to charge for one reply, and whether any
-    of it was estimated because the teacher's own count was missing or not a count."""
+    of it was estimated because the teacher's own count was missing or not a count.
+
+    A reasoning teacher's trace (`thoughts`, one per reply) is output it bills: it is counted in
+    the estimate, and `reasoning_tokens` (part of `completion_tokens`) is the teacher's
+    `completion_tokens_details.reasoning_tokens` where it sends one, else Seed's bound for the
+    traces' text."""
     raw = reported if isinstance(reported, dict) else {}
     images = _count(raw.get("images"))
     if images is not None:  # an image teacher's reply: images, and tokens where it bills them
@@ -126,10 +131,18 @@ def billed_usage(reported: object, messages: list[dict[str, str]], replies: list
     estimated = False
     if prompt is None or (prompt == 0 and any(asked)):
         prompt, estimated = text_tokens(asked), True
-    if completion is None or (completion == 0 and any(replies)):
-        completion, estimated = text_tokens(replies), True
-    return ({"prompt_tokens": prompt, "completion_tokens": completion,
-             "total_tokens": prompt + completion}, estimated)
+    traces = [t for t in thoughts or [] if t]
+    if completion is None or (completion == 0 and (any(replies) or traces)):
+        completion, estimated = text_tokens(replies + traces), True
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}
+    details = raw.get("completion_tokens_details")
+    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    if reasoning is None and traces:
+        reasoning = min(completion, text_tokens(traces))
+    if reasoning:
+        usage["reasoning_tokens"] = reasoning
+    return usage, estimated
 
 
 @dataclass
@@ -143,6 +156,7 @@ class Budget:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated_requests: int = 0  # replies whose usage the budget counted itself
+    reasoning_tokens: int = 0  # of completion_tokens, those of the teachers' thinking traces
     # image teachers: the request's size and quality (None for a text teacher), per-image prices
     image_params: dict[str, object] | None = None
     image_prices: dict[str, float] | None = None
@@ -167,6 +181,7 @@ class Budget:
         """Charge one reply (`billed_usage`'s counts); the first estimated one is warned about."""
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         self.completion_tokens += usage.get("completion_tokens", 0)
+        self.reasoning_tokens += usage.get("reasoning_tokens", 0)
         self.images += usage.get("images", 0)
         if estimated:
             self.estimated_requests += 1

@@ -254,15 +254,17 @@ class _Engine:
                 self._charge(req, estimate, *e.paid)
             raise
         usage, estimated = self._charge(req, estimate, [c.text for c in comps],
-                                        comps[0].usage if comps else {})
+                                        comps[0].usage if comps else {},
+                                        [c.reasoning for c in comps])
         for c in comps:  # what was charged travels with the answer, into the cache and records
             c.usage, c.usage_estimated = usage, estimated
         return comps
 
     def _charge(self, req: Request, estimate: float, replies: list[str],
-                reported: dict[str, Any]) -> tuple[dict[str, int], bool]:
+                reported: dict[str, Any], thoughts: list[str | None] | None = None
+                ) -> tuple[dict[str, int], bool]:
         """Count one answer against the budget and the rate limits, as `billed_usage` says."""
-        usage, estimated = billed_usage(reported, req.messages, replies)
+        usage, estimated = billed_usage(reported, req.messages, replies, thoughts)
         self.limiter.settle(estimate, usage["total_tokens"])
         if self.budget is not None:
             self.budget.add(usage, estimated)

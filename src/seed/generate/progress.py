@@ -40,6 +40,8 @@ def figures(stats: Stats, budget: Budget | None) -> dict[str, str]:
         bound = f" (upper bound: {budget.estimated_requests:,} replies counted by Seed)" \
             if budget.estimated_requests else ""
         out["tokens"] = f"{budget.tokens:,}{bound}"
+        if budget.reasoning_tokens:
+            out["reasoning tokens"] = f"{budget.reasoning_tokens:,}"
         out["cost"] = _money(budget.cost) + bound
         remaining = None if stats.total is None else stats.total - stats.cached
         out["projected"] = _money(budget.projected(stats.paid, remaining))

@@ -33,7 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
-from seed.endpoints.base import Endpoint
+from seed.endpoints.base import Completion, Endpoint
 from seed.endpoints.factory import make_endpoint
 from seed.endpoints.openai import schema_model
 from seed.errors import UserError
@@ -128,10 +128,18 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
         lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
         if lps:
             meta["logprobs"] = lps
-        messages = [*(turns or prompt.messages), {"role": "assistant", "content": c.text}]
+        messages = [*(turns or prompt.messages), assistant_turn(c)]
         out.append(Record.new(messages, Provenance(teacher=answered_by, source=prompt.source,
                                                    purpose="train"), meta))
     return out
+
+
+def assistant_turn(c: Completion) -> dict[str, str]:
+    """The answer as an assistant message, its thinking trace in `reasoning_content`."""
+    turn = {"role": "assistant", "content": c.text}
+    if c.reasoning is not None:
+        turn["reasoning_content"] = c.reasoning
+    return turn
 
 
 def job_key(endpoint: Endpoint, config: GenerateConfig) -> str:
@@ -276,7 +284,7 @@ class Generation:
                 if last:
                     self._save_turns(p, r, msgs, lps)
                 else:
-                    msgs.append({"role": "assistant", "content": r.completions[0].text})
+                    msgs.append(assistant_turn(r.completions[0]))  # trace kept, never resent
                     lps.append(r.completions[0].logprobs)
                     keep.append((p, msgs, lps))
             if last:
@@ -351,7 +359,8 @@ class Generation:
                 "identity_flagged": self.answers.flagged, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
-                "completion_tokens": self.budget.completion_tokens, "cost": self.budget.cost,
+                "completion_tokens": self.budget.completion_tokens,
+                "reasoning_tokens": self.budget.reasoning_tokens, "cost": self.budget.cost,
                 "usage_estimated_requests": self.budget.estimated_requests,
                 "stopped": self.stats.stopped}
         verified = None if self.verify is None else verify.dataset_yield(

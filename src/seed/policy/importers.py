@@ -1,9 +1,17 @@
 """`seed import`: existing instruction datasets into records, with the provenance the user declares.
 
-Three input shapes: `alpaca` (`instruction`, `input`, `output`), `sharegpt` (`conversations` of
-`from`/`value` turns) and `messages` (the OpenAI chat format, as Seed writes it), each as a JSON
-array or JSON lines. Provenance comes from `--teacher ROUTE:MODEL`, `--license NAME`, or a Data
-Provenance Initiative summary (`--dpi`): its "Model Generated" names the teacher and its "Licenses"
+Four input shapes: `alpaca` (`instruction`, `input`, `output`), `sharegpt` (`conversations` of
+`from`/`value` turns, with an optional top-level `system`), `messages` (the OpenAI chat format, as
+Seed writes it) and `s1k` (s1K's `question`, `thinking_trajectories`, `attempt`; s1K-1.1's
+`deepseek_thinking_trajectory` and `deepseek_attempt` first where present), each as a JSON array or
+JSON lines. An assistant turn's thinking trace becomes its `reasoning_content`, whichever way the
+dataset holds it: a separate `reasoning_content` (or `reasoning`) field, `<think>...</think>` inline
+(OpenR1-Math, DeepSeek-R1 dumps), or Bespoke-Stratos / OpenThoughts markers
+(`<|begin_of_thought|>...<|end_of_thought|>` then `<|begin_of_solution|>...<|end_of_solution|>`,
+the solution becoming the content).
+
+Provenance comes from `--teacher ROUTE:MODEL`, `--license NAME`, or a Data Provenance Initiative
+summary (`--dpi`): its "Model Generated" names the teacher and its "Licenses"
 the data license. Nothing is guessed: without them the records carry no teacher and the gate
 treats them as unknown. This module parses and labels; judging is `gate.py`'s job.
 
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from seed.errors import UserError
 from seed.files import read_jsonl
 from seed.records import Provenance, Record, Source, Teacher, write_records
+from seed.thinking import CLOSE, OPEN, split_thought
 
 log = logging.getLogger(__name__)
 
-Format = Literal["alpaca", "sharegpt", "messages"]
+Format = Literal["alpaca", "sharegpt", "messages", "s1k"]
 ROUTES = ("direct", "azure", "bedrock", "openrouter", "local", "tasks", "declared", "human")
 # DPI lists a model's terms among "Licenses" (e.g. "OpenAI"): they name the teacher, not the data.
 _DPI_TERMS = {"openai", "anthropic", "google cloud translation api"}
@@ -65,21 +75,50 @@ def _alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
 
 
+_THOUGHT = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>\s*"
+                      r"<\|begin_of_solution\|>(.*?)(?:<\|end_of_solution\|>|$)", re.DOTALL)
+
+
+def _turn(role: str, text: str, trace: Any = None) -> dict[str, str]:
+    """A message; an assistant's trace from `trace`, else from thought markers in its text."""
+    if role != "assistant":
+        return {"role": role, "content": text}
+    if not isinstance(trace, str) and (found := _THOUGHT.fullmatch(text.strip())):
+        trace, text = found.group(1), found.group(2)
+    elif not isinstance(trace, str) and CLOSE in text:  # no <think>: it was in the prompt
+        trace, text = split_thought(text, inside=OPEN not in text.split(CLOSE, 1)[0])
+    out = {"role": role, "content": text.strip() if isinstance(trace, str) else text}
+    if isinstance(trace, str) and trace.strip():
+        out["reasoning_content"] = trace.strip()
+    return out
+
+
 def _sharegpt(row: dict[str, Any]) -> list[dict[str, str]]:
-    out = []
+    out = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for turn in row["conversations"]:
         role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
         if role is None:
             raise ValueError(f"unknown speaker {turn['from']!r}")
-        out.append({"role": role, "content": turn["value"]})
+        out.append(_turn(role, turn["value"]))
     return out
 
 
 def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    return [_turn(m["role"], m["content"], m.get("reasoning_content", m.get("reasoning")))
+            for m in row["messages"]]
 
 
-_PARSERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages}
+def _s1k(row: dict[str, Any]) -> list[dict[str, str]]:
+    if isinstance(row.get("deepseek_thinking_trajectory"), str):  # s1K-1.1
+        trace, answer = row["deepseek_thinking_trajectory"], row["deepseek_attempt"]
+    else:
+        traces = row["thinking_trajectories"]
+        trace = traces[0] if isinstance(traces, list) else traces
+        answer = row["attempt"]
+    return [{"role": "user", "content": row["question"]}, _turn("assistant", answer, trace)]
+
+
+_PARSERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "s1k": _s1k}
 
 
 def _why(e: Exception) -> str:
@@ -207,7 +246,7 @@ def import_dataset(path: str | Path, fmt: Format, out: str | Path, *, name: str 
     """Convert a dataset file to a records file with declared provenance; return counts."""
     path = Path(path)
     if fmt not in _PARSERS:
-        raise UserError(f"--format {fmt!r}: use alpaca, sharegpt or messages")
+        raise UserError(f"--format {fmt!r}: use alpaca, sharegpt, messages or s1k")
     t: Teacher | None = None
     src = Source(kind="import", name=name or path.stem)
     if dpi is not None:

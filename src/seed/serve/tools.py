@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from seed.serve.openai_format import ToolCall
+from seed.thinking import partial_suffix
 
 PieceKind = Literal["content", "reasoning", "call", "arguments"]
 
@@ -347,14 +348,6 @@ class ToolCallStream:
             self.after_call = not text
         if text:
             out.append(Piece("content", text))
-
-
-def partial_suffix(text: str, marker: str) -> int:
-    """The length of the longest end of `text` that is a start of `marker` (held back)."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
 
 
 def restore_markers(text: str, token_ids: list[int], markers: Mapping[int, str],

@@ -5,31 +5,45 @@ are those of `messages[:i+1]` beyond `messages[:i]` plus the generation prompt. 
 template without generation markers in it, and it checks that each prefix tokenizes to a prefix of
 the ids (a template where it does not cannot be masked this way, and says so).
 
+An assistant turn's thinking trace (`reasoning_content`) is rendered by the template (Seed's writes
+it as `<think>\n...\n</think>\n\n` before the answer, as Qwen3's does) and trained as
+`train.reasoning` says: `train` keeps the thought and the answer in the loss, `answer` masks the
+thought's tokens (from `<think>` to the blank lines after `</think>`, found in the rendered text and
+mapped to tokens by their offsets), `drop` removes the trace before rendering. A template that
+does not write a turn's trace cannot train on it, and says so.
+
 Packing puts several examples in one fixed-length row with `position_ids` restarting at 0 for each,
 which is how transformers' attention keeps packed examples from attending to each other when no
-attention mask is passed. This module knows nothing about models, optimizers or the loop.
+attention mask is passed; `fit` drops the examples with a trace that `seq_len` would cut (their
+answer would be lost). This module knows nothing about models, optimizers or the loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from seed.errors import UserError
+from seed.thinking import CLOSE, OPEN, WHITESPACE, opens_thinking
 
 Chat = list[dict[str, str]]
+Reasoning = Literal["train", "answer", "drop"]
 TEMPLATE_SETTING = "train.student.chat_template"  # the key that fixes a template problem
+REASONING_SETTING = "train.reasoning"
 
 
 @dataclass
 class Example:
-    """One rendered conversation: token ids and, per token, 1 where the loss is taken."""
+    """One rendered conversation: token ids and, per token, 1 where the loss is taken; `thought`
+    counts the tokens of its thinking traces (trained or not)."""
 
     ids: list[int]
     mask: list[int]
+    thought: int = 0
 
 
 @dataclass
@@ -49,13 +63,17 @@ class Batch:
 
 
 def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
-           source: str = "the records") -> list[Example]:
+           source: str = "the records", reasoning: Reasoning = "train") -> list[Example]:
     """Each chat's ids with an assistant-only mask, found by rendering and diffing prefixes.
 
     For assistant message i, the ids of `chat[:i]` with the generation prompt must be a prefix of
-    the ids of `chat[:i+1]`, which must be a prefix of the whole chat's; the difference is trained.
+    the ids of `chat[:i+1]`, which must be a prefix of the whole chat's; the difference is trained,
+    but for the thought of a turn with a trace when `reasoning` is "answer" (module docstring).
     A template for which that fails is a UserError naming `source` (the records file) and the chat.
     """
+    if reasoning == "drop":
+        chats = [[{k: v for k, v in m.items() if k != "reasoning_content"} for m in chat]
+                 for chat in chats]
     prompts: list[Chat] = []  # chat[:i], rendered with the generation prompt
     turns: list[Chat] = []  # chat[:i+1]; the last one of each chat is the whole chat
     plan: list[tuple[list[tuple[int, int]], int]] = []  # per chat: [(prompt, turn)], whole chat
@@ -72,11 +90,13 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
     texts = _render_texts(tokenizer, turns, False) + _render_texts(tokenizer, prompts, True)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     turn_ids, prompt_ids = ids[: len(turns)], ids[len(turns):]
+    turn_texts, prompt_texts = texts[: len(turns)], texts[len(turns):]
 
     examples = []
     for n, (pairs, whole) in enumerate(plan, 1):
         full = turn_ids[whole]
         mask = [0] * len(full)
+        thought = 0
         for p, t in pairs:
             prefix, turn = prompt_ids[p], turn_ids[t]
             if turn[: len(prefix)] != prefix or full[: len(turn)] != turn:
@@ -89,8 +109,60 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
                                 f"with this chat template; set {TEMPLATE_SETTING} to one that "
                                 "keeps the assistant's content")
             mask[len(prefix): len(turn)] = [1] * (len(turn) - len(prefix))
-        examples.append(Example(full, mask))
+            trace = turns[t][-1].get("reasoning_content")
+            if trace is None:
+                continue
+            span = thought_span(turn_texts[t], prompt_texts[p], trace)
+            if span is None:
+                raise UserError(f"{source} record {n}: the chat template does not write the "
+                                "assistant's reasoning_content, so its trace cannot be trained; "
+                                f"set {TEMPLATE_SETTING} to one that does (Seed's and Qwen3's "
+                                f"do) or {REASONING_SETTING} = \"drop\"")
+            inside = thought_tokens(tokenizer, turn_texts[t], span, len(prefix), len(turn))
+            thought += len(inside)
+            if reasoning == "answer":
+                for i in inside:
+                    mask[i] = 0
+        examples.append(Example(full, mask, thought))
     return examples
+
+
+def thought_span(turn_text: str, prompt_text: str, trace: str) -> tuple[int, int] | None:
+    """Where a turn's thought lies in its rendered text, `<think>` through the blank lines after
+    `</think>` (from the turn's start when the prompt opened `<think>`); None when the template
+    did not write the trace there."""
+    base = len(prompt_text) if turn_text.startswith(prompt_text) else 0
+    start = base if opens_thinking(prompt_text) else turn_text.find(OPEN, base)
+    if start < 0:
+        return None
+    body = trace.strip(WHITESPACE)
+    at = turn_text.find(body, start) if body else start
+    close = turn_text.find(CLOSE, at + len(body)) if at >= 0 else -1
+    if close < 0:
+        return None
+    end = close + len(CLOSE)
+    while end < len(turn_text) and turn_text[end] in WHITESPACE:
+        end += 1
+    return start, end
+
+
+def thought_tokens(tokenizer: PreTrainedTokenizerBase, text: str, span: tuple[int, int],
+                   first: int, stop: int) -> list[int]:
+    """The positions among tokens `first`..`stop` of `text` whose characters overlap `span`."""
+    if not tokenizer.is_fast:
+        raise UserError(f"{REASONING_SETTING} needs a fast tokenizer (tokenizer.json) to find a "
+                        "trace's tokens; save the student's tokenizer as one")
+    offsets = tokenizer(text, add_special_tokens=False,
+                        return_offsets_mapping=True)["offset_mapping"]
+    return [i for i in range(first, stop) if offsets[i][0] < span[1] and offsets[i][1] > span[0]]
+
+
+def fit(examples: Sequence[Example], seq_len: int) -> tuple[list[Example], int]:
+    """The examples `pack` can take whole or cut harmlessly, and how many were dropped: one with
+    a thinking trace that is longer than `seq_len` would lose its answer (or the end of its
+    thought) to the cut and teach the student to think without end, so it is dropped."""
+    kept = [ex for ex in examples if not (ex.thought and len(ex.ids) > seq_len)]
+    return kept, len(examples) - len(kept)
 
 
 def _render_texts(tokenizer: PreTrainedTokenizerBase, chats: list[Chat],
@@ -102,9 +174,10 @@ def _render_texts(tokenizer: PreTrainedTokenizerBase, chats: list[Chat],
                                               add_generation_prompt=generation_prompt))
 
 
-def assistant_mask(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> Example:
+def assistant_mask(tokenizer: PreTrainedTokenizerBase, chat: Chat,
+                   reasoning: Reasoning = "train") -> Example:
     """One chat's ids and assistant-only mask."""
-    return render(tokenizer, [chat])[0]
+    return render(tokenizer, [chat], reasoning=reasoning)[0]
 
 
 def pack(examples: Sequence[Example], seq_len: int, pad_id: int) -> Batch:

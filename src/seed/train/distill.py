@@ -137,6 +137,11 @@ def pack_targets(examples: Sequence[Example], targets: Sequence[TeacherTargets],
 
 def kd_layout(inputs: ModeInputs) -> Layout:
     """Packed rows with the teacher's top-k per token; KD where scored, cross-entropy elsewhere."""
+    if inputs.config.reasoning == "train" and any(
+            m.reasoning_content for r in inputs.records for m in r.messages):
+        raise UserError(f"{inputs.source}: mode = 'kd' learns the teacher's logprobs of the "
+                        "answers, which a thinking trace is not part of; set train.reasoning = "
+                        "\"answer\" (the trace shown, not trained) or \"drop\"")
     examples, config, settings = inputs.examples(), inputs.config, inputs.config.distill
     vocab = decoded_vocab(inputs.tokenizer)
     targets = []

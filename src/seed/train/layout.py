@@ -10,6 +10,7 @@ does not change. This module knows nothing about optimizers, devices or checkpoi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from seed.errors import UserError
 from seed.recipe import TrainConfig
 from seed.records import Record
-from seed.train.data import Example, pack, render
+from seed.train.data import Example, fit, pack, render
 from seed.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 Rows = dict[str, torch.Tensor]
 Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
@@ -39,16 +42,33 @@ class ModeInputs:
     config: TrainConfig
     seed: int
     runtime: Runtime
+    notes: dict[str, Any] = field(default_factory=dict)  # for the summary: what was left out
 
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
     def examples(self) -> list[Example]:
-        """The records rendered with the chat template, masked on assistant turns."""
-        examples = render(self.tokenizer, [r.chat() for r in self.records], self.source)
+        """The records rendered with the chat template, masked on assistant turns (and their
+        traces as `train.reasoning` says); those with a trace longer than `train.seq_len` are
+        dropped (`data.fit`), counted in `notes`."""
+        examples = render(self.tokenizer, [r.chat() for r in self.records], self.source,
+                          self.config.reasoning)
         if not any(any(ex.mask) for ex in examples):
             raise UserError(f"{self.source}: no record has an assistant turn to learn from")
+        kept, dropped = fit(examples, self.config.seq_len)
+        if dropped:  # the records stay in line with their examples (kd reads both)
+            ids = {id(ex) for ex in kept}
+            self.records = [r for r, ex in zip(self.records, examples, strict=True)
+                            if id(ex) in ids]
+            examples = kept
+            log.warning("%s: %d records with a thinking trace longer than train.seq_len = %d "
+                        "tokens are left out (cut, they would lose their answer); raise "
+                        "train.seq_len to keep them", self.source, dropped, self.config.seq_len)
+            self.notes["long_traces_dropped"] = self.notes.get("long_traces_dropped", 0) + dropped
+        if not examples:
+            raise UserError(f"{self.source}: every record's thinking trace is longer than "
+                            f"train.seq_len = {self.config.seq_len}; raise train.seq_len")
         return examples
 
 
@@ -61,6 +81,7 @@ class Layout:
     count: Callable[[Rows], int]
     unit: str  # what a row holds, for the log: "256 tokens" (packed) or "one pair"
     source: str = "the records"  # the records file, for messages
+    notes: dict[str, Any] = field(default_factory=dict)  # for the summary (ModeInputs.notes)
     rows_per_epoch: int = field(init=False)
 
     def __post_init__(self) -> None:

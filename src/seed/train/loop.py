@@ -92,6 +92,7 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     inputs = ModeInputs(train_records, str(records), tokenizer, model, config, seed, runtime)
     layout = build_layout(inputs)
     held = build_layout(replace(inputs, records=held_records)) if held_records else None
+    layout.notes.update(inputs.notes)  # records left out (long traces), for the summary
     model = prepare_model(model, config, runtime)
     rows_per_step = config.batch_size * config.grad_accum * runtime.world
     total_steps = config.max_steps or max(
@@ -193,8 +194,9 @@ def load_or_build_student(out_dir: Path, records: list[Record], config: TrainCon
                                              config.student.chat_template,
                                              "train.student.checkpoint")
         else:
-            tokenizer = train_tokenizer((m["content"] for r in records for m in r.chat()),
-                                        config.tokenizer.kind, config.tokenizer.vocab_size)
+            texts = (text for r in records for m in r.chat()  # a trace's words too
+                     for text in (m["content"], m.get("reasoning_content")) if text is not None)
+            tokenizer = train_tokenizer(texts, config.tokenizer.kind, config.tokenizer.vocab_size)
             model = build_student(student_config(config.student.size, len(tokenizer),
                                                  config.seq_len, tokenizer.pad_token_id,
                                                  tokenizer.eos_token_id), seed)
@@ -468,7 +470,7 @@ def finish(out_dir: Path, model: PreTrainedModel, optimizer: torch.optim.Optimiz
         "tokens_per_s": tokens_per_s, "mode": config.mode, "lora": config.lora is not None,
         "processes": runtime.world, "rows_per_epoch": layout.rows_per_epoch,
         "unit": layout.unit, "vocab_size": len(tokenizer), "size": config.student.size,
-        "tokenizer": config.tokenizer.kind}
+        "tokenizer": config.tokenizer.kind, **layout.notes}
     per_token = student.flops(model, config)
     if per_token and (m := mfu(tokens_per_s, per_token,
                                peak_flops(runtime.device, config.peak_flops),

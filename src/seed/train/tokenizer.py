@@ -27,9 +27,14 @@ ROLES = ("system", "user", "assistant", "tool")
 SPECIAL_TOKENS = [PAD, END, *(f"<|{r}|>" for r in ROLES)]
 
 # Each turn is `<|role|>content<|end|>`; a generation prompt is `<|assistant|>`. Turns begin and end
-# on special tokens, so rendering a prefix of the conversation tokenizes to a prefix of the ids.
+# on special tokens, so rendering a prefix of the conversation tokenizes to a prefix of the ids. An
+# assistant turn's thinking trace comes first, as `<think>\n...\n</think>\n\n` (Qwen3's layout), so
+# a student trained on traces thinks, and `seed serve`'s `auto` reasoning parser splits it.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['role'] == 'assistant' and m['reasoning_content'] %}"
+    "<think>\n{{ m['reasoning_content'] }}\n</think>\n\n{% endif %}"
+    "{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
