@@ -96,7 +96,7 @@ def test_every_recipe_path_named_in_src_exists():
 
 
 def test_the_sections_are_the_recipe_tables():
-    assert sections() == ["generate", "train", "eval", "policy", "serve"]
+    assert sections() == ["generate", "train", "rl", "eval", "policy", "serve"]
 
 
 def test_a_path_exists_through_models_unions_and_dicts_only():

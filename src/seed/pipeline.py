@@ -1,4 +1,5 @@
-"""`seed run`: a recipe's stages in order (generate -> train -> eval -> report) in a run directory.
+"""`seed run`: a recipe's stages in order (generate -> train -> [rl] -> eval -> report) in a run
+directory.
 
 Each stage is skipped when its inputs (its config and the files it reads) and its outputs are
 unchanged since it last finished, so a rerun resumes after a crash and a complete run costs seconds.
@@ -22,6 +23,7 @@ from seed.runs import Run, check_output_dir
 
 GENERATE_OUT = ["data/train.jsonl", "data/eval.jsonl"]
 TRAIN_OUT = ["train/model", "train/initial", "train/metrics.jsonl"]
+RL_OUT = ["rl/model", "rl/metrics.jsonl"]
 EVAL_OUT = ["eval/results.json", "eval/samples.jsonl"]
 REPORT_OUT = ["report.html"]
 JUDGE_OUT = "judge/judge_results.json"
@@ -37,11 +39,11 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
     """
     teacher, data = recipe.generate.teacher, data_dir or Path("data")
     if teacher.kind == "tasks":
-        from seed.endpoints.tasks import TasksEndpoint
-        from seed.generate import generate_from_tasks
+        if check_teacher:  # reasoning-gym (~2 s to import) checks the task specs
+            from seed.endpoints.tasks import TasksEndpoint
 
-        TasksEndpoint(teacher.tasks)
-        work = partial(generate_from_tasks, recipe.generate, recipe.seed, data)
+            TasksEndpoint(teacher.tasks)
+        work = partial(_generate_tasks, recipe, data)
     elif teacher.kind == "openai":
         from seed.generate.teacher import Generation
 
@@ -63,6 +65,8 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
         raise UserError("generate.teacher.kind = \"local\": `seed run` takes a tasks or an "
                         "openai teacher; serve the model with `seed serve` and point an openai "
                         "teacher at it")
+    if recipe.rl is not None and teacher.kind in IMAGE_TEACHERS:
+        raise UserError("[rl]: GRPO trains text students; remove [rl] from an image recipe")
     ckpt = recipe.train.student.checkpoint
     if ckpt and not Path(ckpt).is_dir():
         raise UserError(f"train.student.checkpoint: {ckpt}: no such model directory")
@@ -80,6 +84,39 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
 
         return with_identity_records(work, recipe, data)
     return work
+
+
+def _student(recipe: Recipe) -> str:
+    """The run's final student: the [rl] stage's when the recipe has one, else train's."""
+    return "rl/model" if recipe.rl is not None else "train/model"
+
+
+def _rl_stage(run: Run, recipe: Recipe, console: Console) -> None:
+    """[rl]: GRPO (seed.train.grpo) from train's student on the same records, into rl/."""
+    rl = recipe.rl
+    assert rl is not None
+    config = rl.model_copy(update={"student": rl.student.model_copy(
+        update={"checkpoint": str(run.path("train/model"))})})
+    info = _stage(run, console, "rl", [rl.model_dump(), recipe.seed],
+                  ["data/train.jsonl", "train/model"], RL_OUT,
+                  partial(_train, run.path("data/train.jsonl"), run.path("rl"), config,
+                          recipe.seed, console), workdir="rl")
+    console.print(f"rl: {info.get('steps')} GRPO steps from train's student")
+
+
+def _generate_tasks(recipe: Recipe, data: Path) -> dict[str, Any]:
+    """A procedural teacher's records (reasoning-gym is imported only when it generates)."""
+    from seed.generate import generate_from_tasks
+
+    return generate_from_tasks(recipe.generate, recipe.seed, data)
+
+
+def _train(records: Path, out: Path, config: Any, seed: int, console: Console) -> dict[str, Any]:
+    """One training stage; torch and transformers (~4 s to import) only when a stage trains,
+    so a rerun that skips every stage never imports them."""
+    from seed.train import train_student
+
+    return train_student(records, out, config, seed, console=console)
 
 
 def _generate_http(generation: Any) -> dict[str, Any]:
@@ -149,7 +186,7 @@ def _model_card(run: Run, recipe: Recipe, check: Any, train: dict[str, Any],
     """
     from seed.policy.commands import write_cards
 
-    write_cards(check, recipe.policy, model_dir=run.path("train/model"),
+    write_cards(check, recipe.policy, model_dir=run.path(_student(recipe)),
                 model_name=recipe.policy.student_name or recipe.name,
                 base_model=recipe.train.student.checkpoint,
                 training={k: train[k] for k in ("steps", "tokens", "params") if k in train},
@@ -168,7 +205,7 @@ def _judge_stage(run: Run, recipe: Recipe, judge: JudgeConfig, console: Console)
             res = run_image_judge(judge, run.path("train/model"), run.path("judge"),
                                   run.path("data/eval.jsonl"))
         else:
-            res = run_judge(judge, run.path("train/model"), run.path("judge"),
+            res = run_judge(judge, run.path(_student(recipe)), run.path("judge"),
                             questions_path=run.path("data/eval.jsonl"),
                             teacher=chat_teacher(recipe.generate.teacher))
         st = res["stats"]
@@ -176,7 +213,7 @@ def _judge_stage(run: Run, recipe: Recipe, judge: JudgeConfig, console: Console)
                 ("n", "win_rate", "lc_win_rate", "ci_low", "ci_high") if k in st}}
 
     info = _stage(run, console, "judge", judge.model_dump(),
-                  ["data/eval.jsonl", "train/model"], [JUDGE_OUT], work)
+                  ["data/eval.jsonl", _student(recipe)], [JUDGE_OUT], work)
     if "win_rate" in info:
         console.print(f"judge: student win rate {info['win_rate']:.1f}% "
                       f"[{info['ci_low']:.1f}, {info['ci_high']:.1f}] vs the baseline")
@@ -192,14 +229,14 @@ def _watermark_stage(run: Run, recipe: Recipe, console: Console) -> None:
     tokenizer = served_tokenizer(config, recipe.train.student.checkpoint)
 
     def work() -> dict[str, Any]:
-        res = watermark_eval(run.path("data/train.jsonl"), run.path("train/model"), config,
+        res = watermark_eval(run.path("data/train.jsonl"), run.path(_student(recipe)), config,
                              tokenizer, run.path("watermark"))
         return {"key_id": res["key_id"], "p_data": res["data"]["p_value"],
                 "p_student": res["student"].get("p_value")}
 
     info = _stage(run, console, "watermark",
                   [config.model_dump(), stage_key(config), str(tokenizer)],
-                  ["data/train.jsonl", "train/model"], [WATERMARK_OUT], work)
+                  ["data/train.jsonl", _student(recipe)], [WATERMARK_OUT], work)
     student = "not tested" if info.get("p_student") is None else f"p {info['p_student']:.3g}"
     console.print(f"watermark: key id {info['key_id']}: training data p {info['p_data']:.3g}, "
                   f"student {student}")
@@ -225,8 +262,10 @@ def _evaluate(run: Run, recipe: Recipe) -> dict[str, Any]:
                                train_records=run.path("data/train.jsonl"))
     from seed.evaluate.verify import evaluate_tasks
 
-    return evaluate_tasks(run.path("train/model"), run.path("data/eval.jsonl"), run.path("eval"),
-                          recipe.eval, baseline_dir=run.path("train/initial"))
+    # after [rl], the baseline is the SFT student the RL stage started from
+    baseline = "train/model" if recipe.rl is not None else "train/initial"
+    return evaluate_tasks(run.path(_student(recipe)), run.path("data/eval.jsonl"),
+                          run.path("eval"), recipe.eval, baseline_dir=run.path(baseline))
 
 
 def run_recipe(path: str | Path, console: Console | None = None,
@@ -253,17 +292,17 @@ def run_recipe(path: str | Path, console: Console | None = None,
         console.print(f"generate: {gen['train_records']} training records, "
                       f"{gen['eval_records']} held-out prompts")
     check = _terms_gate(run, recipe, console, accept_terms_risk)
-    from seed.train import train_student
-
     tr = _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed],
                 ["data/train.jsonl"], TRAIN_OUT,
-                lambda: train_student(run.path("data/train.jsonl"), run.path("train"),
-                                      recipe.train, recipe.seed, console=console),
-                workdir="train")
+                partial(_train, run.path("data/train.jsonl"), run.path("train"), recipe.train,
+                        recipe.seed, console), workdir="train")
+    if recipe.rl is not None:
+        _rl_stage(run, recipe, console)
     ev: dict[str, Any] = {}
     if verifiable:
         ev = _stage(run, console, "eval", _eval_config(recipe),
-                    ["data/eval.jsonl", "train/model", "train/initial"], EVAL_OUT,
+                    ["data/eval.jsonl", "train/model", "train/initial",
+                     *([_student(recipe)] if recipe.rl is not None else [])], EVAL_OUT,
                     partial(_evaluate, run, recipe), workdir="eval")
     _model_card(run, recipe, check, tr, ev)
     if recipe.eval.judge is not None:
@@ -276,11 +315,12 @@ def run_recipe(path: str | Path, console: Console | None = None,
     if ev:
         console.print(
             f"[bold green]held-out accuracy: {ev['accuracy']:.1%}[/bold green] "
-            f"(untrained student: {ev['baseline_accuracy']:.1%}, n={ev['n']})"
+            f"({'SFT' if recipe.rl is not None else 'untrained'} student: "
+            f"{ev['baseline_accuracy']:.1%}, n={ev['n']})"
         )
     console.print(f"report: {run.path('report.html')}")
     if recipe.generate.teacher.kind in IMAGE_TEACHERS:
         console.print(f"serve the student: seed serve {run.path('train/model')}")
     else:
-        console.print(f"chat with the student: seed chat {run.path('train/model')}")
+        console.print(f"chat with the student: seed chat {run.path(_student(recipe))}")
     return run.root

@@ -331,6 +331,26 @@ class DpoSettings(Strict):
     beta: float = Field(0.1, gt=0)
 
 
+class GrpoSettings(Strict):
+    """`[train.grpo]`: RL with verifiable rewards (`train.mode = "grpo"`, seed.train.grpo).
+
+    Each step samples `group` completions for each of `prompts_per_step` prompts (the train
+    records' prompts) from the current weights, scores them with `reward`, and takes one clipped
+    policy-gradient step on the group-normalised advantages.
+    """
+
+    group: int = Field(8, ge=2)  # completions per prompt (G)
+    prompts_per_step: int = Field(16, gt=0)  # over all processes
+    max_new_tokens: int = Field(16, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.0, ge=0)  # KL to the starting model (k3); 0: no reference model
+    clip: float = Field(0.2, gt=0, lt=1)  # the ratio's clip range: [1 - clip, 1 + clip]
+    reward: str = "task"  # "task": the record's reasoning-gym verifier; or "package.module:fn"
+    scale_rewards: bool = True  # divide advantages by the group's std; false: Dr. GRPO
+    normalise: Literal["token", "sequence"] = "token"  # DAPO token-mean or GRPO's per sequence
+
+
 class DiffusionSettings(Strict):
     """`[train.diffusion]`: a text-to-image student (`train.mode = "diffusion"`).
 
@@ -355,7 +375,7 @@ class DiffusionSettings(Strict):
 
 
 class TrainConfig(Strict):
-    mode: Literal["sft", "kd", "online_kd", "dpo", "diffusion"] = "sft"
+    mode: Literal["sft", "kd", "online_kd", "dpo", "diffusion", "grpo"] = "sft"
     student: StudentConfig = Field(default_factory=StudentConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     epochs: float = Field(1.0, gt=0)
@@ -374,6 +394,7 @@ class TrainConfig(Strict):
     lora: LoraSettings | None = None
     distill: DistillSettings = Field(default_factory=DistillSettings)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings)
     diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on a CUDA GPU
     compile: bool = False  # torch.compile; rows are fixed-length, so packing never recompiles
@@ -527,6 +548,9 @@ class Recipe(Strict):
     runs_dir: str = "runs"
     generate: GenerateConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # `[rl]`: a second training stage on train's student (mode = "grpo", on the same records);
+    # `seed run` then grades, cards and serves rl/model, with train/model as eval's baseline
+    rl: TrainConfig | None = None
     eval: EvalConfig = Field(default_factory=EvalConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig | None = None  # `seed serve --recipe` reads only this table
@@ -540,6 +564,17 @@ class Recipe(Strict):
                                       "'/', '\\' or '..'); it names the run directory "
                                       "runs_dir/<name>", {"name": repr(name)})
         return name
+
+    @field_validator("rl")
+    @classmethod
+    def _rl_after_train(cls, rl: TrainConfig | None) -> TrainConfig | None:
+        if rl is not None and rl.mode != "grpo":
+            raise PydanticCustomError("rl_mode", "the [rl] stage trains with mode = \"grpo\"; "
+                                      "set rl.mode = \"grpo\" (other modes go in [train])")
+        if rl is not None and rl.student.checkpoint:
+            raise PydanticCustomError("rl_student", "the [rl] stage starts from train's student "
+                                      "(train/model); remove rl.student.checkpoint")
+        return rl
 
     @field_validator("serve", mode="before")
     @classmethod

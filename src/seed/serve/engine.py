@@ -49,10 +49,15 @@ from seed.serve.forward import make_runner
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     """One sequence being generated; `queue` receives its Events on the caller's event loop
-    (or the engine's `on_events` sink gets them, with `tag` to route them by)."""
+    (or the engine's `on_events` sink gets them, with `tag` to route them by).
+
+    Two sequences are the same only when they are one object: finding a slot's sequence
+    (`list.index`, `in`) then compares identities, not every field (with 512 running sequences the
+    field-by-field comparison took a third of a rollout's time; docs/LOG.md, "Issue 16: GRPO").
+    """
 
     index: int
     prompt_ids: list[int]

@@ -4,6 +4,8 @@ A `Layout` is the seam between the loop and a training mode. Each epoch is a dic
 tensors (rows), shuffled by a pure function of the seed and the epoch, so the data position after a
 resume is just the step; `steps` cuts global batches out of consecutive epochs; `loss` returns the
 summed loss of a micro-batch and `count` the number of units (tokens, pairs) it is averaged over.
+A mode that learns from its own samples (grpo) also gives a `rollout`, which the loop calls on each
+global batch with the current weights before the step, and a `step_log` for the metrics line.
 A new mode is a function that builds a Layout from `ModeInputs`, registered in modes.py; the loop
 does not change. This module knows nothing about optimizers, devices or checkpoints.
 """
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Rows = dict[str, torch.Tensor]
 Loss = Callable[[torch.nn.Module, Rows], tuple[torch.Tensor, int]]
+Rollout = Callable[[torch.nn.Module, Rows, int], Rows]
 
 
 @dataclass
@@ -81,6 +84,12 @@ class Layout:
     count: Callable[[Rows], int]
     unit: str  # what a row holds, for the log: "256 tokens" (packed) or "one pair"
     source: str = "the records"  # the records file, for messages
+    # A mode whose rows come from the current weights (grpo): the rows of one global batch (else
+    # batch_size x grad_accum x processes), the batch -> the rows trained on, from the weights
+    # (unwrapped) at that step, and what the last step measured, for the log.
+    step_rows: int | None = None
+    rollout: Rollout | None = None
+    step_log: Callable[[], dict[str, float]] | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # for the summary (ModeInputs.notes)
     rows_per_epoch: int = field(init=False)
 

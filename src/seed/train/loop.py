@@ -2,9 +2,10 @@
 
 `train_student` reads top to bottom as its steps: open the run, read and split the records, load or
 build the student, build the mode's data layout, prepare and wrap the model, make the optimizer,
-resume, train (step, evaluate, log, checkpoint), finish. A mode (sft, kd, online_kd, dpo) is a data
-layout and a loss (modes.py); where the loop runs (device, processes, precision) is decided once
-in runtime.py and logged. The optimizer is AdamW with warmup + cosine decay; gradients accumulate
+resume, train (step, evaluate, log, checkpoint), finish. A mode (sft, kd, online_kd, dpo, grpo) is a
+data layout and a loss (modes.py; grpo's layout also rolls each batch out from the current
+weights); where the loop runs (device, processes, precision) is decided once in runtime.py and
+logged. The optimizer is AdamW with warmup + cosine decay; gradients accumulate
 weighted by the global batch's trainable tokens (or pairs), so any micro-batching or number of
 processes gives the gradient of the whole batch; gradients are clipped.
 
@@ -94,7 +95,7 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
     held = build_layout(replace(inputs, records=held_records)) if held_records else None
     layout.notes.update(inputs.notes)  # records left out (long traces), for the summary
     model = prepare_model(model, config, runtime)
-    rows_per_step = config.batch_size * config.grad_accum * runtime.world
+    rows_per_step = layout.step_rows or config.batch_size * config.grad_accum * runtime.world
     total_steps = config.max_steps or max(
         1, math.ceil(config.epochs * layout.rows_per_epoch / rows_per_step))
     optimizer, scheduler = make_optimizer(model, config, total_steps)
@@ -382,14 +383,20 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
     metrics = (out_dir / "metrics.jsonl").open("a") if runtime.is_main else None
     bar = progress_bar(console, runtime)
     task = bar.add_task("train", total=total_steps, completed=counters.step, loss=float("nan"),
-                        tps=0.0)
+                        tps=0.0, extra="")
     try:
         with bar:
             while counters.step < total_steps:
                 t0 = time.perf_counter()
                 batch = next(batches)
+                if layout.rollout is not None:  # rows sampled from the weights as they are now
+                    batch = layout.rollout(base, batch, counters.step)
+                t1 = time.perf_counter()
                 loss = train_step(model, base, layout, batch, optimizer, scheduler, ema, config,
                                   runtime)
+                step_log = layout.step_log() if layout.step_log is not None else {}
+                if layout.rollout is not None:
+                    step_log["update_s"] = time.perf_counter() - t1
                 counters.step += 1
                 n_tokens = student.units(batch, int(tokenizer.pad_token_id))
                 counters.tokens += n_tokens
@@ -410,9 +417,11 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                         line["mfu"] = round(m, 4)
                     if eval_loss is not None:
                         line["eval_loss"] = round(eval_loss, 6)
+                    line.update({k: round(v, 4) for k, v in step_log.items()})
                     metrics.write(json.dumps(line) + "\n")
                     metrics.flush()
-                    bar.update(task, completed=counters.step, loss=loss, tps=tps)
+                    bar.update(task, completed=counters.step, loss=loss, tps=tps,
+                               extra=describe_step(step_log))
                 if counters.step % config.checkpoint_every == 0 and not last:
                     save_checkpoint(out_dir, base, optimizer, scheduler, ema, counters, config,
                                     runtime)
@@ -427,8 +436,13 @@ def progress_bar(console: Console, runtime: Runtime) -> Progress:
     return Progress(
         TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-        disable=not runtime.is_main)
+        TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not runtime.is_main)
+
+
+def describe_step(step_log: dict[str, float]) -> str:
+    """What a mode measured in the last step, for the progress line ("" for most modes)."""
+    return " ".join(f"{k} {v:.3g}" for k, v in step_log.items())
 
 
 def trainable_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Training losses on next-token logits: SFT cross-entropy, distillation (top-k, full logits), DPO.
+"""Training losses on next-token logits: SFT cross-entropy, distillation (top-k, full logits), DPO,
+and GRPO's group advantages and clipped policy objective.
 
 A loss returns the *sum* of per-token losses and the number of tokens it covers, so the caller can
 weight gradient accumulation by trainable tokens (sum over micro-batches / total tokens), which
@@ -116,3 +117,45 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     """
     gain = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * gain).sum(), int(gain.numel())
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """Each completion's advantage within its group of `group` consecutive completions.
+
+    (r - group mean) / (group std + eps), the std unbiased as in the GRPO paper and TRL; with
+    `scale` False only the mean is taken off (Dr. GRPO: no bias toward low-variance groups). A
+    group whose rewards are all equal gets 0 everywhere: it has nothing to learn from.
+    """
+    grouped = rewards.float().view(-1, group)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.flatten()
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, weights: torch.Tensor, clip: float,
+              reference: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+    """Summed clipped policy-gradient loss over completion tokens (Shao et al. 2024, PPO's clip).
+
+    logprobs, old_logprobs, mask: (rows, tokens), the policy's log-probability of each completion
+    token now and when it was sampled, and 1 on completion tokens; advantages, weights: (rows,),
+    each row's advantage and the weight of each of its tokens in the sum (1 for a token mean, 1 /
+    its length for a mean per sequence). Per token: -min(ratio A, clip(ratio, 1 -+ clip) A) with
+    ratio = exp(logprobs - old_logprobs), plus beta times the k3 estimate of KL(policy ||
+    reference), exp(ref - lp) - (ref - lp) - 1, when `reference` (its log-probabilities) is given.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)
+    if reference is not None and beta:
+        per_token = per_token + beta * k3_kl(logprobs, reference)
+    return (per_token * mask * weights[:, None]).sum()
+
+
+def k3_kl(logprobs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per token, the k3 estimate of KL(policy || reference) from sampled tokens' log-probabilities:
+    unbiased and never negative (Schulman 2020)."""
+    delta = reference - logprobs
+    return torch.exp(delta) - delta - 1

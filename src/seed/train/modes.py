@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seed.errors import UserError
-from seed.train import distill, dpo, sft
+from seed.train import distill, dpo, grpo, sft
 from seed.train.layout import Layout, ModeInputs
 
 
@@ -25,6 +25,7 @@ MODES: dict[str, Callable[[ModeInputs], Layout]] = {
     "kd": distill.kd_layout,
     "online_kd": distill.online_kd_layout,
     "dpo": dpo.layout,
+    "grpo": grpo.layout,
     "diffusion": diffusion_layout,
 }
 

@@ -1,0 +1,91 @@
+"""GRPO's rollouts: completions sampled by Seed's own batching engine, in process, from the
+current weights.
+
+`Rollouts` runs `seed.serve.engine.Engine` (the code `seed serve` runs) on its own thread over a
+copy of the student. The copy is needed because the engine's fast Llama runner fuses q/k/v and
+gate/up into single matrices and turns the model's own weights into frozen views of them, which a
+model being trained cannot have; before every rollout the copy takes the policy's current weights
+(`load_state_dict`, a copy in place: the fused matrices see it), the way vLLM's colocated mode syncs
+a trainer's weights. Every completion has its own sampling seed, so the same weights and seeds give
+the same completions (a resumed run rolls out what the uninterrupted one did). This module knows
+nothing about rewards, advantages or the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from seed.serve.engine import Engine, Sequence
+from seed.serve.engine_types import Event, SamplingParams
+from seed.serve.model_files import end_of_sequence_ids
+
+
+@dataclass
+class Completion:
+    """One sampled completion: its tokens (the end token included when it stopped) and text."""
+
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class Rollouts:
+    """Sample completions of prompts from a policy's current weights with the serving engine."""
+
+    def __init__(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 max_running: int):
+        self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        generation = getattr(policy, "generation_config", None)
+        self.eos_ids = end_of_sequence_ids(tokenizer,
+                                           generation.to_dict() if generation is not None else {})
+        eos = tokenizer.eos_token_id
+        self.eos = int(eos) if eos in self.eos_ids else min(self.eos_ids)
+        self.engine = Engine(self.model, tokenizer, eos_ids=self.eos_ids, max_running=max_running,
+                             max_waiting=max_running, on_events=self._on_events)
+        self.engine.start()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._out: dict[tuple[int, int], Completion] = {}
+        self._open = 0
+
+    def sample(self, policy: torch.nn.Module, prompts: list[list[int]],
+               params: list[list[SamplingParams]]) -> list[list[Completion]]:
+        """For each prompt, one completion per SamplingParams, from `policy`'s weights now."""
+        with torch.no_grad():
+            self.model.load_state_dict(policy.state_dict())
+        self._out = {(p, g): Completion() for p, ps in enumerate(params) for g in range(len(ps))}
+        self._open = len(self._out)
+        self._done.clear()
+        if not self._open:
+            return [[] for _ in prompts]
+        for p, (ids, ps) in enumerate(zip(prompts, params, strict=True)):
+            self.engine.submit(ids, ps, tag=p)
+        self._done.wait()
+        failed = [c.finish_reason for c in self._out.values()
+                  if c.finish_reason and c.finish_reason.startswith("error")]
+        if failed:
+            raise RuntimeError(f"a rollout failed in the engine ({failed[0]})")
+        return [[self._out[p, g] for g in range(len(ps))] for p, ps in enumerate(params)]
+
+    def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
+        """The engine thread's sink: collect each completion, wake `sample` when all are done."""
+        with self._lock:
+            for seq, ev in events:
+                c = self._out[seq.tag, ev.index]
+                c.ids += ev.token_ids
+                c.text += ev.text
+                if ev.finish_reason:
+                    c.finish_reason = ev.finish_reason
+                    if ev.finish_reason == "stop":
+                        c.ids.append(self.eos)
+                    self._open -= 1
+            if self._open <= 0:
+                self._done.set()
+
+    def stop(self) -> None:
+        self.engine.stop()
