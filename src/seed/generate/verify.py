@@ -7,8 +7,9 @@
 - `"math"`: math-verify (Hugging Face's parser and checker, on sympy) of the extracted answer
   against the prompt's reference (`meta.answer`), so 1/2, 0.5 and \\frac{1}{2} are one answer.
 - `"json_schema"`: the reply parses as JSON and validates against the schema (jsonschema-rs).
-Only a reply's content is graded, never its reasoning (a leading `<think>` block still in the
-content is dropped first). `extract_answer` finds the answer (VerifyConfig.extract says where).
+Only a reply's content is graded, never its reasoning (a `<think>` block still in the content,
+as a raw rollout has it, is split off first with seed.thinking). `extract_answer` finds the
+answer (VerifyConfig.extract says where).
 
 `select(config, samples, passed)` grades one prompt's samples and keeps what `config.keep` says:
 `first_correct` the first verified sample, `all_correct` every one, `pairs` one DPO record
@@ -33,8 +34,8 @@ from seed.errors import UserError
 from seed.files import read_jsonl
 from seed.recipe import GenerateConfig, VerifyConfig
 from seed.records import Record, read_records
+from seed.thinking import split_thought
 
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.S)
 _TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _LINE = re.compile(r"^\s*(?:final\s+)?answer\s*[:：]\s*(.+?)\s*$", re.I | re.M)
 _FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```$", re.S)
@@ -61,7 +62,7 @@ def extract_answer(reply: str, how: str = "auto") -> str | None:
 
 def _located(reply: str, how: str) -> tuple[str | None, bool]:
     """`extract_answer`, and whether a marker delimited it (else it is the whole reply)."""
-    text = _THINK.sub("", reply, count=1).strip()
+    text = split_thought(reply)[1].strip()
     found: dict[str, Any] = {
         "answer_tag": lambda: (m[-1].strip() if (m := _TAG.findall(text)) else None),
         "boxed": lambda: _boxed(text),
