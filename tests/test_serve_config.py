@@ -34,18 +34,22 @@ def served_models(url: str, key: str | None) -> list[str]:
     return [m.id for m in client.models.list().data]
 
 
-def test_a_serve_only_recipe_serves_its_model_with_its_keys_and_log(model_dir, tmp_path):
+def test_a_recipe_gives_keys_log_and_limits_and_flags_override_its_model_and_name(
+        model_dir, tmp_path):
+    """One server: the recipe's keys file, usage log and limits are used; the flags' model and
+    name replace the recipe's (its model does not exist, so the server would not start on it)."""
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{KEY}\n")
     log = tmp_path / "usage.jsonl"
     recipe = write_recipe(tmp_path / "serve.toml", {"serve": {
-        "model": model_dir, "model_name": "recipe-model", "keys_file": keys, "usage_log": log,
-        "max_running": 2, "port": free_port()}})
-    with running_server("--recipe", recipe) as url:
+        "model": tmp_path / "no-such-model", "model_name": "recipe-name", "keys_file": keys,
+        "usage_log": log, "max_running": 2, "port": free_port()}})
+    with running_server(model_dir, "--recipe", recipe, "--model-name", "flag-name") as url:
+        assert served_models(url, KEY) == ["flag-name"]
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-        r = client.chat.completions.create(model="recipe-model", max_tokens=4, temperature=0,
+        r = client.chat.completions.create(model="flag-name", max_tokens=4, temperature=0,
                                            messages=[{"role": "user", "content": "Hello!"}])
-        assert r.model == "recipe-model" and r.usage.completion_tokens >= 1
+        assert r.model == "flag-name" and r.usage.completion_tokens >= 1
         with pytest.raises(openai.AuthenticationError):
             served_models(url, "sk-wrong")
     entries = [json.loads(line) for line in log.read_text().splitlines()]
@@ -54,11 +58,11 @@ def test_a_serve_only_recipe_serves_its_model_with_its_keys_and_log(model_dir, t
     assert KEY not in log.read_text()
 
 
-def test_flags_override_the_recipes_values(model_dir, tmp_path):
-    recipe = write_recipe(tmp_path / "serve.toml", {"serve": {
-        "model": tmp_path / "no-such-model", "model_name": "recipe-name"}})
-    with running_server(model_dir, "--recipe", recipe, "--model-name", "flag-name") as url:
-        assert served_models(url, None) == ["flag-name"]
+def test_a_serve_only_recipe_names_its_model_when_no_flag_does(model_dir, tmp_path):
+    recipe = write_recipe(tmp_path / "serve.toml", {"serve": {"model": model_dir,
+                                                              "model_name": "recipe-model"}})
+    config = load_serve_config(recipe, {"model": None, "model_name": None})
+    assert (config.model, config.model_name) == (model_dir, "recipe-model")
 
 
 def test_a_typo_in_the_serve_table_is_one_line_naming_its_key(model_dir, tmp_path):
