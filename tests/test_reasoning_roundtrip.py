@@ -89,9 +89,10 @@ def test_the_student_trained_on_traces_thinks_when_served(thinker, url: str) -> 
 
 
 def test_the_local_endpoint_splits_its_trace_too(thinker) -> None:
-    [c] = asyncio.run(LocalModel(thinker[0]).complete(
-        [{"role": "user", "content": "Calculate 12 - 5."}], max_tokens=44))
+    model, ask_local = LocalModel(thinker[0]), [{"role": "user", "content": "Calculate 12 - 5."}]
+    [c] = asyncio.run(model.complete(ask_local, max_tokens=44))
     assert (c.reasoning, c.text) == (TRACE, ANSWER)
+    assert model.answer_batch([ask_local], 44) == [ANSWER]  # what a judge is shown
 
 
 def test_eval_grades_the_answer_after_the_trace_and_buckets_accuracy_by_its_length(

@@ -179,8 +179,10 @@ class LocalModel(EndpointDefaults):
 
     def answer_batch(self, conversations: list[list[dict[str, str]]],
                      max_tokens: int) -> list[str] | None:
-        """Greedy answers, in left-padded batches: a local model needs no engine."""
-        return self.generate(conversations, max_new_tokens=max_tokens)
+        """Greedy answers (after its trace, for a model that thinks), in left-padded batches: a
+        local model needs no engine."""
+        texts = self.generate(conversations, max_new_tokens=max_tokens)
+        return [self.split_reply(c, t)[1] for c, t in zip(conversations, texts, strict=True)]
 
     def thinks(self, messages: list[dict[str, str]]) -> bool | None:
         """Whether a reply to `messages` starts inside `<think>` (True), may open it (False), or
@@ -192,14 +194,18 @@ class LocalModel(EndpointDefaults):
                                                     tokenize=False)
         return opens_thinking(str(prompt))
 
+    def split_reply(self, messages: list[dict[str, str]], text: str) -> tuple[str | None, str]:
+        """A reply to `messages` as (trace, answer); no trace unless the template thinks."""
+        inside = self.thinks(messages)
+        return (None, text) if inside is None else split_thought(text, inside)
+
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
         n = int(params.get("n", 1))
         texts = self.generate([messages] * n, max_new_tokens=int(params.get("max_tokens", 256)),
                               temperature=float(params.get("temperature", 0.0)),
                               top_p=float(params.get("top_p", 1.0)))
-        inside = self.thinks(messages)
         out = []
         for t in texts:
-            reasoning, content = (None, t) if inside is None else split_thought(t, inside)
+            reasoning, content = self.split_reply(messages, t)
             out.append(Completion(text=content, model=self.path.name, reasoning=reasoning))
         return out

@@ -23,7 +23,6 @@ from seed.endpoints.tasks import score
 from seed.files import write_json_atomic, write_text_atomic
 from seed.recipe import EvalConfig
 from seed.records import Record, read_records
-from seed.thinking import split_thought
 
 
 @dataclass
@@ -42,13 +41,13 @@ def _answers(model_dir: Path, records: list[Record], config: EvalConfig) -> Answ
     replies = model.generate(prompts, max_new_tokens=config.max_new_tokens,
                              batch_size=config.batch_size)
     out = Answers([], [], [])
+    thinks = model.thinks(prompts[0]) is not None if prompts else False
     for prompt, reply in zip(prompts, replies, strict=True):
-        inside = model.thinks(prompt)
-        trace, answer = (None, reply) if inside is None else split_thought(reply, inside)
+        trace, answer = model.split_reply(prompt, reply)
         out.texts.append(answer)
         out.traces.append(trace)
-        out.trace_tokens.append(None if inside is None else len(
-            model.tokenizer(trace or "", add_special_tokens=False)["input_ids"]))
+        out.trace_tokens.append(len(model.tokenizer(trace or "", add_special_tokens=False)[
+            "input_ids"]) if thinks else None)
     return out
 
 
