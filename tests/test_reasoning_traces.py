@@ -87,6 +87,22 @@ def test_without_usage_the_trace_is_charged_as_completion_tokens(
     assert info["usage_estimated_requests"] == 2
 
 
+def test_a_multi_turn_conversation_keeps_every_turns_trace(server: FaultServer,
+                                                           tmp_path: Path) -> None:
+    control(server, "reasoning", {"field": "reasoning"})
+    prompts = write_prompts(tmp_path / "p.jsonl", 2)
+    recipe = teacher_recipe(server.base_url, prompts)["generate"]
+    config = GenerateConfig.model_validate({**recipe, "turns": 2})
+    try:
+        generate_from_teacher(config, 7, tmp_path / "out", Console(quiet=True))
+    finally:
+        control(server, "reasoning", {"field": "none"})
+    for record in read_records(tmp_path / "out" / "train.jsonl"):
+        user = [m.content for m in record.messages if m.role == "user"]
+        traces = [m.reasoning_content for m in record.messages if m.role == "assistant"]
+        assert len(user) == 2 and traces == [f"thinking about: {u}" for u in user]
+
+
 def test_a_trace_is_never_sent_back_to_the_teacher() -> None:
     endpoint = OpenAIEndpoint("http://127.0.0.1:9/v1", "m")
     body = endpoint.body([{"role": "user", "content": "q"},
