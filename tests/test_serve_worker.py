@@ -11,9 +11,11 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from helpers.cli import run_cli
@@ -124,29 +126,54 @@ async def sse_events_async(lines) -> list:
     return list(sse_events([line async for line in lines]))
 
 
-def test_disconnected_clients_free_their_rows_and_their_places_in_the_queue(model_dir):
-    # One running and one waiting sequence at most: a third request is a 429 until one leaves.
+@pytest.fixture(scope="module")
+def one_slot(model_dir) -> Iterator[str]:
+    """A server of one running and one waiting sequence at most: its URL."""
     with serving(model_dir, "--max-running", "1", "--max-queue", "1") as (url, _):
-        body = {**LONG, "stream": True}
-        with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
-            # Each line iterator is kept: a dropped one closes its connection (a disconnect).
-            with a.stream("POST", url + "/v1/chat/completions", json=body) as first:
-                first_lines = first.iter_lines()
-                next(first_lines)
-                with b.stream("POST", url + "/v1/chat/completions", json=body) as second:
-                    second_lines = second.iter_lines()
-                    next(second_lines)
-                    metrics = wait_for_metric(url, "seed_queue_depth 1")
-                    assert "seed_running_sequences 1" in metrics
-                    assert "seed_queue_depth 1" in metrics
-                    third = httpx.post(url + "/v1/chat/completions", json={**LONG,
-                                                                          "max_tokens": 4})
-                    assert third.status_code == 429
-            metrics = wait_for_metric(url, "seed_running_sequences 0\n")
-        assert "seed_running_sequences 0\n" in metrics and "seed_queue_depth 0" in metrics
-        again = httpx.post(url + "/v1/chat/completions", json={**LONG, "max_tokens": 4})
-        assert again.status_code == 200
-        assert again.json()["usage"]["completion_tokens"] >= 1
+        yield url
+
+
+def test_a_full_queue_answers_429_with_retry_after_to_the_openai_client(one_slot):
+    async def burst() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=one_slot + "/v1", api_key="x", max_retries=0)
+
+        async def one() -> str:
+            try:
+                await client.chat.completions.create(model="tiny", messages=LONG["messages"],
+                                                     max_tokens=30, temperature=0)
+                return "ok"
+            except openai.RateLimitError as e:
+                assert e.response.headers["retry-after"] == "1"
+                return "429"
+        return await asyncio.gather(*[one() for _ in range(6)])
+
+    outcomes = asyncio.run(burst())
+    assert "ok" in outcomes and "429" in outcomes
+
+
+def test_disconnected_clients_free_their_rows_and_their_places_in_the_queue(one_slot):
+    # One running and one waiting sequence at most: a third request is a 429 until one leaves.
+    url = one_slot
+    body = {**LONG, "stream": True}
+    with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
+        # Each line iterator is kept: a dropped one closes its connection (a disconnect).
+        with a.stream("POST", url + "/v1/chat/completions", json=body) as first:
+            first_lines = first.iter_lines()
+            next(first_lines)
+            with b.stream("POST", url + "/v1/chat/completions", json=body) as second:
+                second_lines = second.iter_lines()
+                next(second_lines)
+                metrics = wait_for_metric(url, "seed_queue_depth 1")
+                assert "seed_running_sequences 1" in metrics
+                assert "seed_queue_depth 1" in metrics
+                third = httpx.post(url + "/v1/chat/completions", json={**LONG,
+                                                                      "max_tokens": 4})
+                assert third.status_code == 429
+        metrics = wait_for_metric(url, "seed_running_sequences 0\n")
+    assert "seed_running_sequences 0\n" in metrics and "seed_queue_depth 0" in metrics
+    again = httpx.post(url + "/v1/chat/completions", json={**LONG, "max_tokens": 4})
+    assert again.status_code == 200
+    assert again.json()["usage"]["completion_tokens"] >= 1
 
 
 def test_the_api_process_holds_no_weights_and_the_engine_dies_with_it(tmp_path):
