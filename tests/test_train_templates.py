@@ -92,3 +92,17 @@ def test_a_recipe_template_inline_or_from_a_file_fills_the_gap(tmp_path: Path) -
     assert from_file.chat_template == inline.chat_template == CHATML
     example = assistant_mask(from_file, CHAT)
     assert _turns(from_file, example.ids, example.mask)[1] == "It is 6.<|im_end|>\n"
+
+
+def test_a_plain_tokenizer_loads_without_auto_tokenizer_and_the_same(tiny_model_dir: Path) -> None:
+    """Seed's students (`TokenizersBackend`) load by their class, not through AutoTokenizer's
+    config lookup: the same class, tokens, special tokens and rendered chats either way."""
+    from transformers import AutoTokenizer
+
+    direct, auto = load_tokenizer(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert type(direct) is type(auto)
+    assert direct("Calculate 12 + 34.")["input_ids"] == auto("Calculate 12 + 34.")["input_ids"]
+    assert direct.all_special_tokens == auto.all_special_tokens
+    assert (direct.eos_token_id, direct.pad_token_id) == (auto.eos_token_id, auto.pad_token_id)
+    assert direct.apply_chat_template(CHAT, tokenize=False) == auto.apply_chat_template(
+        CHAT, tokenize=False)

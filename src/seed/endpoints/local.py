@@ -9,6 +9,7 @@ training loads a checkpoint's tokenizer with `load_tokenizer` (the one tokenizer
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from seed.endpoints.base import Completion, EndpointDefaults
@@ -51,7 +57,8 @@ def load_tokenizer(path: str | Path, template: str | None = None, *,
     if not path.is_dir():
         raise UserError(f"{path}: no such tokenizer directory; check the path")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = _fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path),
+                                                                      local_files_only=True)
     except (OSError, ValueError):  # transformers' many lines on what it tried; one is enough
         raise UserError(f"{path}: no tokenizer can be loaded from this directory; give a model "
                         "directory with its tokenizer files (tokenizer.json, "
@@ -66,6 +73,28 @@ def load_tokenizer(path: str | Path, template: str | None = None, *,
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+# The tokenizer classes that are a `tokenizer.json` and nothing else (Seed's own students write
+# `TokenizersBackend`). AutoTokenizer reads the model's config to pick a class, and importing the
+# config's module costs ~2.5 s on a 2-core CPU (transformers' attention kernels and torch._dynamo
+# come with it), which a process that only tokenizes (`seed serve`'s API side) never needs.
+_PLAIN_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _fast_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    """The directory's tokenizer, loaded by its class directly when it is a plain `tokenizer.json`
+    one; None when AutoTokenizer must decide."""
+    config = path / "tokenizer_config.json"
+    if not (path / "tokenizer.json").is_file() or not config.is_file():
+        return None
+    try:
+        named = json.loads(config.read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if named not in _PLAIN_TOKENIZERS:
+        return None
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
 class _TokenStreamer(BaseStreamer):
