@@ -6,8 +6,9 @@ digits tokenizer, trained here by `seed train` on reasoning-gym's basic_arithmet
 the same reward (`exact_match` below: 1 when the task's own scorer gives the reply full marks, else
 0), the same group size, prompts per step, completion tokens, temperature, top-p, learning rate
 (constant, no warmup), AdamW betas, weight decay, gradient clip, clip range, KL beta (0: no
-reference model on either side), loss normalisation (DAPO's token mean, TRL's default) and number
-of steps, one optimizer step per rollout batch, float32 on one CPU thread each.
+reference model on either side), loss normalisation (DAPO's token mean, TRL's default: Seed
+takes it over the groups whose rewards differ, TRL over all) and number of steps, one optimizer
+step per rollout batch, float32 on one CPU thread each.
 
 - seed: `python -m seed train PROMPTS --recipe grpo.toml` (the full product: terms gate, records,
   checkpoints, metrics.jsonl); rollouts by Seed's serving engine in process.
@@ -18,14 +19,15 @@ of steps, one optimizer step per rollout batch, float32 on one CPU thread each.
 
 Speed is steps / the seconds the steps took (Seed: metrics.jsonl's `elapsed_s`, the sum of its step
 times; TRL: the sum of on_step_begin -> on_step_end, which holds generation, scoring, the loss and
-the optimizer step); neither side's start-up or logging counts. Process wall times are printed too.
+the optimizer step); neither side's start-up or logging counts. Process wall times, and each
+side's median rollout (generation + reward) and update seconds, are printed too.
 Reward after N steps is each final model's exact-match reward on the same held-out prompts, graded
 by `seed eval` (greedy), averaged over the seeds; the reward during the last steps of training
 (sampled) is printed beside it. "Within noise": the difference of the two sides' mean held-out
 rewards lies inside its 95% interval under the seed-to-seed spread (Welch: |diff| <= 1.96 x
-sqrt(sd_seed^2 / n + sd_trl^2 / n)), the 200 held-out prompts' own binomial spread added when the
-seeds happen to agree more than that. Seeds run ABBA (seed first, then TRL first) on a shared
-machine.
+sqrt(sd_seed^2 / n + sd_trl^2 / n)), each side's variance at least the binomial one of its mean
+over the held-out prompts (seeds that happen to agree closely prove nothing finer). Seeds run
+ABBA (Seed first, then TRL first) on a shared machine.
 
 Run: `.venv/bin/python benchmarks/grpo_vs_trl.py [--steps 60] [--seeds 0 1 2 3]`
 Ends with `RESULT vs_trl_grpo=R reward_seed=S reward_trl=T` (R: Seed's steps/s over TRL's).
@@ -232,6 +234,8 @@ def run_seed(model: Path, prompts: Path, out: Path, seed: int, a: argparse.Names
         raise RuntimeError(f"seed logged {len(steps)} GRPO steps, not {a.steps}; see {out}")
     return {"steps_s": steps[-1]["elapsed_s"], "first_s": steps[0]["elapsed_s"], "wall_s": wall,
             "rewards": [x["reward"] for x in steps], "model": out / "train" / "model",
+            "rollout_s": statistics.median(x["rollout_s"] for x in steps),
+            "update_s": statistics.median(x["update_s"] for x in steps),
             "recipe": recipe}
 
 
@@ -253,7 +257,9 @@ def run_trl(py: str, model: Path, prompts: Path, out: Path, seed: int, a: argpar
                            f"{(out / 'trl.log').read_text()[-3000:]}")
     res = json.loads((out / "trl_result.json").read_text())
     return {"steps_s": sum(res["step_s"]), "first_s": res["step_s"][0], "wall_s": wall,
-            "rewards": res["rewards"],
+            "rewards": res["rewards"], "rollout_s": statistics.median(res["rollout_s"]),
+            "update_s": statistics.median(t - r for t, r in zip(res["step_s"], res["rollout_s"],
+                                                                 strict=True)),
             "model": out / "model"}
 
 
@@ -301,10 +307,21 @@ def trl_side(a: argparse.Namespace) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=config,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[times])
+    rollout_s: list[float] = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed_rollout(*args: Any, **kwargs: Any) -> Any:  # generation, reward and advantages
+        start = time.perf_counter()
+        out = generate_and_score(*args, **kwargs)
+        rollout_s.append(time.perf_counter() - start)
+        return out
+
+    trainer._generate_and_score_completions = timed_rollout
     trainer.train()
     trainer.save_model(str(out / "model"))
     rewards = [x["reward"] for x in trainer.state.log_history if "reward" in x]
-    (out / "trl_result.json").write_text(json.dumps({"step_s": times.times, "rewards": rewards}))
+    (out / "trl_result.json").write_text(json.dumps({"step_s": times.times, "rewards": rewards,
+                                                     "rollout_s": rollout_s}))
 
 
 # ---- the comparison -------------------------------------------------------------------------
@@ -377,7 +394,8 @@ def main() -> None:
             results[side].append(r)
             print(f"seed {s} {side:>4}: {a.steps / r['steps_s']:.2f} steps/s "
                   f"({r['steps_s']:.1f} s in steps, the first {r['first_s']:.2f} s; "
-                  f"{r['wall_s']:.1f} s process) | train "
+                  f"{r['wall_s']:.1f} s process; median rollout {r['rollout_s']:.3f} s, update "
+                  f"{r['update_s']:.3f} s) | train "
                   f"reward first 5 {statistics.fmean(r['rewards'][:5]):.3f} last 5 "
                   f"{statistics.fmean(r['rewards'][-5:]):.3f} | held-out {r['held_out']:.3f} | "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
