@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -45,9 +47,12 @@ class Rollouts:
                                            generation.to_dict() if generation is not None else {})
         eos = tokenizer.eos_token_id
         self.eos = int(eos) if eos in self.eos_ids else min(self.eos_ids)
+        sink = weakref.WeakMethod(self._on_events)  # the engine's thread must not keep us alive
         self.engine = Engine(self.model, tokenizer, eos_ids=self.eos_ids, max_running=max_running,
-                             max_waiting=max_running, on_events=self._on_events)
+                             max_waiting=max_running,
+                             on_events=lambda events: _call(sink, events))
         self.engine.start()
+        weakref.finalize(self, self.engine.stop)  # a finished run's engine thread ends with it
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._out: dict[tuple[int, int], Completion] = {}
@@ -89,3 +94,10 @@ class Rollouts:
 
     def stop(self) -> None:
         self.engine.stop()
+
+
+def _call(sink: weakref.WeakMethod[Any], events: list[tuple[Sequence, Event]]) -> None:
+    """Hand the engine's events to the Rollouts, while it exists."""
+    method = sink()
+    if method is not None:
+        method(events)
