@@ -28,7 +28,6 @@ import copy
 import importlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,6 +39,7 @@ from seed.serve.engine_types import SamplingParams
 from seed.train.layout import Layout, ModeInputs, Rows, shuffled
 from seed.train.losses import group_advantages, grpo_loss, k3_kl
 from seed.train.rollouts import Completion, Rollouts
+from seed.train.runtime import Runtime
 
 Reward = Callable[[Record, str], float]
 
@@ -238,7 +238,7 @@ def count(rows: Rows) -> int:
     return int(rows["units"].sum())
 
 
-def gather(rows: Rows, runtime: Any) -> Rows:
+def gather(rows: Rows, runtime: Runtime) -> Rows:
     """Every process's rows, in rank order (each holds whole groups; all have the same shape)."""
     if runtime.world == 1:
         return rows
