@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +75,7 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
-    generator: torch.Generator | None = None
+    rng: random.Random = field(init=False)  # its draws: from params.seed, else from the OS
     submitted_at: float = field(default_factory=time.monotonic)
     prompt_scores: list[TokenLogprob] = field(default_factory=list)  # prefilled prompt, scored
     adjusts: bool = False  # penalties, a logit bias or a constraint change its logits
@@ -84,6 +85,10 @@ class Sequence:
 
     def __post_init__(self) -> None:
         p = self.params
+        self.rng = random.Random(p.seed)
+        if not p.detokenize and p.stop:
+            raise ValueError("engine: stop strings need text; a sequence with detokenize=False "
+                             "cannot have them")
         self.adjusts = bool(p.presence_penalty or p.frequency_penalty or p.logit_bias
                             or p.repetition_penalty != 1.0 or p.constraint is not None)
         self.filters = p.top_p < 1.0 or p.top_k > 0 or p.min_p > 0
@@ -151,11 +156,8 @@ class Engine:
         loop = asyncio.get_running_loop() if queue is not None else None
         seqs = []
         for i, p in enumerate(params):
-            gen = None
-            if p.seed is not None:
-                gen = torch.Generator(device="cpu").manual_seed(p.seed)
             seqs.append(Sequence(index=i, prompt_ids=prompt_ids, params=p, queue=queue, loop=loop,
-                                 tag=tag, generator=gen))
+                                 tag=tag))
         with self._cond:
             if len(self._waiting) + len(seqs) > self.max_waiting:
                 raise QueueFull
@@ -369,7 +371,7 @@ class Engine:
                 continue
             self._last[slot] = tok
             reason = self._advance(s, tok, raw_logprobs[j] if raw_logprobs is not None else None)
-            event = self._event(s, reason)
+            event = self._event(s, reason) if s.params.detokenize else _tokens_event(s, reason)
             if event is not None:
                 posts.append((s, event))
                 reason = event.finish_reason  # a stop string ends the sequence here too
@@ -427,18 +429,31 @@ class Engine:
         return self._biased(logits.clone(), (rows, green), [1.0] * len(ends))
 
     def _pick(self, logits: torch.Tensor, rows: list[Sequence | None]) -> list[int]:
-        greedy = logits.argmax(dim=-1).tolist()
-        picked = []
-        for j, s in enumerate(rows):
-            if s is None or s.params.temperature <= 0:
-                picked.append(greedy[j])
-                continue
-            # A temperature under 1e-30 would overflow float32 logits to inf (and NaN after the
-            # softmax); one that low picks the top token anyway.
-            probs = torch.softmax(logits[j] / max(s.params.temperature, 1e-30), dim=-1)
+        """Each row's next token: the top one for a greedy row (or a free one), else a draw.
+
+        The sampling rows are drawn together: one softmax at each row's temperature, each row's
+        top-k/min-p/top-p narrowing (only the rows that ask), then inverse-CDF sampling with one
+        uniform per row from the sequence's own `rng` (one per sampled token, so a seeded
+        sequence draws the same tokens whatever else is in the batch). This replaced one
+        `torch.multinomial` call per row (docs/LOG.md, "Issue 16: rollout speed").
+        """
+        picked = logits.argmax(dim=-1).tolist()
+        drawn = [(j, s) for j, s in enumerate(rows) if s is not None and s.params.temperature > 0]
+        if not drawn:
+            return picked
+        seqs = [s for _, s in drawn]
+        # A temperature under 1e-30 would overflow float32 logits to inf (and NaN after the
+        # softmax); one that low picks the top token anyway.
+        temps = torch.tensor([max(s.params.temperature, 1e-30) for s in seqs],
+                             dtype=logits.dtype, device=logits.device)
+        some = logits if len(drawn) == len(logits) else logits[[j for j, _ in drawn]]
+        probs = torch.softmax(some / temps[:, None], dim=-1)
+        for k, s in enumerate(seqs):
             if s.filters:
-                probs = _narrow(probs, s.params)
-            picked.append(int(torch.multinomial(probs, 1, generator=s.generator)))
+                probs[k] = _narrow(probs[k], s.params)
+        uniforms = torch.tensor([s.rng.random() for s in seqs], dtype=torch.float64)
+        for (j, _), tok in zip(drawn, _inverse_cdf(probs, uniforms).tolist(), strict=True):
+            picked[j] = tok
         return picked
 
     def _advance(self, s: Sequence, tok: int, logprobs: torch.Tensor | None) -> str | None:
@@ -554,6 +569,23 @@ def _adjust(logits: torch.Tensor, s: Sequence) -> None:
     if p.constraint is not None:
         allowed = p.constraint.allowed_tokens(vocab)
         logits[~torch.from_numpy(allowed)] = float("-inf")
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """For each row of `probs` (rows need not sum to 1), the token whose cumulative share holds
+    that row's uniform in [0, 1): exact sampling from the row, in float64 so a large vocabulary's
+    running sum loses nothing that matters. A token of probability 0 is never chosen."""
+    cdf = probs.double().cumsum(dim=-1)
+    targets = uniforms.to(cdf.device) * cdf[:, -1]
+    picked = torch.searchsorted(cdf, targets[:, None], right=True)[:, 0]
+    return picked.clamp_(max=probs.shape[-1] - 1)
+
+
+def _tokens_event(s: Sequence, reason: str | None) -> Event:
+    """The new tokens of a sequence that asked for no text (`SamplingParams.detokenize` off)."""
+    event = Event(s.index, "", s.pending_ids, s.pending_logprobs, reason)
+    s.pending_ids, s.pending_logprobs = [], []
+    return event
 
 
 def _narrow(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:

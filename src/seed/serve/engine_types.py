@@ -39,6 +39,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # score the prompt, with this many alternatives; None: no
     constraint: Constraint | None = None
     watermark: bool = False  # bias it with the engine's watermark (the engine must have one)
+    # False: events carry token ids only, no text (in-process callers that decode once at the
+    # end, as GRPO's rollouts do; vLLM's meaning); not with stop strings, which need the text
+    detokenize: bool = True
 
 
 @dataclass

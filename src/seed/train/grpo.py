@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import time
 from collections.abc import Callable
 
@@ -186,12 +187,13 @@ class Grpo:
         size = self.inputs.config.batch_size
         for start in range(0, len(rows["input_ids"]), size):
             ids = rows["input_ids"][start:start + size].to(self.runtime.device)
+            mask = rows["mask"][start:start + size].to(self.runtime.device)
             with self.runtime.autocast():
-                out.append(token_logprobs(model, ids, self.grpo.temperature).cpu())
+                out.append(token_logprobs(model, ids, mask, self.grpo.temperature).cpu())
         return torch.cat(out)
 
     def loss(self, model: torch.nn.Module, rows: Rows) -> tuple[torch.Tensor, int]:
-        lp = token_logprobs(model, rows["input_ids"], self.grpo.temperature)
+        lp = token_logprobs(model, rows["input_ids"], rows["mask"], self.grpo.temperature)
         mask = rows["mask"][:, 1:].to(lp.dtype)
         reference = rows.get("reference")
         if reference is not None:
@@ -226,11 +228,30 @@ def informative(rows: Rows, world: int) -> Rows:
     return {k: v[index] for k, v in rows.items()}
 
 
-def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
     """(rows, len - 1): the log-probability of each token after the first given the ones before,
-    from logits divided by the sampling temperature (the distribution the engine sampled)."""
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    from logits divided by the sampling temperature (the distribution the engine sampled).
+
+    Only the columns from the first completion token (`mask`) to the last are computed, the rest
+    are 0: the batch is cut after its last completion token (causal attention: nothing before
+    changes) and the logits are kept from the position before the first one (TRL's
+    `logits_to_keep`), so the padding and the prompts cost no output layer or softmax.
+    """
+    cols = mask.any(0).nonzero().flatten().tolist()
+    first, last = (max(cols[0], 1), cols[-1]) if cols else (1, 1)
+    kept = {"logits_to_keep": last - first + 2} if _keeps_logits(model) else {}
+    logits = model(input_ids=ids[:, :last + 1], use_cache=False, **kept).logits
+    logits = logits[:, -(last - first + 2):-1].float() / temperature
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, first:last + 1, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (first - 1, ids.shape[1] - 1 - last))
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    """The model's forward takes `logits_to_keep` (transformers' causal LMs do; a DDP wrapper
+    passes it on)."""
+    inner = getattr(model, "module", model)
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def count(rows: Rows) -> int:

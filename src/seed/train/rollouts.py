@@ -7,13 +7,16 @@ gate/up into single matrices and turns the model's own weights into frozen views
 model being trained cannot have; before every rollout the copy takes the policy's current weights
 (`load_state_dict`, a copy in place: the fused matrices see it), the way vLLM's colocated mode syncs
 a trainer's weights. Every completion has its own sampling seed, so the same weights and seeds give
-the same completions (a resumed run rolls out what the uninterrupted one did). This module knows
-nothing about rewards, advantages or the loop.
+the same completions (a resumed run rolls out what the uninterrupted one did). The engine runs them
+without text (`SamplingParams.detokenize` off: no incremental detokenisation per token); each
+completion's text is decoded once, at the end. This module knows nothing about rewards, advantages
+or the loop.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ class Rollouts:
     def __init__(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                  max_running: int):
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
         generation = getattr(policy, "generation_config", None)
         self.eos_ids = end_of_sequence_ids(tokenizer,
                                            generation.to_dict() if generation is not None else {})
@@ -60,7 +64,8 @@ class Rollouts:
 
     def sample(self, policy: torch.nn.Module, prompts: list[list[int]],
                params: list[list[SamplingParams]]) -> list[list[Completion]]:
-        """For each prompt, one completion per SamplingParams, from `policy`'s weights now."""
+        """For each prompt, one completion per SamplingParams (none with stop strings), from
+        `policy`'s weights now."""
         with torch.no_grad():
             self.model.load_state_dict(policy.state_dict())
         self._out = {(p, g): Completion() for p, ps in enumerate(params) for g in range(len(ps))}
@@ -69,12 +74,18 @@ class Rollouts:
         if not self._open:
             return [[] for _ in prompts]
         for p, (ids, ps) in enumerate(zip(prompts, params, strict=True)):
-            self.engine.submit(ids, ps, tag=p)
+            self.engine.submit(ids, [dataclasses.replace(q, detokenize=False) for q in ps], tag=p)
         self._done.wait()
         failed = [c.finish_reason for c in self._out.values()
                   if c.finish_reason and c.finish_reason.startswith("error")]
         if failed:
             raise RuntimeError(f"a rollout failed in the engine ({failed[0]})")
+        done = list(self._out.values())
+        texts = self.tokenizer.batch_decode([c.ids for c in done], skip_special_tokens=True)
+        for c, text in zip(done, texts, strict=True):
+            c.text = text
+            if c.finish_reason == "stop":
+                c.ids.append(self.eos)
         return [[self._out[p, g] for g in range(len(ps))] for p, ps in enumerate(params)]
 
     def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
@@ -83,11 +94,8 @@ class Rollouts:
             for seq, ev in events:
                 c = self._out[seq.tag, ev.index]
                 c.ids += ev.token_ids
-                c.text += ev.text
                 if ev.finish_reason:
                     c.finish_reason = ev.finish_reason
-                    if ev.finish_reason == "stop":
-                        c.ids.append(self.eos)
                     self._open -= 1
             if self._open <= 0:
                 self._done.set()
