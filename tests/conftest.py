@@ -14,6 +14,9 @@ from helpers.models import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Inductor compiles its kernels in this process, not in a pool of compile workers that each import
+# torch while the other test worker runs (the cold compile test: 49-58 s vs 55-89 s, load ~3).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 # `make test` runs two workers on two cores: each worker's in-process torch work gets one thread.
 # Tiny models on two threads spin against the other worker (six 16x16 images, 4 steps: 7-10 s on
 # two threads under load, 0.4 s on one).
