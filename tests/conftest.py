@@ -34,12 +34,13 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 HEAVY_FIRST = [
     "tests/test_serve_worker.py", "tests/test_secrets_everywhere.py", "tests/test_judge_e2e.py",
     "tests/test_protect_loop.py", "tests/test_serve_images.py", "tests/test_train_fsdp.py",
-    "tests/test_serve_audit.py", "tests/test_serve_lm_eval.py", "tests/test_policy_pipeline.py",
-    "tests/test_train_loop.py", "tests/test_pipeline.py", "tests/adversarial/test_adv_edge.py",
-    "tests/test_serve_fields.py", "tests/test_train_same_code.py",
-    "tests/test_serve_tools.py", "tests/test_images_roundtrip.py",
+    "tests/test_train_compile.py", "tests/test_serve_audit.py", "tests/test_serve_lm_eval.py",
+    "tests/test_policy_pipeline.py", "tests/test_train_loop.py", "tests/test_pipeline.py",
+    "tests/adversarial/test_adv_edge.py", "tests/test_serve_fields.py",
+    "tests/test_train_same_code.py",
+    "tests/test_serve_tools.py", "tests/test_images_roundtrip.py", "tests/test_train_grpo.py",
     "tests/test_serve_images_browser.py", "tests/test_identity_eval.py",
-    "tests/test_protect_served.py",
+    "tests/test_protect_served.py", "tests/test_reasoning_roundtrip.py",
 ]
 
 
