@@ -115,3 +115,42 @@ def test_text_free_sequences_sample_the_text_ones_tokens(tiny_tokenizer):
     assert text == tiny_tokenizer.decode(ids, skip_special_tokens=True)
     with pytest.raises(ValueError, match="stop strings need text"):
         Sequence(index=0, prompt_ids=[1], params=_text_free(max_tokens=2, stop=("x",)))
+
+
+def test_siblings_of_one_prompt_share_its_prefill_and_sample_as_if_alone(model):
+    """The sequences of one submit (n > 1, GRPO's group) prefill their prompt once: the others copy
+    its cache. Each still gives the tokens it gives as a request of its own (its own prefill), and
+    the runner prefilled one prompt row for all of them."""
+    params = [_text_free(max_tokens=12, temperature=1.0, seed=40 + i) for i in range(6)]
+    params.append(_text_free(max_tokens=12, temperature=0.0))
+    alone = [_generate(model, [(list(PROMPTS[2]), p)])[0][0] for p in params]
+
+    out: dict[int, list[int]] = {i: [] for i in range(len(params))}
+    ended: list[int] = []
+    done = threading.Event()
+
+    def sink(posts: list[tuple[Sequence, Event]]) -> None:
+        for _, ev in posts:
+            out[ev.index] += ev.token_ids
+            if ev.finish_reason:
+                ended.append(ev.index)
+        if len(ended) == len(params):
+            done.set()
+
+    engine = Engine(model, None, eos_ids={EOS}, max_running=64, max_waiting=16, on_events=sink)
+    rows: list[int] = []
+    add = engine.runner.add
+
+    def counting_add(slots: list[int], chunks: list[list[int]], starts: list[int]):
+        rows.append(len(slots))
+        return add(slots, chunks, starts)
+
+    engine.runner.add = counting_add  # type: ignore[method-assign]
+    engine.submit(list(PROMPTS[2]), params)
+    engine.start()
+    try:
+        assert done.wait(60)
+    finally:
+        engine.stop()
+    assert [out[i] for i in range(len(params))] == alone
+    assert rows == [1]  # one prompt row prefilled for all seven

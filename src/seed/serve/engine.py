@@ -235,6 +235,7 @@ class Engine:
             self._slots[slot] = s
         budget = self.max_prefill_tokens
         work: list[tuple[int, int]] = []  # (slot, tokens to prefill now)
+        whole: set[int] = set()  # prompts (by identity) prefilled whole this step
         for s in partial + new:
             if s.cancelled:  # the client left before its first token: free the slot now
                 slot = self._slots.index(s)
@@ -242,11 +243,16 @@ class Engine:
                 self.runner.free(slot)
                 continue
             n = len(s.prompt_ids) - s.prefilled
+            if _shares(self.runner, s) and id(s.prompt_ids) in whole:
+                work.append((self._slots.index(s), n))  # a copy of its sibling's cache
+                continue
             if self.runner.chunked:
                 n = min(n, max(budget, 0))
                 if n == 0:
                     continue
             budget -= n
+            if _shares(self.runner, s) and n == len(s.prompt_ids):
+                whole.add(id(s.prompt_ids))
             work.append((self._slots.index(s), n))
         group: list[tuple[int, int]] = []
         for slot, n in sorted(work, key=lambda w: w[1]):
@@ -264,15 +270,35 @@ class Engine:
         seqs = [_held(self._slots[slot]) for slot, _ in group]
         chunks = [s.prompt_ids[s.prefilled:s.prefilled + n] for s, (_, n) in zip(seqs, group,
                                                                                  strict=True)]
-        starts = [s.prefilled for s in seqs]
         slots = [slot for slot, _ in group]
-        scored = [j for j, s in enumerate(seqs) if s.params.prompt_logprobs is not None]
+        # The siblings of one prompt (n > 1, GRPO's group) whole and fresh: the first is run, the
+        # others copy its cache and its last logits (vLLM's prefix caching, for a whole prompt).
+        first: dict[int, int] = {}  # id(prompt_ids) -> the group index that runs it
+        runs = []  # for each group index, the index of the row that computes it
+        for j, s in enumerate(seqs):
+            if _shares(self.runner, s) and len(chunks[j]) == len(s.prompt_ids):
+                runs.append(first.setdefault(id(s.prompt_ids), j))
+            else:
+                runs.append(j)
+        run = sorted(set(runs))
+        at = {j: i for i, j in enumerate(run)}
+        starts = [seqs[j].prefilled for j in run]
+        scored = [at[j] for j in run if seqs[j].params.prompt_logprobs is not None]
         if scored:
-            logits, every = self.runner.add_scoring(slots, chunks, starts, scored)
-            for j, chunk_logits in zip(scored, every, strict=True):
-                self._score(seqs[j], chunk_logits, starts[j])
+            logits, every = self.runner.add_scoring([slots[j] for j in run],
+                                                    [chunks[j] for j in run], starts, scored)
+            for i, chunk_logits in zip(scored, every, strict=True):
+                self._score(seqs[run[i]], chunk_logits, starts[i])
         else:
-            logits = self.runner.add(slots, chunks, starts)
+            logits = self.runner.add([slots[j] for j in run], [chunks[j] for j in run], starts)
+        copies: dict[int, list[int]] = {}
+        for j, r in enumerate(runs):
+            if r != j:
+                copies.setdefault(slots[r], []).append(slots[j])
+        for src, dsts in copies.items():
+            self.runner.copy(src, dsts)
+        if len(run) < len(seqs):
+            logits = logits[torch.tensor([at[r] for r in runs], device=logits.device)]
         for s, chunk in zip(seqs, chunks, strict=True):
             s.prefilled += len(chunk)
         done = [j for j, s in enumerate(seqs) if _ready(s)]
@@ -638,6 +664,12 @@ def _held(s: Sequence | None) -> Sequence:
     if s is None:
         raise RuntimeError("engine: a prefill group names a free slot")
     return s
+
+
+def _shares(runner: Any, s: Sequence) -> bool:
+    """`s` may take a sibling's prefilled cache: the runner copies caches, nothing is prefilled
+    yet and its prompt is not scored (scoring reads every position's logits)."""
+    return runner.copies and s.prefilled == 0 and s.params.prompt_logprobs is None
 
 
 def _ready(s: Sequence) -> bool:

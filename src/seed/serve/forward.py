@@ -43,6 +43,7 @@ class LlamaRunner:
     """Decode and prefill for Llama-family models over per-slot key/value buffers."""
 
     chunked = True  # a prompt may be prefilled in pieces, each after the ones before it
+    copies = True  # `copy` gives other slots a prefilled slot's cache (siblings of one prompt)
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -137,6 +138,15 @@ class LlamaRunner:
             for buf in store:
                 buf[dst, :, :n] = buf[src, :, :n]
         self.positions[dst], self.positions[src] = n, 0
+
+    def copy(self, src: int, dsts: list[int]) -> None:
+        """Give the slots `dsts` slot `src`'s cache (the siblings of a prompt prefilled once)."""
+        n = int(self.positions[src])
+        rows = torch.tensor(dsts, device=self.device)
+        for store in (self.keys, self.values):
+            for buf in store:
+                buf[rows, :, :n] = buf[src, :, :n]
+        self.positions[dsts] = n
 
     def reset(self) -> None:
         self.positions.zero_()
@@ -240,6 +250,7 @@ class HFRunner:
     """transformers' own forward over a left-padded cache whose rows are the engine's slots."""
 
     chunked = False  # whole prompts only: the left-padded layout cannot append to one row
+    copies = False  # each sibling of a prompt is prefilled on its own
 
     def __init__(self, model: Any, slots: int):
         self.model = model
