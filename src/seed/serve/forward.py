@@ -145,7 +145,7 @@ class LlamaRunner:
         rows = torch.tensor(dsts, device=self.device)
         for store in (self.keys, self.values):
             for buf in store:
-                buf[rows, :, :n] = buf[src, :, :n]
+                buf[rows, :, :n] = buf[src, :, :n].clone()  # index_put_ refuses a view of itself
         self.positions[dsts] = n
 
     def reset(self) -> None:
