@@ -344,6 +344,10 @@ class HFRunner:
         """The row rides along until its slot is reused or shed."""
         self._live.discard(slot)
 
+    def copy(self, src: int, dsts: list[int]) -> None:
+        """Never called: with `copies = False` the engine prefills every sibling itself."""
+        raise NotImplementedError("the HF runner does not copy caches between rows")
+
     def move(self, src: int, dst: int) -> None:
         """Move a sequence's row from slot `src` to the free slot `dst` (to close a hole)."""
         cache, mask = self._prefilled()
