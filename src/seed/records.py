@@ -132,6 +132,11 @@ class Record(BaseModel):
         assistant turn's `reasoning_content` where it has one)."""
         return [m.chat() for m in self.messages]
 
+    def prompt(self) -> list[dict[str, str]]:
+        """`chat()` without a trailing assistant answer: what a model is asked to continue."""
+        chat = self.chat()
+        return chat[:-1] if chat and chat[-1]["role"] == "assistant" else chat
+
 
 def record_id(messages: Iterable[Message | dict[str, str]]) -> str:
     """A stable 16-hex-digit hash of the conversation's roles, contents and reasoning traces (a

@@ -33,9 +33,7 @@ class Pair:
 
 
 def _prompt(record: Record, where: str) -> list[dict[str, str]]:
-    chat = record.chat()
-    if chat and chat[-1]["role"] == "assistant":
-        chat = chat[:-1]
+    chat = record.prompt()
     if not chat:
         raise UserError(f"{where}: a preference record needs prompt messages before its answers")
     for key in ("chosen", "rejected"):

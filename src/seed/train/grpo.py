@@ -66,9 +66,7 @@ def load_reward(name: str) -> Reward:
 
 def prompt_messages(record: Record, where: str) -> list[dict[str, str]]:
     """A record's prompt: its messages without a trailing assistant answer."""
-    chat = record.chat()
-    if chat and chat[-1]["role"] == "assistant":
-        chat = chat[:-1]
+    chat = record.prompt()
     if not chat:
         raise UserError(f"{where}: mode = 'grpo' needs a prompt (a user turn) in every record")
     return chat
