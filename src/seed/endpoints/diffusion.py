@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
-from seed.endpoints.diffusion_pipeline import to_pil
+from seed.endpoints.diffusion_pipeline import encode_captions, to_pil
 from seed.errors import UserError
 from seed.quiet import quiet_progress_bars
 from seed.train.diffusion_models import Sampling, cumulative_alphas, read_sampling
@@ -171,11 +171,8 @@ class ImagePipeline:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Captions -> the text encoder's hidden states (padded to the tokenizer's length)."""
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids.to(self.device)
-        hidden: torch.Tensor = self.text_encoder(input_ids=ids).last_hidden_state
-        return hidden.to(self.dtype)
+        return encode_captions(self.tokenizer, self.text_encoder, prompts,
+                               self.device).to(self.dtype)
 
     @torch.no_grad()
     def step(self, rows: list[Row]) -> None:

@@ -26,6 +26,15 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy(), "RGB") for p in pixels]
 
 
+def encode_captions(tokenizer: Any, text_encoder: Any, prompts: list[str],
+                    device: torch.device | str) -> torch.Tensor:
+    """Captions -> the text encoder's hidden states, padded to the tokenizer's length."""
+    ids = tokenizer(prompts, padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    hidden: torch.Tensor = text_encoder(input_ids=ids.to(device)).last_hidden_state
+    return hidden
+
+
 class SeedImagePipeline(DiffusionPipeline):
     """Text to image with a pixel-space UNet, a CLIP text encoder and rectified flow."""
 
@@ -36,10 +45,7 @@ class SeedImagePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids.to(self.device)
-        hidden: torch.Tensor = self.text_encoder(input_ids=ids).last_hidden_state
+        hidden = encode_captions(self.tokenizer, self.text_encoder, prompts, self.device)
         return hidden.to(self.unet.dtype)
 
     @torch.no_grad()
