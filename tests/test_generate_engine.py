@@ -183,8 +183,10 @@ def test_small_parsers() -> None:
     assert infer_route("https://x.openai.azure.com") == "azure"
     assert infer_route("https://openrouter.ai/api/v1") == "openrouter"
     assert infer_route("http://127.0.0.1:8000/v1") == "local"
-    assert price_for("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
-    assert price_for("my-model", {"my": (1.0, 2.0)}) == (1.0, 2.0)
+    mini = price_for("gpt-4o-mini-2024-07-18")
+    assert mini is not None and (mini.input, mini.output) == (0.15, 0.60)
+    mine = price_for("my-model", {"my": (1.0, 2.0)})
+    assert mine is not None and (mine.input, mine.output) == (1.0, 2.0)
     assert price_for("unknown") is None
 
 

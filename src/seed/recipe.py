@@ -215,6 +215,18 @@ class VerifyConfig(Strict):
     json_schema: dict[str, Any] | None = None  # json_schema: default generate.response_schema
 
 
+class PriceSpec(Strict):
+    """One `[generate.prices]` row as a table: dollars per million tokens (seed.generate.budget;
+    cached input and cache writes default to input, batch prices to half of online)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
+    batch_input: float | None = Field(None, ge=0)
+    batch_output: float | None = Field(None, ge=0)
+
+
 class GenerateConfig(Strict):
     teacher: TeacherConfig
     num_records: int = Field(1000, gt=0)
@@ -232,7 +244,10 @@ class GenerateConfig(Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     identity_records: IdentityRecordsConfig | None = None
-    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/1M tokens in, out
+    # $/1M tokens: "model" = [input, output], or a PriceSpec table (cached, batch prices)
+    prices: dict[str, tuple[float, float] | PriceSpec] = Field(default_factory=dict)
+    forecast: bool = False  # `seed run`: print the forecast (seed.generate.forecast) first
+    forecast_sample: int = Field(50, gt=0)  # prompts the forecast answers (and pays for)
     # image teachers: dollars per image, by "model", "model:quality", "model:size" or
     # "model:size:quality" (the most specific wins); token-priced models use `prices`
     image_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
@@ -257,9 +272,10 @@ class GenerateConfig(Strict):
 
     @field_validator("prices")
     @classmethod
-    def _prices(cls, prices: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-        for model, pair in prices.items():
-            if min(pair) < 0:  # a negative price would let a budget grow forever
+    def _prices(cls, prices: dict[str, tuple[float, float] | PriceSpec]
+                ) -> dict[str, tuple[float, float] | PriceSpec]:
+        for model, pair in prices.items():  # a table's fields are checked by PriceSpec
+            if isinstance(pair, tuple) and min(pair) < 0:  # a budget would grow forever
                 raise PydanticCustomError("price", "{model}: prices are dollars per million "
                                           "tokens, 0 or more", {"model": repr(model)})
         return prices

@@ -169,7 +169,8 @@ def answer_and_reasoning(message: Any) -> tuple[str, str | None]:
     return (text, None) if reasoning is None else (content, reasoning)
 
 
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "completion_tokens_details")
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "completion_tokens_details",
+              "prompt_tokens_details", "cached_tokens")  # cache reads: seed.generate.budget
 
 
 def parse_choices(data: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:

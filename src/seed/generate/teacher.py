@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, seal_jsonl, write_json_atomic
 from seed.generate import sources, verify
-from seed.generate.budget import Budget
+from seed.generate.budget import Budget, price_warnings
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
 from seed.generate.filters import AnswerFilter, PromptFilter, is_refusal
@@ -47,6 +48,8 @@ from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
 from seed.records import Provenance, Record, Source, Teacher, read_records, write_records
 from seed.runs import now_iso
+
+log = logging.getLogger(__name__)
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
 EVAL = "eval.jsonl"  # generate.tasks' held-out prompts
@@ -195,6 +198,8 @@ class Generation:
         self.limits = make_limits(config)
         self.budget = Budget(self.teacher.model_requested or "", config.prices or None,
                              config.max_cost, config.max_tokens)
+        for warning in price_warnings(self.budget.model, config.prices):
+            log.warning("%s", warning)
         self.stats = Stats()
 
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
