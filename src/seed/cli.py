@@ -59,6 +59,9 @@ def generate(
     max_tokens: Annotated[int | None, typer.Option(help="Stop starting requests past this "
                                                    "many tokens (prompt + completion).")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Answer through the teacher's batch API "
+                                        "(half price, within hours; generate.teacher.batch).")
+                     ] = False,
 ) -> None:
     """Write teacher-answered training records (an HTTP teacher resumes where it stopped)."""
     from seed.recipe import load_recipe
@@ -71,6 +74,10 @@ def generate(
         from seed.protect.identity_records import with_identity_records
 
         cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
+        if batch:
+            from seed.generate.batch import batch_on
+
+            cfg = batch_on(cfg)
         work = with_identity_records(
             lambda: generate_from_teacher(cfg, r.seed, out, console=console), r, out)
         info = work()

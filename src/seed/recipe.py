@@ -51,6 +51,7 @@ class OpenAIEndpointConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     api_version: str | None = None  # Azure OpenAI
     route: str | None = None  # direct, azure, bedrock, openrouter; inferred from the URL when unset
+    batch: bool = False  # generate through the Batch API (half price, within the window)
 
 
 class LocalEndpointConfig(Strict):
@@ -164,6 +165,16 @@ class LimitsConfig(Strict):
     backoff_max: float = Field(60.0, gt=0, le=DAY)
 
 
+class BatchConfig(Strict):
+    """`[generate.batch]`: how a batch run (`generate.teacher.batch = true`) waits and splits."""
+
+    poll_interval: float = Field(30.0, gt=0, le=DAY)  # seconds between polls of the jobs
+    completion_window: str = "24h"  # OpenAI's (the only value it takes today); Anthropic's is 24h
+    retry_online: bool = True  # expired and failed items through the online API, else failed
+    max_requests: int | None = Field(None, gt=0)  # per job, below the provider's own limit
+    max_bytes: int | None = Field(None, gt=0)  # per job input file, below the provider's
+
+
 class FiltersConfig(Strict):
     exact_duplicates: bool = True
     near_duplicates: float | None = Field(None, gt=0, lt=1)  # MinHash Jaccard threshold
@@ -242,6 +253,7 @@ class GenerateConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, logprobs, ...
     response_schema: dict[str, Any] | None = None  # JSON schema the answer must satisfy
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)  # with generate.teacher.batch
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     identity_records: IdentityRecordsConfig | None = None
     # $/1M tokens: "model" = [input, output], or a PriceSpec table (cached, batch prices)

@@ -72,6 +72,7 @@ class Teacher(BaseModel):
     responded_at: str | None = None
     # True when the teacher sent no usable token counts and Seed charged its own upper bound
     usage_estimated: bool | None = None
+    api: str | None = None  # "batch": answered through the provider's batch API (else online)
 
 
 class Source(BaseModel):

@@ -294,6 +294,18 @@ class OpenAIEndpoint(EndpointDefaults):
         return {"base_url": self.base_url, "model": self.model, "route": self.route,
                 "api_version": self.api_version}
 
+    def api_url(self, path: str) -> str:
+        """The URL of one of the API's resources (`files`, `batches/ID`, ...): under `/openai/`
+        with the `api-version` query on Azure, under the base URL elsewhere."""
+        if self.route == "azure":
+            return f"{self.base_url}/openai/{path}?api-version={self.api_version}"
+        return f"{self.base_url}/{path}"
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers every request carries, the API key's among them, but no Content-Type: for
+        a client of the same API (the batch route's uploads). Never log or write them."""
+        return {k: v for k, v in self._clients[0].headers.items() if k.lower() != "content-type"}
+
     def _url(self) -> str:
         if self.route == "azure":
             return (f"{self.base_url}/openai/deployments/{self.model}/chat/completions"
@@ -334,7 +346,7 @@ class OpenAIEndpoint(EndpointDefaults):
             self._busy[i] -= 1
 
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
-        validator = self._validator(params.get("response_schema"))
+        self._validator(params.get("response_schema"))  # a bad schema fails before it is sent
         try:
             resp = await self._post(self.body(messages, params))
         except httpx.TimeoutException:
@@ -356,10 +368,22 @@ class OpenAIEndpoint(EndpointDefaults):
             raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}")
         try:
             data = resp.json()
+        except ValueError:  # a body that is not JSON, not UTF-8, or cut short
+            raise TransientError("the response body is not a chat completion (truncated JSON?)")\
+                from None
+        return self.parse(data, params.get("response_schema"))
+
+    def parse(self, data: Any, schema: dict[str, Any] | None = None) -> list[Completion]:
+        """A chat-completion body (decoded JSON) as `Completion`s, each answer checked against
+        `schema` (the request's `response_schema`) when given: the online reply and a batch
+        job's answer (seed.endpoints.openai_batch) are read by this one function.
+        `TransientError` when the body is not a chat completion, has no choices or an answer fails
+        the schema (with what was billed, `paid`, where an answer arrived)."""
+        validator = self._validator(schema)
+        try:
             choices, usage = parse_choices(data)
             answers = [(answer_and_reasoning(c.get("message")), _logprobs(c)) for c in choices]
         except (ValueError, KeyError, TypeError, AttributeError):
-            # ValueError covers a body that is not JSON, not UTF-8, or cut short
             raise TransientError("the response body is not a chat completion (truncated JSON?)")\
                 from None
         paid = ([text + (thought or "") for (text, thought), _ in answers], usage)

@@ -63,6 +63,7 @@ class Result:
     attempts: int = 0
     requested_at: str | None = None
     responded_at: str | None = None
+    api: str | None = None  # "batch" when a provider's batch API answered (seed.generate.batch)
 
     @property
     def ok(self) -> bool:
@@ -94,6 +95,7 @@ class Stats:
     in_flight: int = 0
     completion_tokens: int = 0
     stopped: str | None = None
+    phase: str | None = None  # what a batch run is waiting for (its jobs' progress), shown live
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:

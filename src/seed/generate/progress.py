@@ -35,6 +35,8 @@ def figures(stats: Stats, budget: Budget | None) -> dict[str, str]:
         "retries": f"{stats.retries:,}",
         "failures": f"{stats.failed:,}",
     }
+    if stats.phase:
+        out["batch"] = stats.phase
     if budget is not None:
         # Counted by Seed where the teacher sent no usable usage: say the figures are bounds.
         bound = f" (upper bound: {budget.estimated_requests:,} replies counted by Seed)" \

@@ -39,7 +39,7 @@ from seed.endpoints.factory import make_endpoint
 from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, seal_jsonl, write_json_atomic
-from seed.generate import sources, verify
+from seed.generate import batch, sources, verify
 from seed.generate.budget import Budget, price_warnings
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
@@ -125,7 +125,7 @@ def _records(prompt: sources.Prompt, result: Result, teacher: Teacher, job: str,
         answered_by = teacher.model_copy(update={
             "model_returned": c.model, "system_fingerprint": c.system_fingerprint,
             "requested_at": result.requested_at, "responded_at": result.responded_at,
-            "usage_estimated": c.usage_estimated or None})
+            "usage_estimated": c.usage_estimated or None, "api": result.api})
         meta: dict[str, Any] = {**prompt.meta, "prompt_key": prompt.key, "job": job,
                                 "sample": i, "finish_reason": c.finish_reason}
         lps = [*(logprobs or []), c.logprobs] if c.logprobs is not None else logprobs
@@ -202,6 +202,9 @@ class Generation:
             log.warning("%s", warning)
         self.stats = Stats()
 
+        # generate.teacher.batch: the answers through the provider's batch API (seed.generate.batch)
+        self.batch = batch.Batching(config, self.endpoint) \
+            if getattr(config.teacher, "batch", False) else None
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
         """Answers for generated-prompt steps (Self-Instruct, Evol, follow-ups), via the cache."""
         params = {k: v for k, v in self.config.params.items()
@@ -346,7 +349,8 @@ class Generation:
     async def _answer_all(self) -> None:
         generated = await self._generated()
         prompts = self._stream(generated)
-        with live(self.stats, self.budget, self.console):
+        shown = self.budget if self.batch is None else self.batch.budget
+        with live(self.stats, shown, self.console):
             if self.config.turns > 1:
                 await self._multi_turn(prompts)
             else:
@@ -356,6 +360,8 @@ class Generation:
                           on_result=self._save, budget=self.budget, stats=self.stats)
 
     def run(self) -> dict[str, Any]:
+            if self.batch is not None:
+                await self.batch.provider.aclose()
         asyncio.run(self._main())
         info = {"records_written": self.out.written, "prompts_already_done": self.already,
                 "prompts_answered": len(self.out.done), "failed": self.out.failed,
@@ -364,6 +370,10 @@ class Generation:
                 "identity_flagged": self.answers.flagged, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
+            elif self.batch is not None:
+                await self.batch.run((Request(p.key, p.messages, request_params(self.config),
+                                              payload=p) for p in prompts), self.limits,
+                                     self.cache, self._save, self.budget, self.stats)
                 "completion_tokens": self.budget.completion_tokens,
                 "reasoning_tokens": self.budget.reasoning_tokens, "cost": self.budget.cost,
                 "usage_estimated_requests": self.budget.estimated_requests,
@@ -373,7 +383,7 @@ class Generation:
         if verified is not None:
             info["verify"] = verified
         write_json_atomic(self.out_dir / SUMMARY, info)
-        for line in summary(self.stats, self.budget):
+        for line in summary(self.stats, self.budget if self.batch is None else self.batch.budget):
             self.console.print(line)
         for line in verify.yield_lines(verified) if verified is not None else ():
             self.console.print(f"yield {line}")
@@ -387,6 +397,8 @@ def generate_from_teacher(config: GenerateConfig, seed: int, out_dir: Path,
 
 
 def apply_overrides(config: GenerateConfig, prompts: list[Path] | None, max_cost: float | None,
+        if self.batch is not None:  # batch answers at batch prices, retries at online ones
+            info.update(self.batch.summary(self.budget))
                     max_tokens: int | None, concurrency: int | None) -> GenerateConfig:
     """The recipe's [generate] section with the command line's flags on top."""
     from seed.recipe import PromptFile
