@@ -201,10 +201,10 @@ class Generation:
         for warning in price_warnings(self.budget.model, config.prices):
             log.warning("%s", warning)
         self.stats = Stats()
-
         # generate.teacher.batch: the answers through the provider's batch API (seed.generate.batch)
         self.batch = batch.Batching(config, self.endpoint) \
             if getattr(config.teacher, "batch", False) else None
+
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
         """Answers for generated-prompt steps (Self-Instruct, Evol, follow-ups), via the cache."""
         params = {k: v for k, v in self.config.params.items()
@@ -344,6 +344,8 @@ class Generation:
             with self._opened():
                 await self._answer_all()
         finally:
+            if self.batch is not None:
+                await self.batch.provider.aclose()
             await self.endpoint.aclose()
 
     async def _answer_all(self) -> None:
@@ -353,6 +355,10 @@ class Generation:
         with live(self.stats, shown, self.console):
             if self.config.turns > 1:
                 await self._multi_turn(prompts)
+            elif self.batch is not None:
+                await self.batch.run((Request(p.key, p.messages, request_params(self.config),
+                                              payload=p) for p in prompts), self.limits,
+                                     self.cache, self._save, self.budget, self.stats)
             else:
                 reqs = (Request(p.key, p.messages, request_params(self.config), payload=p)
                         for p in prompts)
@@ -360,8 +366,6 @@ class Generation:
                           on_result=self._save, budget=self.budget, stats=self.stats)
 
     def run(self) -> dict[str, Any]:
-            if self.batch is not None:
-                await self.batch.provider.aclose()
         asyncio.run(self._main())
         info = {"records_written": self.out.written, "prompts_already_done": self.already,
                 "prompts_answered": len(self.out.done), "failed": self.out.failed,
@@ -370,10 +374,6 @@ class Generation:
                 "identity_flagged": self.answers.flagged, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
-            elif self.batch is not None:
-                await self.batch.run((Request(p.key, p.messages, request_params(self.config),
-                                              payload=p) for p in prompts), self.limits,
-                                     self.cache, self._save, self.budget, self.stats)
                 "completion_tokens": self.budget.completion_tokens,
                 "reasoning_tokens": self.budget.reasoning_tokens, "cost": self.budget.cost,
                 "usage_estimated_requests": self.budget.estimated_requests,
@@ -382,6 +382,8 @@ class Generation:
             self.out_dir / RECORDS, self.out_dir / FAILED, self.job, self.verify)
         if verified is not None:
             info["verify"] = verified
+        if self.batch is not None:  # batch answers at batch prices, retries at online ones
+            info.update(self.batch.summary(self.budget))
         write_json_atomic(self.out_dir / SUMMARY, info)
         for line in summary(self.stats, self.budget if self.batch is None else self.batch.budget):
             self.console.print(line)
@@ -397,8 +399,6 @@ def generate_from_teacher(config: GenerateConfig, seed: int, out_dir: Path,
 
 
 def apply_overrides(config: GenerateConfig, prompts: list[Path] | None, max_cost: float | None,
-        if self.batch is not None:  # batch answers at batch prices, retries at online ones
-            info.update(self.batch.summary(self.budget))
                     max_tokens: int | None, concurrency: int | None) -> GenerateConfig:
     """The recipe's [generate] section with the command line's flags on top."""
     from seed.recipe import PromptFile
