@@ -69,7 +69,7 @@ def generate(
 
     r, _ = load_recipe(recipe)
     check_output_dir(out, "--out")
-    if r.generate.teacher.kind == "openai":
+    if r.generate.teacher.kind in ("openai", "anthropic"):
         from seed.generate.teacher import apply_overrides, generate_from_teacher
         from seed.protect.identity_records import with_identity_records
 

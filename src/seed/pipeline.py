@@ -44,7 +44,7 @@ def preflight(recipe: Recipe, data_dir: Path | None = None, console: Console | N
 
             TasksEndpoint(teacher.tasks)
         work = partial(_generate_tasks, recipe, data)
-    elif teacher.kind == "openai":
+    elif teacher.kind in ("openai", "anthropic"):
         from seed.generate.teacher import Generation
 
         def build() -> Generation:

@@ -54,6 +54,31 @@ class OpenAIEndpointConfig(Strict):
     batch: bool = False  # generate through the Batch API (half price, within the window)
 
 
+class AnthropicEndpointConfig(Strict):
+    """`kind = "anthropic"`: Claude through Anthropic's native Messages API
+    (seed.endpoints.anthropic): system prompt caching, thinking blocks, `stop_reason`."""
+
+    kind: Literal["anthropic"] = "anthropic"
+    model: str
+    base_url: str = "https://api.anthropic.com"
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    api_key_file: str | None = None  # when set, the key is read from it, not api_key_env
+    anthropic_version: str = "2023-06-01"
+    headers: dict[str, str] = Field(default_factory=dict)  # e.g. anthropic-beta
+    route: str | None = None  # direct, bedrock, ...; inferred from the URL when unset
+    thinking_budget: int | None = Field(None, ge=1024)  # extended thinking's budget_tokens
+    adaptive_thinking: bool = False  # `thinking: {type: adaptive}` (models that choose)
+    cache_system: bool = True  # mark the system prompt for Anthropic's prompt cache
+    batch: bool = False  # answer through Message Batches (half price, within 24 h)
+
+    @model_validator(mode="after")
+    def _key_file_wins(self) -> AnthropicEndpointConfig:
+        # api_key_env has a default; a key file given alone must not be shadowed by it
+        if self.api_key_file and "api_key_env" not in self.model_fields_set:
+            self.api_key_env = None
+        return self
+
+
 class LocalEndpointConfig(Strict):
     """`kind = "local"`: a Hugging Face model directory, loaded in process."""
 
@@ -87,8 +112,8 @@ class ShapesConfig(Strict):
 
 # Anything that answers chat messages; `kind` picks the variant, and each variant takes only its
 # own keys, so a `base_url` under `kind = "tasks"` is an unknown key.
-EndpointConfig = Annotated[OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig,
-                           Field(discriminator="kind")]
+EndpointConfig = Annotated[OpenAIEndpointConfig | AnthropicEndpointConfig | LocalEndpointConfig
+                           | TasksEndpointConfig, Field(discriminator="kind")]
 
 
 class ImagesEndpointConfig(Strict):
@@ -113,15 +138,16 @@ class PipelineTeacherConfig(Strict):
 
 
 # What `generate.teacher` can be: a chat teacher, or one that draws images.
-TeacherConfig = Annotated[OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig
-                          | ShapesConfig | ImagesEndpointConfig | PipelineTeacherConfig,
-                          Field(discriminator="kind")]
+TeacherConfig = Annotated[OpenAIEndpointConfig | AnthropicEndpointConfig | LocalEndpointConfig
+                          | TasksEndpointConfig | ShapesConfig | ImagesEndpointConfig
+                          | PipelineTeacherConfig, Field(discriminator="kind")]
 IMAGE_TEACHERS = ("shapes", "images", "pipeline")  # the kinds that write image records
 
 
 def chat_teacher(teacher: TeacherConfig) -> EndpointConfig | None:
     """`teacher` when it answers chat messages (the judge's default baseline), else None."""
-    if isinstance(teacher, OpenAIEndpointConfig | LocalEndpointConfig | TasksEndpointConfig):
+    if isinstance(teacher, OpenAIEndpointConfig | AnthropicEndpointConfig | LocalEndpointConfig
+                  | TasksEndpointConfig):
         return teacher
     return None
 
@@ -274,11 +300,11 @@ class GenerateConfig(Strict):
     @model_validator(mode="after")
     def _openai_only(self) -> GenerateConfig:
         # The tasks teacher answers its own prompts with ground truth: nothing to verify.
-        if self.teacher.kind != "openai":
+        if self.teacher.kind not in ("openai", "anthropic"):
             for key in ("tasks", "verify"):
                 if getattr(self, key):
                     raise PydanticCustomError(
-                        "openai_only", "{key} is for an openai teacher's answers (a tasks teacher "
+                        "openai_only", "{key} is for an HTTP teacher's answers (a tasks teacher "
                         "takes its families under generate.teacher.tasks)", {"key": key})
         return self
 

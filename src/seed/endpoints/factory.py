@@ -9,7 +9,12 @@ the config came from (`where`, e.g. `eval.judge.endpoint`). This module calls no
 from __future__ import annotations
 
 from seed.endpoints.base import Endpoint
-from seed.recipe import EndpointConfig, LocalEndpointConfig, OpenAIEndpointConfig
+from seed.recipe import (
+    AnthropicEndpointConfig,
+    EndpointConfig,
+    LocalEndpointConfig,
+    OpenAIEndpointConfig,
+)
 
 
 def make_endpoint(config: EndpointConfig, where: str, *, timeout: float = 120.0,
@@ -23,6 +28,15 @@ def make_endpoint(config: EndpointConfig, where: str, *, timeout: float = 120.0,
                               api_key_file=config.api_key_file, headers=config.headers,
                               api_version=config.api_version, route=config.route,
                               timeout=timeout, max_connections=max_connections, what=where)
+    if isinstance(config, AnthropicEndpointConfig):
+        from seed.endpoints.anthropic import AnthropicEndpoint
+
+        return AnthropicEndpoint(
+            config.model, base_url=config.base_url, api_key_env=config.api_key_env,
+            api_key_file=config.api_key_file, anthropic_version=config.anthropic_version,
+            headers=config.headers, route=config.route, thinking_budget=config.thinking_budget,
+            adaptive_thinking=config.adaptive_thinking, cache_system=config.cache_system,
+            timeout=timeout, max_connections=max_connections, what=where)
     if isinstance(config, LocalEndpointConfig):
         from seed.endpoints.local import LocalModel
 

@@ -31,6 +31,7 @@ from seed.files import load_jsonl, write_json_atomic
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, run
 from seed.recipe import (
+    AnthropicEndpointConfig,
     EndpointConfig,
     JudgeConfig,
     LocalEndpointConfig,
@@ -53,7 +54,7 @@ def answerer(cfg: EndpointConfig, what: str, limits: Limits) -> Endpoint:
 
 def endpoint_name(cfg: EndpointConfig) -> str:
     """How results name an endpoint: the model asked for, or the model directory's name."""
-    if isinstance(cfg, OpenAIEndpointConfig):
+    if isinstance(cfg, OpenAIEndpointConfig | AnthropicEndpointConfig):
         return cfg.model
     if isinstance(cfg, LocalEndpointConfig):
         return Path(cfg.path).name
@@ -62,7 +63,7 @@ def endpoint_name(cfg: EndpointConfig) -> str:
 
 def _identity(cfg: EndpointConfig, max_tokens: int) -> str:
     """What decides an endpoint's answers, so saved answers of a retrained model are not reused."""
-    if isinstance(cfg, OpenAIEndpointConfig):
+    if isinstance(cfg, OpenAIEndpointConfig | AnthropicEndpointConfig):
         return f"{cfg.base_url} {cfg.model} {max_tokens}"
     if isinstance(cfg, TasksEndpointConfig):
         return "ground truth"
@@ -129,7 +130,8 @@ async def answer_questions(questions: list[Question], endpoint: Endpoint, max_to
 def self_preference(judge: EndpointConfig, baseline: EndpointConfig) -> bool:
     """Whether the judge is the baseline's own model (it may prefer its own style)."""
     match judge, baseline:
-        case OpenAIEndpointConfig(), OpenAIEndpointConfig():
+        case (OpenAIEndpointConfig() | AnthropicEndpointConfig(),
+              OpenAIEndpointConfig() | AnthropicEndpointConfig()):
             return judge.model.lower() == baseline.model.lower()
         case LocalEndpointConfig(), LocalEndpointConfig():
             return judge.path == baseline.path

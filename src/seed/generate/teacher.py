@@ -162,9 +162,10 @@ class Generation:
 
     def __init__(self, config: GenerateConfig, seed: int, out_dir: Path, console: Console) -> None:
         self.config, self.seed, self.out_dir, self.console = config, seed, out_dir, console
-        if config.teacher.kind != "openai":
+        if config.teacher.kind not in ("openai", "anthropic"):
             raise UserError(f"generate.teacher.kind = \"{config.teacher.kind}\": prompts are "
-                            "answered by an openai teacher (a tasks teacher writes its own)")
+                            "answered by an openai or anthropic teacher (a tasks teacher writes "
+                            "its own)")
         if config.turns > 1 and config.samples > 1:
             raise UserError("generate.turns > 1 needs generate.samples = 1 (sample whole "
                             "conversations by running again with another seed)")
