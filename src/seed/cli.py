@@ -177,8 +177,11 @@ def check(
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="Dataset file (JSON array or JSON lines).")],
-    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt, messages or "
-                                        "s1k (reasoning traces kept).")],
+    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt, messages, s1k "
+                                        "(reasoning traces kept), openai-ft (OpenAI chat "
+                                        "fine-tuning or preference JSONL: tools, tool calls, "
+                                        "weights) or openai-stored (stored chat completions "
+                                        "with their messages; teacher from each one's model).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records file to write (JSONL).")],
     teacher: Annotated[str | None, typer.Option(help="Who wrote the answers: ROUTE:MODEL, e.g. "
                                                 "direct:gpt-4o.")] = None,
@@ -196,7 +199,7 @@ def import_(
     check_output_file(out, "--out")
     info = import_dataset(file, fmt, out, name=name, teacher=teacher, license=license,  # type: ignore[arg-type]
                           dpi=dpi, dpi_id=dpi_id)
-    who = info["teacher"]["model_requested"] if info["teacher"] else "no teacher declared"
+    who = ", ".join(info["teachers"]) or "no teacher declared"
     console.print(f"{info['records']} records ({who}; license "
                   f"{info['source'].get('license') or 'not declared'}) in {out}")
 

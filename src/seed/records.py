@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seed.errors import UserError
 from seed.files import jsonl_lines, seal_jsonl
@@ -30,29 +30,79 @@ log = logging.getLogger(__name__)
 Role = Literal["system", "user", "assistant", "tool"]
 
 
+class ToolFunction(BaseModel):
+    """The function a tool call names, with its arguments as the JSON text the model wrote."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """One call in an assistant turn, in OpenAI's shape (`id`, `type`, `function`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class Message(BaseModel):
     """One chat turn in the OpenAI format; an assistant turn may hold its thinking trace in
-    `reasoning_content` (the key Qwen3's and DeepSeek-R1's chat templates read), written only
-    when set, so a record without one is the same line it always was."""
+    `reasoning_content` (the key Qwen3's and DeepSeek-R1's chat templates read), its tool calls
+    (`tool_calls`) and a fine-tuning `weight` (0: not trained on, OpenAI's meaning); a tool turn
+    names the call it answers (`tool_call_id`); any turn may carry a participant `name`. Each is
+    written only when set, so a record without them is the same line it always was."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Role
     content: str
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    weight: Literal[0, 1] | None = None
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _weight_is_an_integer(cls, v: Any) -> Any:
+        if v is not None and type(v) is not int:  # true or 1.0 is not OpenAI's 0 or 1
+            raise ValueError(f"weight is {json.dumps(v)}; use 0 or 1")
+        return v
 
     @model_validator(mode="after")
-    def _reasoning_on_assistant(self) -> Message:
+    def _fields_on_their_roles(self) -> Message:
         if self.reasoning_content is not None and self.role != "assistant":
             raise ValueError(f"a {self.role} message holds reasoning_content; only assistant "
                              "turns have a reasoning trace")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message holds tool_calls; only assistant turns "
+                             "call tools")
+        if self.weight is not None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message holds a weight; only assistant turns are "
+                             "weighted (0 or 1)")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"a {self.role} message holds tool_call_id; only tool turns "
+                             "answer a call")
         return self
 
-    def chat(self) -> dict[str, str]:
-        """The turn as a plain dict, with `reasoning_content` only where it is set."""
-        out = {"role": self.role, "content": self.content}
+    def chat(self, weight: bool = False) -> dict[str, Any]:
+        """The turn as a plain dict in OpenAI's chat shape, each optional field only where it is
+        set; `weight` (a fine-tuning file's key, not a chat API's) only when asked for."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.reasoning_content is not None:
             out["reasoning_content"] = self.reasoning_content
+        if self.tool_calls is not None:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        if weight and self.weight is not None:
+            out["weight"] = self.weight
         return out
 
 
@@ -99,26 +149,30 @@ class Provenance(BaseModel):
 
 
 class Record(BaseModel):
-    """One conversation with its provenance; `id` is a stable hash of the messages."""
+    """One conversation with its provenance; `id` is a stable hash of the messages (and of the
+    `tools` offered, OpenAI's function tools, when the conversation had any)."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
     provenance: Provenance = Field(default_factory=Provenance)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def new(
         cls,
-        messages: list[dict[str, str]] | list[Message],
+        messages: list[dict[str, Any]] | list[dict[str, str]] | list[Message],
         provenance: Provenance | None = None,
         meta: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Record:
         msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
         return cls(
-            id=record_id(msgs),
+            id=record_id(msgs, tools),
             messages=msgs,
+            tools=tools,
             provenance=provenance or Provenance(),
             meta=meta or {},
         )
@@ -128,21 +182,26 @@ class Record(BaseModel):
         data = self.model_dump(mode="json", exclude_none=True)
         return json.dumps(data, ensure_ascii=False) + "\n"
 
-    def chat(self) -> list[dict[str, str]]:
+    def chat(self, weights: bool = False) -> list[dict[str, Any]]:
         """The messages as plain dicts, the shape chat templates and HTTP APIs take (with each
-        assistant turn's `reasoning_content` where it has one)."""
-        return [m.chat() for m in self.messages]
+        assistant turn's `reasoning_content` and `tool_calls` where it has them; each turn's
+        fine-tuning `weight` too when `weights`)."""
+        return [m.chat(weights) for m in self.messages]
 
-    def prompt(self) -> list[dict[str, str]]:
+    def prompt(self) -> list[dict[str, Any]]:
         """`chat()` without a trailing assistant answer: what a model is asked to continue."""
         chat = self.chat()
         return chat[:-1] if chat and chat[-1]["role"] == "assistant" else chat
 
 
-def record_id(messages: Iterable[Message | dict[str, str]]) -> str:
-    """A stable 16-hex-digit hash of the conversation's roles, contents and reasoning traces (a
-    turn without a trace hashes as it always did)."""
-    canon = [m.chat() if isinstance(m, Message) else dict(m) for m in messages]
+def record_id(messages: Iterable[Message | dict[str, Any]],
+              tools: list[dict[str, Any]] | None = None) -> str:
+    """A stable 16-hex-digit hash of the conversation's roles, contents and reasoning traces
+    (and tool calls, tool answers and the tools offered, where there are any; a turn's weight
+    is not part of the conversation). A conversation without them hashes as it always did."""
+    canon: Any = [m.chat() if isinstance(m, Message) else dict(m) for m in messages]
+    if tools is not None:
+        canon = {"messages": canon, "tools": tools}
     blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -8,7 +8,9 @@ JSON lines. An assistant turn's thinking trace becomes its `reasoning_content`, 
 dataset holds it: a separate `reasoning_content` (or `reasoning`) field, `<think>...</think>` inline
 (OpenR1-Math, DeepSeek-R1 dumps), or Bespoke-Stratos / OpenThoughts markers
 (`<|begin_of_thought|>...<|end_of_thought|>` then `<|begin_of_solution|>...<|end_of_solution|>`,
-the solution becoming the content).
+the solution becoming the content). Two more read OpenAI's own files (`openai_files.py`):
+`openai-ft` (chat fine-tuning or preference JSONL, tools and weights included) and `openai-stored`
+(an export of stored chat completions, each record's teacher the model the completion names).
 
 Provenance comes from `--teacher ROUTE:MODEL`, `--license NAME`, or a Data Provenance Initiative
 summary (`--dpi`): its "Model Generated" names the teacher and its "Licenses"
@@ -34,12 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seed.errors import UserError
 from seed.files import read_jsonl
+from seed.policy.openai_files import Bad, ft_record, stored_completions, stored_records
 from seed.records import Provenance, Record, Source, Teacher, write_records
 from seed.thinking import CLOSE, OPEN, split_thought
 
 log = logging.getLogger(__name__)
 
-Format = Literal["alpaca", "sharegpt", "messages", "s1k"]
+Format = Literal["alpaca", "sharegpt", "messages", "s1k", "openai-ft", "openai-stored"]
+FORMATS = ("alpaca", "sharegpt", "messages", "s1k", "openai-ft", "openai-stored")
 ROUTES = ("direct", "azure", "bedrock", "openrouter", "local", "tasks", "declared", "human")
 # DPI lists a model's terms among "Licenses" (e.g. "OpenAI"): they name the teacher, not the data.
 _DPI_TERMS = {"openai", "anthropic", "google cloud translation api"}
@@ -50,14 +54,18 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Items of a JSON array file, or lines of a JSONL file, with their 1-based position."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such dataset file; check the path")
-    with path.open("rb") as f:
-        is_array = f.read(4096).lstrip().startswith(b"[")
-    if is_array:
+    if _is_array(path):
         yield from enumerate(_json(path, "fix the file"), 1)
         return
     yield from read_jsonl(path)
+
+
+def _is_array(path: Path) -> bool:
+    """The file holds one JSON array (else JSON lines)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such dataset file; check the path")
+    with path.open("rb") as f:
+        return f.read(4096).lstrip().startswith(b"[")
 
 
 def _json(path: Path, fix: str) -> Any:
@@ -245,8 +253,12 @@ def import_dataset(path: str | Path, fmt: Format, out: str | Path, *, name: str 
                    dpi: str | Path | None = None, dpi_id: str | None = None) -> dict[str, Any]:
     """Convert a dataset file to a records file with declared provenance; return counts."""
     path = Path(path)
-    if fmt not in _PARSERS:
-        raise UserError(f"--format {fmt!r}: use alpaca, sharegpt, messages or s1k")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use {', '.join(FORMATS)}")
+    if fmt == "openai-stored" and (teacher is not None or dpi is not None):
+        raise UserError(f"--{'teacher' if teacher is not None else 'dpi'}: a stored-completions "
+                        "file names each completion's model, and each record is labelled with "
+                        "its own; drop it")
     t: Teacher | None = None
     src = Source(kind="import", name=name or path.stem)
     if dpi is not None:
@@ -260,16 +272,40 @@ def import_dataset(path: str | Path, fmt: Format, out: str | Path, *, name: str 
     prov = Provenance(teacher=t, source=src, purpose="train")
 
     # Parse everything before writing, so a bad item leaves no partial output behind.
-    records = []
-    for i, row in _rows(path):
-        try:
-            record = Record.new(_PARSERS[fmt](row), provenance=prov, meta={"import_index": i})
-        except (KeyError, TypeError, ValueError, ValidationError) as e:
-            raise UserError(f"{path}: item {i} is not a {fmt} record "
-                            f"({_why(e)}); check --format") from None
-        records.append(record)
+    if fmt in ("openai-ft", "openai-stored"):
+        records = _openai_records(path, fmt, prov)
+    else:
+        records = []
+        for i, row in _rows(path):
+            try:
+                record = Record.new(_PARSERS[fmt](row), provenance=prov, meta={"import_index": i})
+            except (KeyError, TypeError, ValueError, ValidationError) as e:
+                raise UserError(f"{path}: item {i} is not a {fmt} record "
+                                f"({_why(e)}); check --format") from None
+            records.append(record)
     if not records:
         raise UserError(f"{path}: no items found; is it empty?")
     n = write_records(out, records)
+    teachers = [r.provenance.teacher for r in records]
+    models = dict.fromkeys(x.model_returned or x.model_requested or "?" for x in teachers if x)
     return {"records": n, "teacher": t.model_dump(exclude_none=True) if t else None,
-            "source": src.model_dump(exclude_none=True)}
+            "teachers": list(models), "source": src.model_dump(exclude_none=True)}
+
+
+def _openai_records(path: Path, fmt: Format, prov: Provenance) -> list[Record]:
+    """The records of an OpenAI fine-tuning or stored-completions file; a field Seed cannot
+    read is one error naming the line (or array item) and the field."""
+    unit = "item" if _is_array(path) else "line"
+    records: list[Record] = []
+    for i, row in _rows(path):
+        try:
+            if fmt == "openai-ft":
+                records.append(ft_record(row, prov, i))
+                continue
+            assert prov.source is not None
+            for where, completion in stored_completions(row):
+                records += stored_records(completion, where, prov.source, i)
+        except Bad as e:
+            raise UserError(f"{path}: {unit} {i}, {e.where}: {e.why}; fix that {unit} "
+                            f"(--format {fmt})") from None
+    return records

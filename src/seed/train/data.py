@@ -12,6 +12,13 @@ thought's tokens (from `<think>` to the blank lines after `</think>`, found in t
 mapped to tokens by their offsets), `drop` removes the trace before rendering. A template that
 does not write a turn's trace cannot train on it, and says so.
 
+Tool use renders through the template too: a chat's `tools` (OpenAI's function tools) go to it as
+`tools`, and an assistant turn's `tool_calls` are trained like its content. A call's `arguments`
+(JSON text) are parsed first, so the template writes them with the separators `seed serve`'s tool
+grammar holds a served call to (`", "`, `": "`); text that is not JSON is passed on as it is. An
+assistant turn with `weight: 0` (a fine-tuning file's key, OpenAI's meaning) stays in the context
+and out of the loss.
+
 Packing puts several examples in one fixed-length row with `position_ids` restarting at 0 for each,
 which is how transformers' attention keeps packed examples from attending to each other when no
 attention mask is passed; `fit` drops the examples with a trace that `seq_len` would cut (their
@@ -20,9 +27,10 @@ answer would be lost). This module knows nothing about models, optimizers or the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -30,7 +38,8 @@ from transformers import PreTrainedTokenizerBase
 from seed.errors import UserError
 from seed.thinking import CLOSE, OPEN, WHITESPACE, opens_thinking
 
-Chat = list[dict[str, str]]
+Chat = list[dict[str, Any]]
+Tools = list[dict[str, Any]]
 Reasoning = Literal["train", "answer", "drop"]
 TEMPLATE_SETTING = "train.student.chat_template"  # the key that fixes a template problem
 REASONING_SETTING = "train.reasoning"
@@ -63,31 +72,39 @@ class Batch:
 
 
 def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
-           source: str = "the records", reasoning: Reasoning = "train") -> list[Example]:
+           source: str = "the records", reasoning: Reasoning = "train",
+           tools: Sequence[Tools | None] | None = None) -> list[Example]:
     """Each chat's ids with an assistant-only mask, found by rendering and diffing prefixes.
 
     For assistant message i, the ids of `chat[:i]` with the generation prompt must be a prefix of
     the ids of `chat[:i+1]`, which must be a prefix of the whole chat's; the difference is trained,
-    but for the thought of a turn with a trace when `reasoning` is "answer" (module docstring).
+    but for the thought of a turn with a trace when `reasoning` is "answer", and for a turn with
+    `weight: 0` (module docstring). `tools[n]`: the tools offered in chat n (None: none).
     A template for which that fails is a UserError naming `source` (the records file) and the chat.
     """
-    if reasoning == "drop":
-        chats = [[{k: v for k, v in m.items() if k != "reasoning_content"} for m in chat]
-                 for chat in chats]
+    skipped = [[m.get("weight") == 0 for m in chat] for chat in chats]
+    chats = [[template_turn(m, reasoning) for m in chat] for chat in chats]
+    offered = list(tools) if tools is not None else [None] * len(chats)
     prompts: list[Chat] = []  # chat[:i], rendered with the generation prompt
     turns: list[Chat] = []  # chat[:i+1]; the last one of each chat is the whole chat
-    plan: list[tuple[list[tuple[int, int]], int]] = []  # per chat: [(prompt, turn)], whole chat
-    for chat in chats:
+    prompt_tools: list[Tools | None] = []
+    turn_tools: list[Tools | None] = []
+    plan: list[tuple[list[tuple[int, int, bool]], int]] = []  # [(prompt, turn, skip)], whole
+    for chat, weightless, chat_tools in zip(chats, skipped, offered, strict=True):
         pairs = []
         for i, m in enumerate(chat):
             if m["role"] == "assistant":
                 prompts.append(chat[:i])
                 turns.append(chat[: i + 1])
-                pairs.append((len(prompts) - 1, len(turns) - 1))
+                prompt_tools.append(chat_tools)
+                turn_tools.append(chat_tools)
+                pairs.append((len(prompts) - 1, len(turns) - 1, weightless[i]))
         if not pairs or len(chat) != len(turns[-1]):
             turns.append(chat)
+            turn_tools.append(chat_tools)
         plan.append((pairs, len(turns) - 1))
-    texts = _render_texts(tokenizer, turns, False) + _render_texts(tokenizer, prompts, True)
+    texts = (_render_texts(tokenizer, turns, turn_tools, False)
+             + _render_texts(tokenizer, prompts, prompt_tools, True))
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     turn_ids, prompt_ids = ids[: len(turns)], ids[len(turns):]
     turn_texts, prompt_texts = texts[: len(turns)], texts[len(turns):]
@@ -97,7 +114,7 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
         full = turn_ids[whole]
         mask = [0] * len(full)
         thought = 0
-        for p, t in pairs:
+        for p, t, skip in pairs:
             prefix, turn = prompt_ids[p], turn_ids[t]
             if turn[: len(prefix)] != prefix or full[: len(turn)] != turn:
                 raise UserError(f"{source} record {n}: the chat template does not render the "
@@ -108,7 +125,8 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
                 raise UserError(f"{source} record {n}: an assistant turn renders to no tokens "
                                 f"with this chat template; set {TEMPLATE_SETTING} to one that "
                                 "keeps the assistant's content")
-            mask[len(prefix): len(turn)] = [1] * (len(turn) - len(prefix))
+            if not skip:
+                mask[len(prefix): len(turn)] = [1] * (len(turn) - len(prefix))
             trace = turns[t][-1].get("reasoning_content")
             if trace is None:
                 continue
@@ -125,6 +143,29 @@ def render(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
                     mask[i] = 0
         examples.append(Example(full, mask, thought))
     return examples
+
+
+def template_turn(message: dict[str, Any], reasoning: Reasoning = "train") -> dict[str, Any]:
+    """A chat turn as the template is given it: without its `weight` (which only the mask reads),
+    without its trace when `reasoning` is "drop", and with each tool call's `arguments` parsed
+    when they are JSON (so the template writes them in the serve grammar's separators)."""
+    out = {k: v for k, v in message.items()
+           if k != "weight" and not (k == "reasoning_content" and reasoning == "drop")}
+    if out.get("tool_calls"):
+        out["tool_calls"] = [_parsed_arguments(c) for c in out["tool_calls"]]
+    return out
+
+
+def _parsed_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    args = function.get("arguments")
+    if not isinstance(args, str):
+        return call
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": value}}
 
 
 def thought_span(turn_text: str, prompt_text: str, trace: str) -> tuple[int, int] | None:
@@ -166,18 +207,28 @@ def fit(examples: Sequence[Example], seq_len: int) -> tuple[list[Example], int]:
 
 
 def _render_texts(tokenizer: PreTrainedTokenizerBase, chats: list[Chat],
-                  generation_prompt: bool) -> list[str]:
-    if not chats:
-        return []
-    # One batched call renders far faster than one call per chat.
-    return list(tokenizer.apply_chat_template(chats, tokenize=False,
-                                              add_generation_prompt=generation_prompt))
+                  tools: list[Tools | None], generation_prompt: bool) -> list[str]:
+    """Each chat's text, with its tools; chats offered the same tools render in one call."""
+    groups: dict[str, list[int]] = {}
+    for i, chat_tools in enumerate(tools):
+        groups.setdefault(json.dumps(chat_tools, sort_keys=True), []).append(i)
+    out = [""] * len(chats)
+    for members in groups.values():
+        # One batched call renders far faster than one call per chat.
+        offered = tools[members[0]]
+        texts = tokenizer.apply_chat_template([chats[i] for i in members],
+                                              tools=None if offered is None else [*offered],
+                                              tokenize=False,
+                                              add_generation_prompt=generation_prompt)
+        for i, text in zip(members, texts, strict=True):
+            out[i] = text
+    return out
 
 
 def assistant_mask(tokenizer: PreTrainedTokenizerBase, chat: Chat,
-                   reasoning: Reasoning = "train") -> Example:
+                   reasoning: Reasoning = "train", tools: Tools | None = None) -> Example:
     """One chat's ids and assistant-only mask."""
-    return render(tokenizer, [chat], reasoning=reasoning)[0]
+    return render(tokenizer, [chat], reasoning=reasoning, tools=[tools])[0]
 
 
 def pack(examples: Sequence[Example], seq_len: int, pad_id: int) -> Batch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,7 +33,11 @@ class Pair:
     rejected: Example
 
 
-def _prompt(record: Record, where: str) -> list[dict[str, str]]:
+def _prompt(record: Record, where: str) -> list[dict[str, Any]]:
+    if record.tools is not None or any(m.tool_calls for m in record.messages):
+        raise UserError(f"{where}: mode = 'dpo' trains text answers without tools, and this "
+                        "record offers tools or holds tool calls; train it with mode = 'sft' "
+                        "or leave it out")
     chat = record.prompt()
     if not chat:
         raise UserError(f"{where}: a preference record needs prompt messages before its answers")

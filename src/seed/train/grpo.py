@@ -66,6 +66,10 @@ def load_reward(name: str) -> Reward:
 
 def prompt_messages(record: Record, where: str) -> list[dict[str, str]]:
     """A record's prompt: its messages without a trailing assistant answer."""
+    if record.tools is not None or any(m.tool_calls for m in record.messages):
+        raise UserError(f"{where}: mode = 'grpo' samples text answers without tools, and this "
+                        "record offers tools or holds tool calls; train it with mode = 'sft' "
+                        "or leave it out")
     chat = record.prompt()
     if not chat:
         raise UserError(f"{where}: mode = 'grpo' needs a prompt (a user turn) in every record")

@@ -52,11 +52,11 @@ class ModeInputs:
         return int(self.tokenizer.pad_token_id)
 
     def examples(self) -> list[Example]:
-        """The records rendered with the chat template, masked on assistant turns (and their
-        traces as `train.reasoning` says); those with a trace longer than `train.seq_len` are
-        dropped (`data.fit`), counted in `notes`."""
-        examples = render(self.tokenizer, [r.chat() for r in self.records], self.source,
-                          self.config.reasoning)
+        """The records rendered with the chat template (with their tools), masked on assistant
+        turns but those of weight 0 (and their traces as `train.reasoning` says); those with a
+        trace longer than `train.seq_len` are dropped (`data.fit`), counted in `notes`."""
+        examples = render(self.tokenizer, [r.chat(weights=True) for r in self.records],
+                          self.source, self.config.reasoning, [r.tools for r in self.records])
         if not any(any(ex.mask) for ex in examples):
             raise UserError(f"{self.source}: no record has an assistant turn to learn from")
         kept, dropped = fit(examples, self.config.seq_len)

@@ -29,12 +29,29 @@ SPECIAL_TOKENS = [PAD, END, *(f"<|{r}|>" for r in ROLES)]
 # Each turn is `<|role|>content<|end|>`; a generation prompt is `<|assistant|>`. Turns begin and end
 # on special tokens, so rendering a prefix of the conversation tokenizes to a prefix of the ids. An
 # assistant turn's thinking trace comes first, as `<think>\n...\n</think>\n\n` (Qwen3's layout), so
-# a student trained on traces thinks, and `seed serve`'s `auto` reasoning parser splits it.
+# a student trained on traces thinks, and `seed serve`'s `auto` reasoning parser splits it. Tools
+# offered are listed in a system turn at the start (the conversation's own system prompt first), one
+# JSON object a line; an assistant's calls follow its content in Hermes' blocks,
+# `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` joined by newlines (what `seed
+# serve --tool-parser auto` detects, parses and holds to the schema); a tool's answer is a `tool`
+# turn. A conversation without tools or calls renders as it always did. (transformers renders with
+# trim_blocks: a newline right after a `{% ... %}` tag is dropped, hence `{{ '\n' }}`.)
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if tools %}<|system|>"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n"
+    "{% endif %}You can call these functions. To call one, write <tool_call>\n"
+    "{\"name\": NAME, \"arguments\": ARGUMENTS}\n</tool_call>\n"
+    "{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|end|>{% endif %}"
+    "{% for m in messages %}"
+    "{% if not (tools and loop.first and m['role'] == 'system') %}<|{{ m['role'] }}|>"
     "{% if m['role'] == 'assistant' and m['reasoning_content'] %}"
     "<think>\n{{ m['reasoning_content'] }}\n</think>\n\n{% endif %}"
-    "{{ m['content'] }}<|end|>{% endfor %}"
+    "{{ m['content'] or '' }}"
+    "{% for c in m['tool_calls'] or [] %}{{ '\\n' if not loop.first else '' }}<tool_call>\n"
+    "{\"name\": {{ c['function']['name'] | tojson }}, \"arguments\": "
+    "{% if c['function']['arguments'] is string %}{{ c['function']['arguments'] }}"
+    "{% else %}{{ c['function']['arguments'] | tojson }}{% endif %}}\n</tool_call>{% endfor %}"
+    "<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
