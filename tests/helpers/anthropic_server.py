@@ -25,7 +25,8 @@ redacted_thinking block too), `max_tokens` (stop_reason "max_tokens").
 Message Batches: `POST /v1/messages/batches` (each item's `params` checked as a message request;
 duplicate custom_ids refused), `GET /v1/messages/batches/{id}` (in_progress for `polls` polls, set
 with `POST /_control/batch {"polls": N, "submit_delay": S}`: the server holds the creation's
-answer S seconds after the batch exists, so a client killed then never learns its id),
+answer S seconds after the batch exists, so a client killed then never learns its id;
+`{"end_all": true}` ends every batch in progress),
 `GET /v1/messages/batches/{id}/results` (JSONL, once ended) and `GET /v1/messages/batches`
 (newest first, `limit`, `after_id`, `before_id`). Item outcomes by the last user message:
 `POST /_control/batch {"items": {"<substring>": "errored" | "invalid" | "expired" | "canceled" |
@@ -355,6 +356,9 @@ async def set_batch(request: Request) -> dict[str, bool]:
     for key in ("polls", "submit_delay", "items"):
         if key in spec:
             STATE[key] = spec[key]
+    if spec.get("end_all"):  # every batch still in progress ends now
+        for batch in STATE["batches"].values():
+            batch["polls_left"] = 0
     return {"ok": True}
 
 
@@ -404,7 +408,11 @@ def anthropic_server(tmp: Path, key: str | None = None,
         yield AnthropicServer(root, log)
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a held answer (submit_delay) outlived the test
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def main() -> None:
@@ -414,7 +422,8 @@ def main() -> None:
     ap.add_argument("--model", default="claude-test-1")
     args = ap.parse_args()
     STATE.update(log=args.log, model=args.model)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="critical", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="critical", access_log=False,
+                timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

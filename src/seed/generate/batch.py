@@ -78,6 +78,12 @@ def batch_provider(endpoint: Endpoint, options: BatchOptions) -> BatchProvider:
         from seed.endpoints.openai_batch import OpenAIBatch
 
         return OpenAIBatch(endpoint, options.completion_window)
+    from seed.endpoints.anthropic import AnthropicEndpoint
+
+    if isinstance(endpoint, AnthropicEndpoint):
+        from seed.endpoints.anthropic_batch import AnthropicBatch
+
+        return AnthropicBatch(endpoint)
     raise UserError(f"generate.teacher.batch = true: the {type(endpoint).__name__} teacher has no "
                     "batch API; set batch = false")
 

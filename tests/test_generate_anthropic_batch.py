@@ -1,0 +1,163 @@
+"""`seed generate` through Anthropic's Message Batches against a local server
+(helpers/anthropic_server.py): the records of the online run, batch prices, failed and expired
+items, and kill -9 during submission and during polling with nothing submitted twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from helpers.anthropic_server import AnthropicServer, anthropic_server
+from helpers.cli import cli_env, run_cli, start_cli
+from helpers.recipes import write_recipe
+from seed.generate.teacher import generate_from_teacher
+from seed.recipe import load_recipe
+from seed.records import read_records
+
+KEY = "sk-ant-batch-2c8e4f6a"
+MODEL = "claude-test-1"
+PRICES = {MODEL: {"input": 1000.0, "output": 5000.0, "batch_input": 500.0,
+                  "batch_output": 2500.0}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnthropicServer]:
+    with anthropic_server(tmp_path_factory.mktemp("anthropic-batch"), key=KEY) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+
+def recipe(tmp: Path, server: AnthropicServer, prefix: str, n: int, batch: bool = True,
+           options: dict[str, Any] | None = None) -> Path:
+    path = tmp / f"{prefix}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{prefix} {i}"}) + "\n" for i in range(n)))
+    data = {"name": "claude-batch", "seed": 7, "generate": {
+        "teacher": {"kind": "anthropic", "base_url": server.root, "model": MODEL,
+                    "batch": batch},
+        "prompts": [{"path": str(path), "license": "CC0-1.0"}], "prices": PRICES,
+        "params": {"max_tokens": 64},
+        "limits": {"max_attempts": 3, "backoff_base": 0.05, "timeout": 10},
+        "batch": {"poll_interval": 0.05, **(options or {})}}}
+    return write_recipe(tmp / f"{prefix}-{batch}.toml", data)
+
+
+def generate(path: Path, out: Path) -> dict[str, Any]:
+    r, _ = load_recipe(path)
+    return generate_from_teacher(r.generate, r.seed, out, Console(quiet=True))
+
+
+def rows(out: Path) -> dict[str, tuple[Any, ...]]:
+    return {r.messages[0].content: (
+        [m.model_dump(exclude_none=True) for m in r.messages], r.meta["prompt_key"],
+        r.provenance.teacher.model_returned, r.provenance.teacher.api)
+        for r in read_records(out / "train.jsonl")}
+
+
+def online_users(server: AnthropicServer, prefix: str) -> list[str]:
+    return [r["user"] for r in server.requests()
+            if r["path"] == "/v1/messages" and r["user"].startswith(prefix)]
+
+
+def test_batch_records_equal_online_records_at_batch_prices(tmp_path: Path,
+                                                            server: AnthropicServer) -> None:
+    n = 12
+    online = generate(recipe(tmp_path, server, "same", n, batch=False), tmp_path / "online")
+    before = server.submitted()["custom_ids"]
+    info = generate(recipe(tmp_path, server, "same", n), tmp_path / "batch")
+    a, b = rows(tmp_path / "online"), rows(tmp_path / "batch")
+    assert sorted(a) == sorted(b) == sorted(f"same {i}" for i in range(n))
+    for prompt in a:
+        assert a[prompt][:3] == b[prompt][:3]  # messages, prompt key, model
+        assert (a[prompt][3], b[prompt][3]) == (None, "batch")
+    after = server.submitted()["custom_ids"]
+    new = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert len(new) == n and set(new.values()) == {1}
+    assert online_users(server, "same").count("same 0") == 1  # the online run only
+    # "same i" -> "claude: same i": 2 words in, 3 out, at $500 and $2500 a million
+    assert info["prompt_tokens"] == 2 * n and info["completion_tokens"] == 3 * n
+    assert info["cost"] == pytest.approx(n * (2 * 500.0 + 3 * 2500.0) / 1e6, rel=1e-9)
+    assert online["cost"] == pytest.approx(n * (2 * 1000.0 + 3 * 5000.0) / 1e6, rel=1e-9)
+
+
+def test_errored_and_expired_items_go_online_and_bad_ones_to_failed_jsonl(
+        tmp_path: Path, server: AnthropicServer) -> None:
+    server.control("batch", {"items": {"items 1": "errored", "items 2": "expired",
+                                       "items 3": "invalid", "items 4": "refusal",
+                                       "items 5": "canceled"}})
+    try:
+        info = generate(recipe(tmp_path, server, "items", 7), tmp_path / "out")
+    finally:
+        server.control("batch", {"items": {}})
+    got = rows(tmp_path / "out")
+    assert sorted(got) == ["items 0", "items 1", "items 2", "items 5", "items 6"]
+    assert [got[p][3] for p in ("items 0", "items 1", "items 2")] == ["batch", None, None]
+    assert sorted(online_users(server, "items")) == ["items 1", "items 2", "items 5"]
+    failed = {json.loads(x)["messages"][0]["content"]: json.loads(x)["reason"]
+              for x in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()}
+    assert set(failed) == {"items 3", "items 4"}
+    assert "invalid_request_error" in failed["items 3"] and "refused" in failed["items 4"]
+    assert info["records_written"] == 5
+
+
+def _wait(what: str, check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_kill_9_during_submission_and_during_polling_submits_nothing_twice(
+        tmp_path: Path, server: AnthropicServer) -> None:
+    env = cli_env(ANTHROPIC_API_KEY=KEY)
+    out = tmp_path / "out"
+    path = recipe(tmp_path, server, "kill", 10, options={"max_requests": 4})
+    seen = len(server.submitted()["batches"])
+    # 1. killed after Anthropic created the first batch, before its id reached the ledger
+    server.control("batch", {"submit_delay": 30.0, "polls": 10_000})
+    proc = start_cli("generate", path, "--out", out, env=env, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    _wait("the first batch", lambda: len(server.submitted()["batches"]) > seen)
+    _kill(proc)
+    # 2. the rerun finds that batch, submits the next, and is killed while polling them
+    server.control("batch", {"submit_delay": 0.0})
+    proc = start_cli("generate", path, "--out", out, env=env, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    _wait("every shard submitted", lambda: len(server.submitted()["batches"]) >= seen + 3)
+    time.sleep(0.5)  # a few polls of jobs that do not end
+    _kill(proc)
+    # 3. the jobs end; the last rerun collects them and submits what is left
+    server.control("batch", {"end_all": True, "polls": 0})
+    res = run_cli("generate", path, "--out", out, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = rows(out)
+    assert sorted(got) == sorted(f"kill {i}" for i in range(10))
+    assert {v[3] for v in got.values()} == {"batch"}
+    keys = {v[1] for v in got.values()}
+    assert len(keys) == 10
+    sent = [ids for ids in (r["custom_ids"] for r in server.requests()
+                            if r["path"] == "/v1/messages/batches")][seen:]
+    flat = [i for ids in sent for i in ids]
+    assert len(flat) == len(set(flat)) == 10  # every request submitted exactly once
+    assert [len(ids) for ids in sent] == [4, 4, 2]
+    assert online_users(server, "kill") == []
+    for f in (p for p in out.rglob("*") if p.is_file()):  # the ledger included
+        assert KEY.encode() not in f.read_bytes(), f
