@@ -69,6 +69,9 @@ def generate(
 
     r, _ = load_recipe(recipe)
     check_output_dir(out, "--out")
+    if batch and r.generate.teacher.kind not in ("openai", "anthropic"):
+        raise UserError(f"--batch: a {r.generate.teacher.kind} teacher has no batch API; use an "
+                        "openai (or azure) or anthropic teacher")
     if r.generate.teacher.kind in ("openai", "anthropic"):
         from seed.generate.teacher import apply_overrides, generate_from_teacher
         from seed.protect.identity_records import with_identity_records

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -72,8 +73,11 @@ class OpenAIBatch:
         return {"custom_id": custom_id, "method": "POST", "url": self.chat_path, "body": body}
 
     async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        url = self.endpoint.api_url(path)
+        if query := kwargs.pop("params", None):  # httpx's params would drop Azure's api-version
+            url += ("&" if "?" in url else "?") + urlencode(query)
         try:
-            resp = await self._client.request(method, self.endpoint.api_url(path), **kwargs)
+            resp = await self._client.request(method, url, **kwargs)
         except httpx.TimeoutException:
             raise TransientError(f"{what}: timeout") from None
         except httpx.RequestError as e:

@@ -201,8 +201,8 @@ class _Run:
                 continue
             cost, tokens = self.bound(req)
             if cost_room is not None and cost is not None and cur_cost + cost > cost_room:
-                stopped = (f"cost cap: the next batch request's worst case (${cost:.4f} at batch "
-                           f"prices) would cross --max-cost (${cost_room - cur_cost:.4f} left)")
+                stopped = (f"cost cap: the next batch request's worst case (${cost:.6f} at batch "
+                           f"prices) would cross --max-cost (${cost_room - cur_cost:.6f} left)")
                 break
             if token_room is not None and cur_tokens + tokens > token_room:
                 stopped = (f"token cap: the next batch request's worst case ({tokens:,} tokens) "
@@ -219,7 +219,8 @@ class _Run:
         else:
             i = len(keys)
         close()
-        if stopped is not None:
+        if stopped is not None and not shards and not self.bound_cost and not self.bound_tokens:
+            # not one more request fits, and no job out there will give room back
             self.stats.stopped = stopped
         return shards, [k for k in keys[i:] if k in self.pending]
 
@@ -379,29 +380,20 @@ class _Run:
             budget.max_tokens = (None if tokens is None
                                  else max(0, tokens - self.budget.tokens))
 
-        def fan_out(result: Result) -> None:
-            for i, req in enumerate(reqs[result.request.key]):
-                self.deliver(result if i == 0 else Result(
-                    req, result.completions, result.error, result.cached, result.attempts,
-                    result.requested_at, result.responded_at))
+        def fan_out(result: Result) -> None:  # the engine's answer to each request of its key
+            for req in reqs[result.request.key]:
+                self.deliver(Result(req, result.completions, result.error, result.cached,
+                                    result.attempts, result.requested_at, result.responded_at))
 
-        first = [Request(k, rs[0].messages, rs[0].params, rs[0].payload) for k, rs in reqs.items()]
+        first = [Request(k, rs[0].messages, rs[0].params) for k, rs in reqs.items()]
         sub = Stats()
-        await engine.run(first, self.endpoint, self.limits, cache=self.cache,
-                         on_result=lambda r: self._online_done(r, reqs, fan_out), budget=budget,
-                         stats=sub)
+        await engine.run(first, self.endpoint, self.limits, cache=self.cache, on_result=fan_out,
+                         budget=budget, stats=sub)
         self.stats.paid += sub.paid
         self.stats.retries += sub.retries
         self.stats.completion_tokens += sub.completion_tokens
         if sub.stopped and not self.stats.stopped:
             self.stats.stopped = sub.stopped
-
-    def _online_done(self, result: Result, reqs: dict[str, list[Request]],
-                     fan_out: Callable[[Result], None]) -> None:
-        key = result.request.key
-        first = reqs[key][0]
-        result.request = first
-        fan_out(result)
 
 
 class _Stop(Exception):
