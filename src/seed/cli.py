@@ -145,7 +145,7 @@ def train(
     from seed.train import train_student
 
     info = train_student(records, out, cfg, rseed if seed is None else seed, console=console)
-    record_check(out / "policy.json", check)
+    record_check(out / "policy.json", check, records)
     write_cards(check, policy, model_dir=out / "model", model_name=check.use.student_name
                 or out.name, base_model=cfg.student.checkpoint, training={"steps": info["steps"]})
     console.print(f"trained {info['steps']} steps; model in {out / 'model'}")
@@ -441,6 +441,35 @@ def serve(
         "upstream_timeout": upstream_timeout, "tool_parser": tool_parser,
         "reasoning_parser": reasoning_parser, "watermark_key_file": watermark_key_file,
         "watermark_served_dir": watermark_served_dir}))
+
+
+@app.command()
+def push(
+    path: Annotated[Path, typer.Argument(help="A run, model or dataset directory.")],
+    repo: Annotated[str, typer.Option(help="The Hub repository, OWNER/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to (made if new; "
+                                                 "default main).")] = None,
+    accept_terms_risk: Annotated[str | None, typer.Option(
+        help="Push despite records the terms forbid for distribution; the reason goes in the "
+        "card.")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding the Hub token (default: HF_TOKEN, or `hf auth login`'s).")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
+    records: Annotated[Path | None, typer.Option(
+        help="The records the model was trained on, where its directory does not name them."
+        )] = None,
+    terms: Annotated[Path | None, typer.Option(help="Your own terms entries (TOML), tried "
+                                               "before the built-in ones.")] = None,
+) -> None:
+    """Push a dataset or a trained student to the Hugging Face Hub with its card, after the terms
+    gate for distribution (blocked data is refused unless --accept-terms-risk)."""
+    from seed.push import push as push_to_hub
+
+    push_to_hub(path, repo, console=console, private=private, revision=revision,
+                accept_terms_risk=accept_terms_risk, token_file=token_file, endpoint=endpoint,
+                records=records, terms=terms)
 
 
 watermark_app = typer.Typer(help="The watermark `seed serve --watermark-key-file` puts in replies.",

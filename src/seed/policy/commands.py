@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from seed.files import write_json_atomic
+from seed.files import hash_path, write_json_atomic
 from seed.policy.cards import write_dataset_card, write_model_card
 from seed.policy.gate import CheckResult, Use, check_file, gate_training
 from seed.recipe import PolicyConfig
@@ -98,6 +98,9 @@ def write_cards(result: CheckResult, policy: PolicyConfig, *, model_dir: Path | 
     return written
 
 
-def record_check(path: Path, result: CheckResult) -> None:
-    """Keep the gate's decision (and any accepted risk) beside a standalone training run."""
-    write_json_atomic(path, result.to_dict())
+def record_check(path: Path, result: CheckResult, records: Path | None = None) -> None:
+    """Keep the gate's decision (and any accepted risk) beside a standalone training run, with
+    the records it judged (path and SHA-256), so `seed push` can judge them again."""
+    named = {} if records is None else {"records": str(records.resolve()),
+                                        "records_sha256": hash_path(records)}
+    write_json_atomic(path, {**result.to_dict(), **named})
