@@ -4,6 +4,7 @@ items, and kill -9 during submission and during polling with nothing submitted t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -161,3 +162,38 @@ def test_kill_9_during_submission_and_during_polling_submits_nothing_twice(
     assert online_users(server, "kill") == []
     for f in (p for p in out.rglob("*") if p.is_file()):  # the ledger included
         assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_find_matches_a_lost_batch_by_time_and_size_and_confirms_it_by_custom_ids(
+        server: AnthropicServer) -> None:
+    from seed.endpoints.anthropic import AnthropicEndpoint
+    from seed.endpoints.anthropic_batch import AnthropicBatch
+
+    server.control("batch", {"polls": 0, "submit_delay": 0.0})  # batches end at once
+
+    async def main() -> tuple[str | None, ...]:
+        endpoint = AnthropicEndpoint(MODEL, base_url=server.root)
+        batches = AnthropicBatch(endpoint)
+        since = time.time()
+        ours = [f"find-ours-{i}" for i in range(3)]
+        theirs = [f"find-theirs-{i}" for i in range(3)]
+        lines = [batches.line(k, [{"role": "user", "content": f"find {k}"}],
+                              {"max_tokens": 16}) for k in (*theirs, *ours)]
+        other = AnthropicBatch(endpoint)  # another client: this provider never saw its batches
+        their_job = await other.submit("x", lines[:3], {}, lambda *_: None)
+        our_job = await other.submit("y", lines[3:], {}, lambda *_: None)
+        try:
+            confirmed = await batches.find("s", {}, since, 3, keys=ours)
+            # without the custom_ids (or before the batches end) the oldest same-sized batch
+            # is taken: the residual risk the module docstring states
+            unconfirmed = await AnthropicBatch(endpoint).find("s", {}, since, 3)
+            excluded = await AnthropicBatch(endpoint).find("s", {}, since, 3,
+                                                           taken=[their_job, our_job])
+            other_size = await AnthropicBatch(endpoint).find("s", {}, since, 6)
+            return confirmed, our_job, unconfirmed, their_job, excluded, other_size
+        finally:
+            await endpoint.aclose()
+
+    confirmed, our_job, unconfirmed, their_job, excluded, other_size = asyncio.run(main())
+    assert confirmed == our_job and unconfirmed == their_job
+    assert excluded is None and other_size is None
