@@ -21,13 +21,14 @@ starts one in a subprocess (so a test can kill -9 its client while it lives) and
 - With BATCH_SERVER_KEY set, a request without that key (Bearer, or Azure's `api-key` header)
   gets a 401.
 
-Settings for batches created from then on, `POST /_control/config {...}`: `slow_polls` (N),
+Settings for batches created from then on, `POST /_control/config {...}`: `slow_polls` (N; read
+at each poll, so lowering it ends the wait of batches already there),
 `fail_match` (items whose last user message holds it fail) with `fail_status` (500 or 400),
 `expire_after` (the batch expires after answering that many items), `invalid` (the batch fails
 validation), `upload_delay` / `create_delay` (seconds to wait after storing a file or creating a
 batch, before answering: a client killed then leaves a file or batch whose id it never saw).
 `GET /_control/counts`: how many times each custom_id was submitted in a batch, each filename
-uploaded, each last user message asked online, and the batches created.
+uploaded, each last user message asked online, the batches created and the polls answered.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 app = FastAPI()
 STATE: dict[str, Any] = {"key": None, "files": {}, "batches": {}, "config": {},
-                         "submitted": {}, "uploads": {}, "online": {}, "order": [], "seq": 0}
+                         "submitted": {}, "uploads": {}, "online": {}, "order": [], "seq": 0,
+                         "polls": 0}
 DEFAULTS = {"slow_polls": 0, "fail_match": None, "fail_status": 500, "expire_after": None,
             "invalid": False, "upload_delay": 0.0, "create_delay": 0.0}
 
@@ -165,7 +167,7 @@ async def _upload(request: Request, azure: bool) -> Response:
     STATE["files"][f["id"]] = f
     STATE["uploads"][name] = STATE["uploads"].get(name, 0) + 1
     if delay := STATE["config"].get("upload_delay"):
-        await asyncio.sleep(delay)
+        await _pause(delay)
     return JSONResponse(_file_info(f))
 
 
@@ -235,8 +237,14 @@ async def _create(request: Request, azure: bool) -> Response:
     STATE["batches"][batch["id"]] = batch
     STATE["order"].append(batch["id"])
     if delay := config["create_delay"]:
-        await asyncio.sleep(delay)
+        await _pause(delay)
     return JSONResponse(_public(batch))
+
+
+async def _pause(seconds: float) -> None:
+    """Wait before answering; cut short, quietly, when the server shuts down."""
+    with suppress(asyncio.CancelledError):
+        await asyncio.sleep(seconds)
 
 
 def _public(b: dict[str, Any]) -> dict[str, Any]:
@@ -288,12 +296,13 @@ def _advance(b: dict[str, Any]) -> None:
     if b["status"] in ("completed", "failed", "expired", "cancelled"):
         return
     b["_polls"] += 1
+    STATE["polls"] += 1
     if b["_invalid"]:
         b["status"] = "failed"
         b["errors"] = {"object": "list", "data": [{"code": "invalid_request",
                                                    "message": b["_invalid"], "line": None}]}
         return
-    slow = int(b["_config"]["slow_polls"])
+    slow = int({**DEFAULTS, **STATE["config"]}["slow_polls"])  # live: a test can end the wait
     if b["_polls"] == 1 and slow:
         b["status"] = "validating"
     elif b["_polls"] <= slow + 1 and slow:
@@ -367,7 +376,7 @@ async def set_config(request: Request) -> dict[str, Any]:
 @app.get("/_control/counts")
 async def counts() -> dict[str, Any]:
     return {"submitted": STATE["submitted"], "uploads": STATE["uploads"],
-            "online": STATE["online"],
+            "online": STATE["online"], "polls": STATE["polls"],
             "batches": [{**_public(STATE["batches"][i]),
                          "custom_ids": [x["custom_id"] for x in STATE["batches"][i]["_lines"]]}
                         for i in STATE["order"]]}
@@ -378,7 +387,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     STATE["key"] = os.environ.get("BATCH_SERVER_KEY") or None
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    # A delayed answer (upload_delay, create_delay) must not hold up the test's teardown.
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
+                timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":
