@@ -348,3 +348,27 @@ def test_stored_completions_refuse_a_declared_teacher(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "s.jsonl", [completion("c", "gpt-4o", 1738960610, "q", "a")])
     with pytest.raises(UserError, match="--teacher: a stored-completions file names each"):
         import_dataset(src, "openai-stored", tmp_path / "r.jsonl", teacher="direct:gpt-4o")
+
+
+@pytest.mark.slow
+def test_seed_serve_takes_tools_for_a_student_with_seeds_template(tmp_path: Path) -> None:
+    """A student with Seed's tokenizer is served with tools (the template renders them, the
+    Hermes format is detected): a forced call comes back as OpenAI's tool_calls."""
+    import httpx
+
+    from helpers.models import tiny_model
+    from helpers.serve import running_server
+
+    clock = {"type": "function", "function": {"name": "get_time"}}  # no parameters: `{}`
+    model = tiny_model(tmp_path / "student", tokenizer="chars", context=1024)
+    with running_server(str(model)) as url:
+        r = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": "student", "messages": [{"role": "user", "content": "What time is it?"}],
+            "tools": [WEATHER, clock], "tool_choice": {"type": "function",
+                                                      "function": {"name": "get_time"}},
+            "parallel_tool_calls": False, "max_tokens": 100, "temperature": 0})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    [call] = choice["message"]["tool_calls"]
+    assert (call["function"]["name"], call["function"]["arguments"]) == ("get_time", "{}")
+    assert choice["finish_reason"] == "tool_calls"
