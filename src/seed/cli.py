@@ -564,6 +564,30 @@ def watermark_radioactivity(
         raise typer.Exit(1)
 
 
+export_app = typer.Typer(help="A trained student in the formats other runtimes load.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("gguf")
+def export_gguf(
+    model_dir: Annotated[Path, typer.Argument(help="The student's model directory, or a run "
+                                              "directory (its final model/).")],
+    out: Annotated[Path | None, typer.Option(help="The .gguf file to write (default: beside "
+                                             "the model directory).")] = None,
+    dtype: Annotated[str, typer.Option(help="f16 (half the size), f32 (exact weights) or q8_0."
+                                       )] = "f16",
+) -> None:
+    """Write a Llama-family student as one GGUF file for llama.cpp, tokenizer and chat template
+    included, and an Ollama Modelfile beside it (`ollama create NAME -f Modelfile`)."""
+    from seed.export.gguf import export_gguf as write_gguf
+
+    done = write_gguf(model_dir, out, dtype)
+    console.print(f"wrote {done.path} ({done.size / 2**20:.2f} MiB, {done.tensors} tensors, "
+                  f"{dtype}, tokenizer pre {done.vocab_pre}) and {done.modelfile}",
+                  highlight=False, soft_wrap=True)
+
+
 keys_app = typer.Typer(help="API keys for `seed serve --keys-file keys.toml`.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
