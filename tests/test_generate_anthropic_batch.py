@@ -132,13 +132,15 @@ def test_kill_9_during_submission_and_during_polling_submits_nothing_twice(
     out = tmp_path / "out"
     path = recipe(tmp_path, server, "kill", 10, options={"max_requests": 4})
     seen = len(server.submitted()["batches"])
-    # 1. killed after Anthropic created the first batch, before its id reached the ledger
-    server.control("batch", {"submit_delay": 30.0, "polls": 10_000})
+    # 1. killed after Anthropic created the second batch (the first one's id is in the ledger),
+    # before the second's id reached the ledger: both hold 4 requests, made seconds apart
+    server.control("batch", {"submit_delay": 30.0, "delay_after": seen + 1, "polls": 10_000})
     proc = start_cli("generate", path, "--out", out, env=env, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
-    _wait("the first batch", lambda: len(server.submitted()["batches"]) > seen)
+    _wait("the second batch", lambda: len(server.submitted()["batches"]) > seen + 1)
     _kill(proc)
-    # 2. the rerun finds that batch, submits the next, and is killed while polling them
+    # 2. the rerun finds the second batch (not the first, which the ledger holds), submits the
+    # third, and is killed while polling them
     server.control("batch", {"submit_delay": 0.0})
     proc = start_cli("generate", path, "--out", out, env=env, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)

@@ -24,8 +24,9 @@ redacted_thinking block too), `max_tokens` (stop_reason "max_tokens").
 
 Message Batches: `POST /v1/messages/batches` (each item's `params` checked as a message request;
 duplicate custom_ids refused), `GET /v1/messages/batches/{id}` (in_progress for `polls` polls, set
-with `POST /_control/batch {"polls": N, "submit_delay": S}`: the server holds the creation's
-answer S seconds after the batch exists, so a client killed then never learns its id;
+with `POST /_control/batch {"polls": N, "submit_delay": S, "delay_after": K}`: the server holds
+the creation's answer S seconds after the batch exists, for batches after the K-th it ever
+created, so a client killed then never learns its id;
 `{"end_all": true}` ends every batch in progress),
 `GET /v1/messages/batches/{id}/results` (JSONL, once ended) and `GET /v1/messages/batches`
 (newest first, `limit`, `after_id`, `before_id`). Item outcomes by the last user message:
@@ -59,7 +60,8 @@ from fastapi.responses import JSONResponse, Response
 app = FastAPI()
 STATE: dict[str, Any] = {"log": None, "model": "claude-test-1", "rules": [], "ratelimit": {},
                          "cache": set(), "batches": {}, "order": [], "submitted": Counter(),
-                         "polls": 0, "submit_delay": 0.0, "items": {}, "replies": {}}
+                         "polls": 0, "submit_delay": 0.0, "delay_after": 0, "items": {},
+                         "replies": {}}
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None
@@ -280,7 +282,7 @@ async def create_batch(request: Request) -> Response:
     STATE["batches"][batch_id] = batch
     STATE["order"].append(batch_id)
     _log({"path": "/v1/messages/batches", "batch": batch_id, "custom_ids": ids})
-    if STATE["submit_delay"]:
+    if STATE["submit_delay"] and len(STATE["order"]) > STATE["delay_after"]:
         await asyncio.sleep(STATE["submit_delay"])
     return JSONResponse(_batch_view(batch, str(request.base_url).rstrip("/")))
 
@@ -353,7 +355,7 @@ async def set_ratelimit(request: Request) -> dict[str, bool]:
 @app.post("/_control/batch")
 async def set_batch(request: Request) -> dict[str, bool]:
     spec = await request.json()
-    for key in ("polls", "submit_delay", "items"):
+    for key in ("polls", "submit_delay", "delay_after", "items"):
         if key in spec:
             STATE[key] = spec[key]
     if spec.get("end_all"):  # every batch still in progress ends now

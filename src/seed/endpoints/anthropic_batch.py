@@ -12,11 +12,11 @@ Finding a batch whose id never reached the ledger (a kill between Anthropic's an
 and the ledger write): Anthropic batches carry no metadata, so a batch is matched on what the
 ledger does know. Candidates are the batches listed (newest first) created no earlier than
 `LOOK_BACK` seconds before the shard was recorded (clock skew), holding exactly the shard's number
-of requests, and not already known to this run (a job this provider submitted or found, or one
-the runner names in `taken`). When the runner passes the shard's custom_ids (`keys`), an ended
-candidate is confirmed by the custom_ids of its results, and one that does not hold exactly those
-is dropped. Of the candidates left, the oldest is taken: shards are submitted one at a time in
-ledger order, so the first unclaimed batch of that size after the shard was recorded is its own.
+of requests, and not already known (a batch this provider submitted or found, or one the ledger
+holds for another shard: the runner's `taken`). An ended candidate is confirmed by the custom_ids
+of its results (the runner's `keys`), and one that does not hold exactly those is dropped. Of the
+candidates left, the oldest is taken: shards are submitted one at a time in ledger order, so the
+first unclaimed batch of that size after the shard was recorded is its own.
 
 Residual risk, stated plainly: another client on the same Anthropic workspace that submits a batch
 of exactly the same size inside that window, before this one has ended, cannot be told apart; then

@@ -136,7 +136,8 @@ class OpenAIBatch:
         return str(job["id"])
 
     async def find(self, shard_id: str, steps: dict[str, str], since: float,
-                   count: int) -> str | None:
+                   count: int, *, keys: list[str], taken: set[str]) -> str | None:
+        # `keys` and `taken` are for providers without metadata: the shard id matches here
         after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": PAGE}

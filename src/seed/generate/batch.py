@@ -259,8 +259,10 @@ class _Run:
         if "job" in shard.steps:
             return opened
         if resumed:
+            taken = {s.steps["job"] for s in self.ledger.all_shards() if "job" in s.steps}
             found = await self._retrying("finding a batch job", lambda: self.provider.find(
-                shard.shard_id, dict(shard.steps), shard.created, len(shard.keys)))
+                shard.shard_id, dict(shard.steps), shard.created, len(shard.keys),
+                keys=list(shard.keys), taken=taken))
             if found is not None:
                 note("job", found)
                 return opened

@@ -99,13 +99,14 @@ class BatchProvider(Protocol):
         ...
 
     async def find(self, shard_id: str, steps: dict[str, str], since: float,
-                   count: int) -> str | None:
+                   count: int, *, keys: list[str], taken: set[str]) -> str | None:
         """The id of a job for this shard that the provider already holds though its id never
         reached the ledger (the process died between the provider's answer and `note`), or None
         when there is none and `submit` must send it. `since` is the Unix time the shard was
-        recorded (before anything was sent), `count` its number of requests: for providers
-        whose jobs carry no shard id (Anthropic), the rule that matches a job on them is the
-        provider's to define and document. Called only when `steps` has no "job"."""
+        recorded (before anything was sent), `count` its number of requests, `keys` its
+        custom_ids, `taken` the job ids the ledger holds for other shards (never this one's):
+        for providers whose jobs carry no shard id (Anthropic), the rule that matches a job on
+        them is the provider's to define and document. Called only when `steps` has no "job"."""
         ...
 
     async def poll(self, job_id: str) -> JobState:
