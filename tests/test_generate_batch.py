@@ -22,7 +22,7 @@ from helpers.batch_server import BatchServer, batch_server
 from helpers.cli import assert_one_line_error, run_cli
 from helpers.recipes import teacher_recipe, write_prompts, write_recipe
 from seed.errors import UserError
-from seed.generate.batch import batch_on
+from seed.generate.batch_route import batch_on
 from seed.generate.teacher import apply_overrides, generate_from_teacher
 from seed.recipe import load_recipe
 from seed.records import read_records

@@ -78,7 +78,7 @@ def generate(
 
         cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
         if batch:
-            from seed.generate.batch import batch_on
+            from seed.generate.batch_route import batch_on
 
             cfg = batch_on(cfg)
         work = with_identity_records(

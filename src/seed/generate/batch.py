@@ -52,7 +52,6 @@ from seed.generate.batch_protocol import BatchProvider, ItemError, JobState
 from seed.generate.budget import Budget, billed_usage, text_tokens
 from seed.generate.cache import RequestCache, cache_key
 from seed.generate.engine import Limits, Request, Result, Stats, completions_from_json
-from seed.recipe import GenerateConfig
 from seed.runs import now_iso
 
 MARGIN = 0.95  # of a provider's byte limit: its own count of a file may differ a little
@@ -68,24 +67,6 @@ class BatchOptions:
     retry_online: bool = True
     max_requests: int | None = None
     max_bytes: int | None = None
-
-
-def batch_provider(endpoint: Endpoint, options: BatchOptions) -> BatchProvider:
-    """The batch API of the endpoint's provider; `UserError` for a kind that has none."""
-    from seed.endpoints.openai import OpenAIEndpoint
-
-    if isinstance(endpoint, OpenAIEndpoint):
-        from seed.endpoints.openai_batch import OpenAIBatch
-
-        return OpenAIBatch(endpoint, options.completion_window)
-    from seed.endpoints.anthropic import AnthropicEndpoint
-
-    if isinstance(endpoint, AnthropicEndpoint):
-        from seed.endpoints.anthropic_batch import AnthropicBatch
-
-        return AnthropicBatch(endpoint)
-    raise UserError(f"generate.teacher.batch = true: the {type(endpoint).__name__} teacher has no "
-                    "batch API; set batch = false")
 
 
 @dataclass
@@ -482,50 +463,6 @@ async def run(
     return stats
 
 
-class Batching:
-    """A generation's batch route (`generate.teacher.batch`): its options, its provider and its
-    budget at batch prices; checked when the generation is built, before anything is paid for."""
-
-    def __init__(self, config: GenerateConfig, endpoint: Endpoint) -> None:
-        if config.turns > 1:
-            raise UserError("generate.turns > 1 is not answered through a batch API (each round "
-                            "waits on the last); set generate.teacher.batch = false or turns = 1")
-        b = config.batch
-        self.options = BatchOptions(b.poll_interval, b.completion_window, b.retry_online,
-                                    b.max_requests, b.max_bytes)
-        self.endpoint = endpoint
-        self.budget = Budget(endpoint.teacher().model_requested or "", config.prices or None,
-                             config.max_cost, config.max_tokens, batch=True)
-        self.provider = batch_provider(endpoint, self.options)
-
-    async def run(self, requests: Iterable[Request], limits: Limits, cache: RequestCache,
-                  on_result: Callable[[Result], None], online_budget: Budget,
-                  stats: Stats) -> Stats:
-        """The prompts' answers through the batch API; retries online charge `online_budget`."""
-        return await run(requests, self.endpoint, self.provider, limits, cache=cache,
-                         on_result=on_result, budget=self.budget, online_budget=online_budget,
-                         stats=stats, options=self.options)
-
-    def summary(self, online: Budget) -> dict[str, Any]:
-        """The summary's spending over both routes, and the batch part of it."""
-        b = self.budget
-        cost = None if b.cost is None else b.cost + (online.cost or 0.0)
-        return {"api": "batch", "batch_cost": b.cost, "online_cost": online.cost, "cost": cost,
-                "prompt_tokens": b.prompt_tokens + online.prompt_tokens,
-                "completion_tokens": b.completion_tokens + online.completion_tokens,
-                "reasoning_tokens": b.reasoning_tokens + online.reasoning_tokens,
-                "usage_estimated_requests": b.estimated_requests + online.estimated_requests}
-
-
-def batch_on(config: GenerateConfig) -> GenerateConfig:
-    """The config with `generate.teacher.batch = true` (`seed generate --batch`)."""
-    if "batch" not in type(config.teacher).model_fields:
-        raise UserError(f"--batch: a {config.teacher.kind} teacher has no batch API; use an "
-                        "openai (or azure) or anthropic teacher")
-    return config.model_copy(update={"teacher": config.teacher.model_copy(
-        update={"batch": True})})
-
-
 def shards_of(cache: RequestCache) -> list[Shard]:
     """Every shard a run on this cache recorded (for tests and `seed` reports)."""
     ledger = Ledger(cache.path)
@@ -535,5 +472,4 @@ def shards_of(cache: RequestCache) -> list[Shard]:
         ledger.close()
 
 
-__all__ = ["SUBMITTED", "BatchOptions", "BatchProvider", "Batching", "batch_on", "batch_provider",
-           "run", "shards_of"]
+__all__ = ["SUBMITTED", "BatchOptions", "BatchProvider", "run", "shards_of"]

@@ -39,7 +39,7 @@ from seed.endpoints.factory import make_endpoint
 from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, seal_jsonl, write_json_atomic
-from seed.generate import batch, sources, verify
+from seed.generate import batch_route, sources, verify
 from seed.generate.budget import Budget, price_warnings
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
@@ -203,7 +203,7 @@ class Generation:
             log.warning("%s", warning)
         self.stats = Stats()
         # generate.teacher.batch: the answers through the provider's batch API (seed.generate.batch)
-        self.batch = batch.Batching(config, self.endpoint) \
+        self.batch = batch_route.Batching(config, self.endpoint) \
             if getattr(config.teacher, "batch", False) else None
 
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
