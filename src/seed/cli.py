@@ -62,6 +62,11 @@ def generate(
     batch: Annotated[bool, typer.Option("--batch", help="Answer through the teacher's batch API "
                                         "(half price, within hours; generate.teacher.batch).")
                      ] = False,
+    forecast: Annotated[bool, typer.Option("--forecast", help="Answer a sample of the prompts "
+                                           "and print the expected cost, time and yield; write "
+                                           "no records (generate.forecast).")] = False,
+    forecast_sample: Annotated[int | None, typer.Option(
+        help="Prompts the forecast answers (default: generate.forecast_sample, 100).")] = None,
 ) -> None:
     """Write teacher-answered training records (an HTTP teacher resumes where it stopped)."""
     from seed.recipe import load_recipe
@@ -72,11 +77,22 @@ def generate(
     if batch and r.generate.teacher.kind not in ("openai", "anthropic"):
         raise UserError(f"--batch: a {r.generate.teacher.kind} teacher has no batch API; use an "
                         "openai (or azure) or anthropic teacher")
+    if forecast_sample is not None and not forecast:
+        raise UserError("--forecast-sample goes with --forecast")
+    if forecast and r.generate.teacher.kind not in ("openai", "anthropic"):
+        raise UserError(f"--forecast: a {r.generate.teacher.kind} teacher is not forecast "
+                        "(it forecasts answers from an openai or anthropic teacher)")
     if r.generate.teacher.kind in ("openai", "anthropic"):
         from seed.generate.teacher import apply_overrides, generate_from_teacher
         from seed.protect.identity_records import with_identity_records
 
         cfg = apply_overrides(r.generate, prompts, max_cost, max_tokens, concurrency)
+        if forecast:
+            from seed.generate.forecast import forecast as run_forecast
+
+            sample = cfg.forecast_sample if forecast_sample is None else forecast_sample
+            run_forecast(cfg, r.seed, out, sample, console=console)
+            return
         if batch:
             from seed.generate.batch_route import batch_on
 

@@ -126,6 +126,11 @@ def _generate_http(generation: Any) -> dict[str, Any]:
     """
     if callable(generation):
         generation = generation()
+    if generation.config.forecast:  # its sample lands in the cache: the run pays nothing twice
+        from seed.generate.forecast import forecast
+
+        forecast(generation.config, generation.seed, generation.out_dir,
+                 generation.config.forecast_sample, generation.console)
     info = generation.run()
     if info["stopped"]:
         raise UserError(f"generation stopped ({info['stopped']}); the records so far are kept "

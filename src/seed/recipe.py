@@ -285,7 +285,7 @@ class GenerateConfig(Strict):
     # $/1M tokens: "model" = [input, output], or a PriceSpec table (cached, batch prices)
     prices: dict[str, tuple[float, float] | PriceSpec] = Field(default_factory=dict)
     forecast: bool = False  # `seed run`: print the forecast (seed.generate.forecast) first
-    forecast_sample: int = Field(50, gt=0)  # prompts the forecast answers (and pays for)
+    forecast_sample: int = Field(100, gt=0)  # prompts the forecast answers (and pays for)
     # image teachers: dollars per image, by "model", "model:quality", "model:size" or
     # "model:size:quality" (the most specific wins); token-priced models use `prices`
     image_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)

@@ -324,6 +324,9 @@ class Budget:
     batch: bool = False
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens, written to it
+    # `seed generate`: with the first charged reply, say if the model is unpriced or the table
+    # old (`price_warnings`); then, not before, the teacher is known to answer for that model
+    warn_prices: bool = False
 
     def __post_init__(self) -> None:
         self.price = price_for(self.model, self.prices)
@@ -348,6 +351,10 @@ class Budget:
         self.cached_tokens += usage.get("cached_tokens", 0)
         self.cache_write_tokens += usage.get("cache_write_tokens", 0)
         self.images += usage.get("images", 0)
+        if self.warn_prices:
+            self.warn_prices = False
+            for warning in price_warnings(self.model, self.prices):
+                log.warning("%s", warning)
         if estimated:
             self.estimated_requests += 1
             if self.estimated_requests == 1:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ from seed.endpoints.openai import schema_model
 from seed.errors import UserError
 from seed.files import hash_json, seal_jsonl, write_json_atomic
 from seed.generate import batch_route, sources, verify
-from seed.generate.budget import Budget, price_warnings
+from seed.generate.budget import Budget
 from seed.generate.cache import RequestCache
 from seed.generate.engine import Limits, Request, Result, Stats, complete_all, run
 from seed.generate.filters import AnswerFilter, PromptFilter, is_refusal
@@ -48,8 +47,6 @@ from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
 from seed.records import Provenance, Record, Source, Teacher, read_records, write_records
 from seed.runs import now_iso
-
-log = logging.getLogger(__name__)
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
 EVAL = "eval.jsonl"  # generate.tasks' held-out prompts
@@ -198,9 +195,7 @@ class Generation:
         self.job = job_key(self.endpoint, config)
         self.limits = make_limits(config)
         self.budget = Budget(self.teacher.model_requested or "", config.prices or None,
-                             config.max_cost, config.max_tokens)
-        for warning in price_warnings(self.budget.model, config.prices):
-            log.warning("%s", warning)
+                             config.max_cost, config.max_tokens, warn_prices=True)
         self.stats = Stats()
         # generate.teacher.batch: the answers through the provider's batch API (seed.generate.batch)
         self.batch = batch_route.Batching(config, self.endpoint) \
@@ -239,33 +234,47 @@ class Generation:
         return sources.read_prompts(f.path, f.format, f.column, f.license, f.name,
                                     self.reference)
 
-    def _stream(self, generated: list[sources.Prompt]) -> Iterator[sources.Prompt]:
-        """Every prompt to answer, filtered, without those already answered, up to the limit."""
+    def candidates(self, generated: list[sources.Prompt]
+                   ) -> Iterator[tuple[sources.Prompt, str | None]]:
+        """Every prompt in the order the job takes them, with the instruction filters' reason to
+        drop it (None: it is answered), all of them, the limit not applied; sends nothing."""
         evolved_files = self.config.evol_instruct is not None
         files = () if evolved_files else (p for f in self.config.prompts
                                           for p in self._file_prompts(f))
-        n = 0
         for stream in (files, generated, self.task_prompts):
             for p in stream:
-                if self.limit is not None and n >= self.limit:
-                    return
-                if self.filter.reason(p.messages[-1]["content"]) is not None:
-                    continue
-                n += 1
-                if p.key not in self.out.done:
-                    yield p
+                yield p, self.filter.reason(p.messages[-1]["content"])
+
+    def _stream(self, generated: list[sources.Prompt]) -> Iterator[sources.Prompt]:
+        """Every prompt to answer, filtered, without those already answered, up to the limit."""
+        n = 0
+        for p, dropped in self.candidates(generated):
+            if self.limit is not None and n >= self.limit:
+                return
+            if dropped is not None:
+                continue
+            n += 1
+            if p.key not in self.out.done:
+                yield p
+
+    def judge(self, result: Result) -> tuple[list[Record], str | None, dict[str, Any] | None]:
+        """An answered prompt's records that the answer filters and the verifier keep, why none
+        were kept (else None), and the verifier's tally; writes nothing (`seed generate
+        --forecast` judges its sample with it)."""
+        samples = _records(result.request.payload, result, self.teacher, self.job)
+        kept, why = self.answers.keep(samples)
+        extra = None
+        if self.verify is not None:  # on answers already cached: a rerun re-verifies for free
+            kept, verdict, tally = verify.select(self.verify, samples, kept)
+            why, extra = why or verdict, {"job": self.job, "verify": tally}
+        return kept, why, extra
 
     def _save(self, result: Result) -> None:
         prompt: sources.Prompt = result.request.payload
         if not result.ok:
             self.out.fail(prompt.key, prompt.messages, result.error or "failed", result.attempts)
             return
-        samples = _records(prompt, result, self.teacher, self.job)
-        kept, why = self.answers.keep(samples)
-        extra = None
-        if self.verify is not None:  # on answers already cached: a rerun re-verifies for free
-            kept, verdict, tally = verify.select(self.verify, samples, kept)
-            why, extra = why or verdict, {"job": self.job, "verify": tally}
+        kept, why, extra = self.judge(result)
         if kept:
             self.out.write(kept)
             self.out.done.add(prompt.key)
