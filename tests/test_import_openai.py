@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from helpers.cli import assert_one_line_error, cli_env, run_cli
+from helpers.thread_server import app_in_thread
 from seed.errors import UserError
 from seed.policy.gate import Use, check_file
 from seed.policy.importers import import_dataset
+from seed.policy.openai_export import main as export_main
 from seed.policy.openai_files import ft_item
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
@@ -372,3 +376,75 @@ def test_seed_serve_takes_tools_for_a_student_with_seeds_template(tmp_path: Path
     [call] = choice["message"]["tool_calls"]
     assert (call["function"]["name"], call["function"]["arguments"]) == ("get_time", "{}")
     assert choice["finish_reason"] == "tool_calls"
+
+
+# -- exporting stored completions ---------------------------------------------------------------
+
+KEY = "sk-test-export-5f3a9c1e"
+
+
+def stored_api(completions: list[dict[str, Any]], page: int) -> FastAPI:
+    """OpenAI's list endpoints for stored completions, `page` items a page at most, behind a
+    bearer key; each completion's `messages` (a list) is served from /messages, not with it."""
+    app = FastAPI()
+    app.state.calls = 0
+
+    def listed(items: list[dict[str, Any]], request: Request) -> Any:
+        app.state.calls += 1
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            return JSONResponse({"error": {"message": "Incorrect API key provided: "
+                                           f"{request.headers.get('authorization')}"}}, 401)
+        after = request.query_params.get("after")
+        start = next(i + 1 for i, c in enumerate(items) if c["id"] == after) if after else 0
+        limit = min(int(request.query_params.get("limit", 20)), page)
+        data = items[start:start + limit]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": start + limit < len(items)}
+
+    @app.get("/v1/chat/completions")
+    def list_completions(request: Request) -> Any:
+        model = request.query_params.get("model")
+        project = request.query_params.get("metadata[project]")
+        chosen = [{k: v for k, v in c.items() if k != "messages"} for c in completions
+                  if (model is None or c["model"] == model)
+                  and (project is None or c["metadata"].get("project") == project)]
+        return listed(chosen, request)
+
+    @app.get("/v1/chat/completions/{cid}/messages")
+    def list_messages(cid: str, request: Request) -> Any:
+        [c] = [c for c in completions if c["id"] == cid]
+        return listed(c["messages"], request)
+
+    return app
+
+
+def test_exported_stored_completions_import_with_every_page(tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:
+    served = [completion(f"chatcmpl-{k}", "gpt-4o-mini" if k % 2 else "gpt-4o", 1738960610 + k,
+                         f"question {k}", f"answer {k}") for k in range(5)]
+    for c in served:
+        c["messages"] = c["messages"]["data"]
+    served[0]["messages"] = [{"id": "m-0", "role": "system", "content": "Be brief."},
+                             *served[0]["messages"]]
+    out = tmp_path / "stored.jsonl"
+    monkeypatch.setenv("OPENAI_KEY_FOR_TEST", KEY)
+    with app_in_thread(stored_api(served, page=1)) as url:  # a page per item: all paged
+        assert export_main(["--out", str(out), "--base-url", url, "--model", "gpt-4o",
+                     "--api-key-env", "OPENAI_KEY_FOR_TEST"]) == 0
+        monkeypatch.setenv("OPENAI_KEY_FOR_TEST", "sk-wrong")
+        assert export_main(["--out", str(tmp_path / "none.jsonl"), "--base-url", url,
+                     "--api-key-env", "OPENAI_KEY_FOR_TEST"]) == 2
+    assert not (tmp_path / "none.jsonl").exists()
+    said = capsys.readouterr().err
+    assert "HTTP 401" in said and "sk-wrong" not in said  # the key the server quoted, redacted
+    records = tmp_path / "records.jsonl"
+    info = import_dataset(out, "openai-stored", records)
+    assert info["records"] == 3 and info["teachers"] == ["gpt-4o"]
+    got = [[m.chat() for m in r.messages] for r in read_records(records)]
+    assert got[0] == [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "question 0"},
+                      {"role": "assistant", "content": "answer 0"}]
+    assert [g[-1]["content"] for g in got] == ["answer 0", "answer 2", "answer 4"]
+    for written in (out, records):  # the key is sent, never written
+        assert KEY not in written.read_text()
