@@ -326,4 +326,30 @@ def test_seed_check_judges_anthropic_records_by_anthropics_terms(
     [f] = report["findings"]
     assert f["entry"] == "anthropic" and f["records"] == 3
     assert f["teacher"] == f"direct:{model} @ 127.0.0.1"
-    assert f["verdict"] in ("block", "warn") and proc.returncode in (0, 1)
+    assert f["verdict"] == "block" and proc.returncode == 1  # Anthropic's terms: no distribution
+    internal = run_cli("check", str(out / "train.jsonl"), "--internal", "--json")
+    assert json.loads(internal.stdout)["verdict"] == "warn" and internal.returncode == 0
+
+
+def test_a_failed_sample_is_asked_again_alone(tmp_path: Path, server: AnthropicServer) -> None:
+    server.faults(["529"], match="partial 0")
+    out, info = generate(tmp_path, server, "partial", n=1, samples=3)
+    assert len(tried(server, "partial")) == 4  # three at once, then the one that failed
+    recs = list(read_records(out / "train.jsonl"))
+    assert sorted(r.meta["sample"] for r in recs) == [0, 1, 2]
+    assert info["retries"] == 0 and info["prompt_tokens"] == 3 * (2 + len(SYSTEM.split()))
+
+
+def test_a_recipe_names_an_anthropic_judge(tmp_path: Path) -> None:
+    from seed.evaluate.judge_run import answerer, endpoint_name
+
+    path = write_recipe(tmp_path / "r.toml", {"name": "j", "generate": {"teacher": {
+        "kind": "tasks"}}, "eval": {"judge": {"json_schema": False, "endpoint": {
+            "kind": "anthropic", "model": "claude-haiku-4-5", "thinking_budget": 1024}}}})
+    r, _ = load_recipe(path)
+    assert r.eval.judge is not None
+    cfg = r.eval.judge.endpoint
+    judge = answerer(cfg, "eval.judge.endpoint", Limits())
+    assert isinstance(judge, AnthropicEndpoint) and endpoint_name(cfg) == "claude-haiku-4-5"
+    assert judge.identity()["thinking_budget"] == 1024
+    asyncio.run(judge.aclose())
