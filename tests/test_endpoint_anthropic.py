@@ -353,3 +353,18 @@ def test_a_recipe_names_an_anthropic_judge(tmp_path: Path) -> None:
     assert isinstance(judge, AnthropicEndpoint) and endpoint_name(cfg) == "claude-haiku-4-5"
     assert judge.identity()["thinking_budget"] == 1024
     asyncio.run(judge.aclose())
+
+
+def test_the_example_recipe_loads_and_asks_for_its_key(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    r, _ = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "anthropic_teacher.toml")
+    assert (r.generate.teacher.kind, r.generate.max_cost) == ("anthropic", 5.0)
+    config = r.generate.model_copy(update={"prompts": []})
+    from seed.generate.teacher import apply_overrides
+
+    config = apply_overrides(config, [prompts(tmp_path / "p.jsonl", 2, "example")], None, None,
+                             None)
+    with pytest.raises(UserError, match="ANTHROPIC_API_KEY is not set"):
+        generate_from_teacher(config, r.seed, tmp_path / "o", Console(quiet=True))
+    assert not (tmp_path / "o").exists()
