@@ -13,7 +13,9 @@ cost = the sample's cost + the full run's; actual kept = the records the full ru
 Relative errors are |predicted - actual| / actual. The first seed is the headline; the others show
 the spread (a different sample each).
 
-Run: `.venv/bin/python benchmarks/forecast.py [--sample 100] [--seeds 7 11 13 17 19]`
+Run: `.venv/bin/python benchmarks/forecast.py [--sample 100] [--seeds 7 11 13 17 19] [--copies K]`
+(`--copies 4`: each prompt four times under other headings, 1,190 lines of which 170 repeat, to
+see that the error depends on the sample, not on the stream's length)
 Ends with `RESULT cost_error=E yield_error=E sample=N max_cost_error=E max_yield_error=E`.
 """
 
@@ -45,12 +47,14 @@ DATA = ROOT.parent / "shared" / "data"
 PRICE = {"input": 1.25, "output": 10.0, "cached_input": 0.125}  # gpt-5's, $/1M tokens
 
 
-def prompts(path: Path) -> int:
+def prompts(path: Path, copies: int = 1) -> int:
     seeds = [json.loads(line)["instruction"]
              for line in (DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
     mt = [json.loads(line)["turns"][0]
           for line in (DATA / "mt_bench" / "question.jsonl").read_text().splitlines()]
     texts = seeds + mt
+    if copies > 1:  # a longer stream: each prompt again under another heading (distinct text)
+        texts = [t if j == 0 else f"Variant {j}. {t}" for j in range(copies) for t in texts]
     texts += texts[::6]  # 43 exact duplicates, spread over the file
     path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     return len(texts)
@@ -91,11 +95,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13, 17, 19])
+    ap.add_argument("--copies", type=int, default=1,
+                    help="each prompt this many times under other headings (a longer stream)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        lines = prompts(tmp / "p.jsonl")
+        lines = prompts(tmp / "p.jsonl", args.copies)
         print(f"{lines} prompt lines (real text), sample {args.sample}, load "
               f"{os.getloadavg()[0]:.1f}")
         for seed in args.seeds:

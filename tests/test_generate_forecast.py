@@ -195,3 +195,35 @@ def test_seed_runs_generate_stage_prints_the_forecast_first_when_the_recipe_asks
     assert info["answers_from_cache"] == 6
     assert info["train_records"] == sum(answer_for(t, 0.15) != REFUSAL
                                         for t in dict.fromkeys(texts))
+
+
+def test_answers_the_verifier_fails_are_counted_apart_from_refusals(tmp_path: Path) -> None:
+    app = priced_teacher(refusal_share=0.3)
+    texts = write_prompts(tmp_path / "p.jsonl", 20, duplicates=0)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"]}
+    with app_in_thread(app) as base:
+        cfg, seed = config(tmp_path, base, tmp_path / "p.jsonl", **{
+            "generate.verify": {"kind": "json_schema", "json_schema": schema}})
+        fc = forecast(cfg, seed, tmp_path / "out", sample=20, console=Console())
+    refused = sum(answer_for(t, 0.3) == REFUSAL for t in texts)
+    assert 0 < refused < 20  # the plain-text answers are no JSON: each one fails the schema
+    assert fc["answers_dropped"] == {"refusal": refused}
+    assert fc["answers_not_verified"] == 20 - refused and fc["answers_kept"] == 0
+    assert fc["records_expected"] == 0 and not fc["enough_prompts"]
+    assert fc["prompts_needed"] is None
+
+
+def test_after_the_full_run_a_forecast_has_nothing_to_send(tmp_path: Path) -> None:
+    app = priced_teacher(refusal_share=0.0)  # a refused prompt is tried again (free: cached)
+    write_prompts(tmp_path / "p.jsonl", 10, duplicates=0)
+    with app_in_thread(app) as base:
+        cfg, seed = config(tmp_path, base, tmp_path / "p.jsonl")
+        generate_from_teacher(cfg, seed, tmp_path / "out", console=Console())
+        before = (tmp_path / "out" / "train.jsonl").read_bytes()
+        console = Console(record=True, width=200)
+        fc = forecast(cfg, seed, tmp_path / "out", sample=5, console=console)
+    assert (fc["prompts_already_answered"], fc["prompts_to_send"], fc["sample"]) == (10, 0, 0)
+    assert sum(app.state.sent.values()) == 10  # the forecast asked nothing
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == before
+    assert "nothing left to send" in console.export_text()

@@ -336,7 +336,9 @@ def report(info: dict[str, Any]) -> list[str]:
     lines.append(f"records kept: {info['records_expected']:,.0f}"
                  f"{_span(info['records_interval'], money=False)}")
     want = info["num_records"]
-    if not info["enough_prompts"]:
+    if not info["prompts_to_send"]:
+        lines.append("nothing left to send: every planned prompt is answered already")
+    elif not info["enough_prompts"]:
         lines.append(f"not enough prompts: all {info['prompts_surviving']:,} surviving prompts "
                      f"would keep about {info['records_possible']:,.0f} records, fewer than "
                      f"num_records = {want:,}")
