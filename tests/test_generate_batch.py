@@ -9,6 +9,7 @@ failed.jsonl with the provider's reason, Azure's paths work, and the API key is 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -243,3 +244,56 @@ def test_batch_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("generate", tasks, "--out", tmp_path / "k", "--batch"),
                           "--batch", "tasks")
     assert not (tmp_path / "t").exists() and not (tmp_path / "k").exists()
+
+
+def test_the_runner_sends_a_repeated_request_once_and_shows_the_jobs_progress(
+        tmp_path: Path) -> None:
+    from seed.endpoints.openai import OpenAIEndpoint
+    from seed.endpoints.openai_batch import OpenAIBatch
+    from seed.generate import batch
+    from seed.generate.cache import RequestCache
+    from seed.generate.engine import Request, Result, Stats
+    from seed.generate.progress import figures
+
+    async def main(server: BatchServer) -> tuple[list[Result], list[str], Stats]:
+        endpoint = OpenAIEndpoint(server.base_url, MODEL)
+        provider = OpenAIBatch(endpoint)
+        cache = RequestCache(tmp_path / "cache.sqlite")
+        asks = [f"question {i}" for i in (0, 1, 2, 0, 3)]
+        reqs = [Request(str(i), [{"role": "user", "content": q}], {}, payload=i)
+                for i, q in enumerate(asks)]
+        got: list[Result] = []
+        stats, seen = Stats(total=len(reqs)), []
+
+        async def watch() -> None:
+            while True:
+                if stats.phase and (not seen or seen[-1] != stats.phase):
+                    seen.append(figures(stats, None)["batch"])
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await batch.run(reqs, endpoint, provider, cache=cache, on_result=got.append,
+                            stats=stats, options=batch.BatchOptions(poll_interval=0.05))
+        finally:
+            watcher.cancel()
+            await provider.aclose()
+            await endpoint.aclose()
+        shards = batch.shards_of(cache)
+        assert [(s.state, sorted(s.steps), len(s.keys)) for s in shards] == [
+            ("collected", ["file", "job"], 4)]
+        cache.close()
+        return got, seen, stats
+
+    with batch_server() as server:
+        server.config(slow_polls=4)
+        got, seen, stats = asyncio.run(main(server))
+        assert set(server.counts()["submitted"].values()) == {1}
+        assert len(server.counts()["submitted"]) == 4  # question 0 asked twice, sent once
+    assert sorted(r.request.payload for r in got) == [0, 1, 2, 3, 4]
+    for r in got:
+        assert r.api == "batch"
+        assert r.completions[0].text == f"echo: {r.request.messages[0]['content']}"
+    assert (stats.done, stats.paid, stats.phase) == (5, 4, None)
+    assert any("0/1 jobs ended" in s and "in_progress" in s for s in seen), seen
+    assert any("1/1 jobs ended, 4/4 requests (completed)" in s for s in seen), seen
