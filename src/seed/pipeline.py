@@ -91,7 +91,7 @@ def _student(recipe: Recipe) -> str:
     return "rl/model" if recipe.rl is not None else "train/model"
 
 
-def _rl_stage(run: Run, recipe: Recipe, console: Console) -> None:
+def _rl_stage(run: Run, recipe: Recipe, console: Console, check: Any) -> None:
     """[rl]: GRPO (seed.train.grpo) from train's student on the same records, into rl/."""
     rl = recipe.rl
     assert rl is not None
@@ -100,7 +100,7 @@ def _rl_stage(run: Run, recipe: Recipe, console: Console) -> None:
     info = _stage(run, console, "rl", [rl.model_dump(), recipe.seed],
                   ["data/train.jsonl", "train/model"], RL_OUT,
                   partial(_train, run.path("data/train.jsonl"), run.path("rl"), config,
-                          recipe.seed, console), workdir="rl")
+                          recipe.seed, console, _report(recipe, check, "rl")), workdir="rl")
     console.print(f"rl: {info.get('steps')} GRPO steps from train's student")
 
 
@@ -111,12 +111,37 @@ def _generate_tasks(recipe: Recipe, data: Path) -> dict[str, Any]:
     return generate_from_tasks(recipe.generate, recipe.seed, data)
 
 
-def _train(records: Path, out: Path, config: Any, seed: int, console: Console) -> dict[str, Any]:
+def _train(records: Path, out: Path, config: Any, seed: int, console: Console,
+           report: Any = None) -> dict[str, Any]:
     """One training stage; torch and transformers (~4 s to import) only when a stage trains,
     so a rerun that skips every stage never imports them."""
     from seed.train import train_student
 
-    return train_student(records, out, config, seed, console=console)
+    return train_student(records, out, config, seed, console=console, report=report)
+
+
+def _report(recipe: Recipe, check: Any, stage: str) -> Any:
+    """What `train.report_to`'s trackers show beside a stage's metrics: the recipe (endpoint
+    keys by their environment variable's name only) and the terms gate's decision."""
+    from seed.train.trackers import Report
+
+    return Report(_run_name(recipe, stage),
+                  {"recipe": recipe.model_dump(mode="json"), "terms": check.to_dict()})
+
+
+def _run_name(recipe: Recipe, stage: str) -> str:
+    return recipe.name if stage == "train" else f"{recipe.name}-{stage}"
+
+
+def _report_eval(run: Run, recipe: Recipe, ev: dict[str, Any]) -> None:
+    """The eval results, added to the student's tracker runs (reopened) after the eval stage."""
+    config = recipe.rl if recipe.rl is not None else recipe.train
+    if not config.report_to or not ev:
+        return
+    from seed.train.trackers import report_summary
+
+    stage = "rl" if recipe.rl is not None else "train"
+    report_summary(config.report_to, run.path(stage), _run_name(recipe, stage), {"eval": ev})
 
 
 def _generate_http(generation: Any) -> dict[str, Any]:
@@ -300,9 +325,9 @@ def run_recipe(path: str | Path, console: Console | None = None,
     tr = _stage(run, console, "train", [recipe.train.model_dump(), recipe.seed],
                 ["data/train.jsonl"], TRAIN_OUT,
                 partial(_train, run.path("data/train.jsonl"), run.path("train"), recipe.train,
-                        recipe.seed, console), workdir="train")
+                        recipe.seed, console, _report(recipe, check, "train")), workdir="train")
     if recipe.rl is not None:
-        _rl_stage(run, recipe, console)
+        _rl_stage(run, recipe, console, check)
     ev: dict[str, Any] = {}
     if verifiable:
         ev = _stage(run, console, "eval", _eval_config(recipe),
@@ -310,6 +335,7 @@ def run_recipe(path: str | Path, console: Console | None = None,
                      *([_student(recipe)] if recipe.rl is not None else [])], EVAL_OUT,
                     partial(_evaluate, run, recipe), workdir="eval")
     _model_card(run, recipe, check, tr, ev)
+    _report_eval(run, recipe, ev)
     if recipe.eval.judge is not None:
         _judge_stage(run, recipe, recipe.eval.judge, console)
     if recipe.eval.watermark is not None:

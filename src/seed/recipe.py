@@ -461,6 +461,10 @@ class TrainConfig(Strict):
     reasoning: Literal["train", "answer", "drop"] = "train"
     eval_every: int = Field(100, gt=0)
     peak_flops: float | None = Field(None, gt=0)  # per device, for MFU where it is not known
+    # Experiment trackers that also get metrics.jsonl's lines (seed.train.trackers). Where a run
+    # is reported changes no weight: left out of dumps, so no fingerprint or stage hash moves.
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        default_factory=list, exclude=True)
 
 
 class JudgeConfig(Strict):

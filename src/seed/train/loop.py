@@ -54,6 +54,7 @@ from seed.train.runtime import Runtime
 from seed.train.sharding import full_state, load_full_state, shard
 from seed.train.speed import flops_per_token, mfu, peak_flops
 from seed.train.tokenizer import load_saved_tokenizer, train_tokenizer
+from seed.train.trackers import Report, Trackers, check_installed, start_trackers
 
 if TYPE_CHECKING:  # the image student's modules import diffusers (~2 s): only when it trains
     from seed.train.diffusion import Ema
@@ -73,16 +74,19 @@ class Counters:
 
 
 def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
-                  console: Console | None = None) -> dict[str, Any]:
+                  console: Console | None = None, report: Report | None = None
+                  ) -> dict[str, Any]:
     """Train a student on `records` into `out_dir`; resume if a checkpoint is there.
 
     Writes initial/ (untrained), model/ (final), adapter/ (LoRA), checkpoints/, metrics.jsonl and
     summary.json, and returns the summary (steps, tokens, seconds, final_loss, params, ...).
+    `train.report_to`'s trackers get the same lines, under `report`'s run name and config.
     """
     records, out_dir, console = Path(records), Path(out_dir), console or Console()
     runtime = Runtime.start(config)
     student = student_kind(config)
     student.check(config, runtime)
+    check_installed(config.report_to)
     finished = open_run(records, out_dir, config, seed, runtime, student)
     if finished is not None:
         return finished
@@ -105,11 +109,19 @@ def train_student(records: Path, out_dir: Path, config: TrainConfig, seed: int,
         console.print(describe_start(model, tokenizer, layout, config, total_steps, runtime))
     trained = wrap_model(model, config, runtime)
     batches = layout.steps(counters.step * rows_per_step, rows_per_step)
-    loss, eval_loss = train_steps(trained, model, layout, held, batches, optimizer, scheduler,
-                                  ema, counters, total_steps, out_dir, tokenizer, student, config,
-                                  runtime, console)
-    return finish(out_dir, model, optimizer, ema, tokenizer, counters, loss, eval_loss, layout,
-                  student, config, runtime)
+    trackers = start_trackers(config, out_dir, report) if runtime.is_main else None
+    try:
+        loss, eval_loss = train_steps(trained, model, layout, held, batches, optimizer,
+                                      scheduler, ema, counters, total_steps, out_dir, tokenizer,
+                                      student, config, runtime, console, trackers)
+        summary = finish(out_dir, model, optimizer, ema, tokenizer, counters, loss, eval_loss,
+                         layout, student, config, runtime)
+        if trackers:
+            trackers.log_summary({"train": summary})
+    finally:
+        if trackers:
+            trackers.finish()
+    return summary
 
 
 def text_student() -> StudentKind:
@@ -371,7 +383,8 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                 scheduler: Scheduler, ema: Ema | None, counters: Counters,
                 total_steps: int, out_dir: Path, tokenizer: PreTrainedTokenizerBase,
                 student: StudentKind, config: TrainConfig, runtime: Runtime,
-                console: Console) -> tuple[float, float | None]:
+                console: Console, trackers: Trackers | None = None
+                ) -> tuple[float, float | None]:
     """Steps until `total_steps`: train, evaluate, log and checkpoint on their schedules.
 
     Returns the last step's loss and the last held-out loss (None without a held-out split).
@@ -420,6 +433,8 @@ def train_steps(model: torch.nn.Module, base: PreTrainedModel, layout: Layout,
                     line.update({k: round(v, 4) for k, v in step_log.items()})
                     metrics.write(json.dumps(line) + "\n")
                     metrics.flush()
+                    if trackers:
+                        trackers.log(line)
                     bar.update(task, completed=counters.step, loss=loss, tps=tps,
                                extra=describe_step(step_log))
                 if counters.step % config.checkpoint_every == 0 and not last:
