@@ -343,11 +343,17 @@ def test_a_failed_sample_is_asked_again_alone(tmp_path: Path, server: AnthropicS
 def test_a_recipe_names_an_anthropic_judge(tmp_path: Path) -> None:
     from seed.evaluate.judge_run import answerer, endpoint_name
 
+    judge_table = {"endpoint": {"kind": "anthropic", "model": "claude-haiku-4-5",
+                                "thinking_budget": 1024}}
     path = write_recipe(tmp_path / "r.toml", {"name": "j", "generate": {"teacher": {
-        "kind": "tasks"}}, "eval": {"judge": {"json_schema": False, "endpoint": {
-            "kind": "anthropic", "model": "claude-haiku-4-5", "thinking_budget": 1024}}}})
+        "kind": "tasks"}}, "eval": {"judge": judge_table}})
     r, _ = load_recipe(path)
     assert r.eval.judge is not None
+    assert r.eval.judge.json_schema is False  # the default for an anthropic judge
+    write_recipe(tmp_path / "bad.toml", {"name": "j", "generate": {"teacher": {
+        "kind": "tasks"}}, "eval": {"judge": {**judge_table, "json_schema": True}}})
+    with pytest.raises(UserError, match=r"eval\.judge.*json_schema = false"):
+        load_recipe(tmp_path / "bad.toml")
     cfg = r.eval.judge.endpoint
     judge = answerer(cfg, "eval.judge.endpoint", Limits())
     assert isinstance(judge, AnthropicEndpoint) and endpoint_name(cfg) == "claude-haiku-4-5"

@@ -485,6 +485,18 @@ class JudgeConfig(Strict):
     max_attempts: int = Field(6, gt=0)
     timeout: float = Field(120.0, gt=0, le=DAY)  # seconds per request
 
+    @model_validator(mode="after")
+    def _anthropic_reads_text(self) -> JudgeConfig:
+        # Seed maps no response format onto Anthropic's Messages API: its judge is read from text
+        if self.endpoint.kind == "anthropic":
+            if self.json_schema and "json_schema" in self.model_fields_set:
+                raise PydanticCustomError(
+                    "anthropic_schema", "json_schema = true: an anthropic judge takes no "
+                    "response format in Seed; set json_schema = false (its reply is read from "
+                    "its text)")
+            self.json_schema = False
+        return self
+
 
 class WatermarkEvalConfig(Strict):
     """`[eval.watermark]`: the teacher watermarked its replies with a key you hold; test the
