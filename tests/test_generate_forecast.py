@@ -63,6 +63,7 @@ def test_forecast_predicts_the_full_runs_cost_and_yield_and_is_not_paid_twice(
     # the full run found the sample in the cache: every prompt was asked exactly once
     assert sorted(app.state.sent) == sorted(distinct) and set(app.state.sent.values()) == {1}
     assert full["answers_from_cache"] == 60 and full["requests_paid"] == 180
+    assert full["cached_tokens"] == 180 * 30  # the teacher's cached prefix, read into the budget
     # what the job really cost: the forecast's sample plus the full run's requests
     spent = fc["sample_cost"] + full["cost"]
     kept = full["records_written"]
@@ -147,6 +148,10 @@ def test_bad_forecast_flags_are_one_line_errors(tmp_path: Path) -> None:
         res = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"), *flags,
                       env=cli_env(OPENAI_API_KEY="sk-test"))
         assert_one_line_error(res, needle)
+    tasks = write_recipe(tmp_path / "t.toml", {"name": "t", "generate": {
+        "teacher": {"kind": "tasks"}, "forecast": True}})
+    with pytest.raises(UserError, match="forecast"):
+        load_recipe(tasks)
     cfg, seed = load_recipe(recipe)[0].generate, 7
     with pytest.raises(UserError, match="turns = 1"):
         forecast(cfg.model_copy(update={"turns": 2}), seed, tmp_path / "o", 5)

@@ -306,6 +306,10 @@ class GenerateConfig(Strict):
                     raise PydanticCustomError(
                         "openai_only", "{key} is for an HTTP teacher's answers (a tasks teacher "
                         "takes its families under generate.teacher.tasks)", {"key": key})
+        if self.forecast and self.teacher.kind not in ("openai", "anthropic"):
+            raise PydanticCustomError("forecast", "forecast is for an openai or anthropic "
+                                      "teacher's answers; a {kind} teacher is not forecast",
+                                      {"kind": self.teacher.kind})
         return self
 
     @field_validator("prices")

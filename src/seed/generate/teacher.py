@@ -384,6 +384,7 @@ class Generation:
                 "identity_flagged": self.answers.flagged, "requests_paid": self.stats.paid,
                 "answers_from_cache": self.stats.cached, "retries": self.stats.retries,
                 "prompt_tokens": self.budget.prompt_tokens,
+                "cached_tokens": self.budget.cached_tokens,  # of prompt_tokens, cache reads
                 "completion_tokens": self.budget.completion_tokens,
                 "reasoning_tokens": self.budget.reasoning_tokens, "cost": self.budget.cost,
                 "usage_estimated_requests": self.budget.estimated_requests,
