@@ -204,6 +204,32 @@ def test_a_trained_student_goes_up_with_its_weights_and_model_card(
     no_token_anywhere(tmp_path, trained.stdout, trained.stderr, printed)
 
 
+@pytest.mark.slow
+def test_a_run_directory_pushes_its_student_with_the_eval_results_and_its_data(
+        hub: Hub, tmp_path: Path, in_process: Callable[..., str]) -> None:
+    write_recipe(tmp_path / "r.toml", {"name": "pushed", "generate": {
+        **GENERATE, "eval_prompts": 6}, "train": TRAIN, "eval": {"max_new_tokens": 4,
+                                                                  "samples": 2}})
+    done = run_cli("run", "r.toml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "pushed"
+    printed = in_process(run, f"{USER}/pushed-student")
+    assert f"pushing the model directory {run / 'train' / 'model'} of the run {run}" in printed
+    files = hub.files("model", f"{USER}/pushed-student")
+    model = run / "train" / "model"
+    assert sorted(files) == sorted(p.relative_to(model).as_posix() for p in model.rglob("*")
+                                   if p.is_file())
+    accuracy = json.loads((run / "eval" / "results.json").read_text())["accuracy"]
+    meta = front_matter(files["README.md"])
+    [result] = [m for r in meta["model-index"] for res in r["results"] for m in res["metrics"]
+                if m["type"] == "accuracy"]
+    assert result["value"] == pytest.approx(accuracy)
+    in_process(run / "data", f"{USER}/pushed-data")
+    data = hub.files("dataset", f"{USER}/pushed-data")
+    assert sorted(data) == ["README.md", "eval.jsonl", "train.jsonl"]
+    assert data["eval.jsonl"] == (run / "data" / "eval.jsonl").read_bytes()
+
+
 def test_a_bad_repo_id_is_a_one_line_error(hub: Hub, tmp_path: Path) -> None:
     proc = push(hub, tmp_path, tmp_path, "--repo", "no-owner")
     assert_one_line_error(proc, "--repo 'no-owner': give OWNER/NAME")
