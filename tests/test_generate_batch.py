@@ -313,3 +313,22 @@ def test_the_verifier_judges_batch_answers_as_it_judges_online_ones(tmp_path: Pa
     assert sorted(k[0] for k in _by_prompt(tmp_path / "batch")) == ["0", "2", "4"]
     assert sorted(_failed(tmp_path / "batch")) == sorted(_failed(tmp_path / "online")) == [
         "1", "3", "5"]
+
+
+def test_jobs_stay_within_the_byte_cap_and_a_request_too_big_for_any_fails(
+        tmp_path: Path) -> None:
+    prompts = tmp_path / "sized.jsonl"
+    texts = [f"question {i}" for i in range(7)] + ["x" * 800]
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    with batch_server() as server:
+        recipe = write_recipe(tmp_path / "s.toml", teacher_recipe(server.base_url, prompts,
+                                                                  model=MODEL),
+                              {**FAST, "generate.batch.max_bytes": 500})
+        _generate(recipe, tmp_path / "out", "--batch")
+        batches = server.counts()["batches"]
+    # each line is ~200 bytes (a 64-character custom_id, the URL, the body): two per job
+    assert [len(b["custom_ids"]) for b in batches] == [2, 2, 2, 1]
+    assert all(b["input_bytes"] <= 500 for b in batches)
+    assert len(_by_prompt(tmp_path / "out")) == 7
+    failed = _failed(tmp_path / "out")
+    assert list(failed) == ["x" * 800] and "bytes" in failed["x" * 800]

@@ -377,9 +377,9 @@ async def set_config(request: Request) -> dict[str, Any]:
 async def counts() -> dict[str, Any]:
     return {"submitted": STATE["submitted"], "uploads": STATE["uploads"],
             "online": STATE["online"], "polls": STATE["polls"],
-            "batches": [{**_public(STATE["batches"][i]),
-                         "custom_ids": [x["custom_id"] for x in STATE["batches"][i]["_lines"]]}
-                        for i in STATE["order"]]}
+            "batches": [{**_public(b), "custom_ids": [x["custom_id"] for x in b["_lines"]],
+                         "input_bytes": STATE["files"][b["input_file_id"]]["bytes"]}
+                        for b in (STATE["batches"][i] for i in STATE["order"])]}
 
 
 def main() -> None:
