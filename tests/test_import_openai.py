@@ -327,6 +327,8 @@ def test_stored_completions_keep_tools_and_calls(tmp_path: Path) -> None:
     c = completion("chatcmpl-3", "gpt-4o", 1738960610, "Weather in Paris?", "", tools=[WEATHER])
     c["choices"][0]["message"]["tool_calls"] = TOOL_ITEM["messages"][2]["tool_calls"]
     c["choices"][0]["finish_reason"] = "tool_calls"
+    c["choices"][0]["message"]["annotations"] = [  # citations: left out, not an error
+        {"type": "url_citation", "url_citation": {"url": "https://example.org"}}]
     out = tmp_path / "records.jsonl"
     import_dataset(write_jsonl(tmp_path / "stored.jsonl", [c]), "openai-stored", out)
     [r] = read_records(out)

@@ -21,8 +21,8 @@ Three shapes, for teams leaving OpenAI's fine-tuning with the data they gave it 
 
 `ft_item` writes a record back in the fine-tuning (or preference) shape. Anything the records cannot
 hold (images, audio, a weight that is not 0 or 1) is an error naming the line and the field, never
-dropped. This module parses and labels; judging is `gate.py`'s job, reading the file is
-`importers.py`'s.
+dropped; the one exception is a stored answer's citations (`annotations`), which are left out.
+This module parses and labels; judging is `gate.py`'s job, reading the file is `importers.py`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ _MESSAGE_KEYS = {"role", "content", "tool_calls", "tool_call_id", "name", "weigh
                  "function_call", "refusal"}
 _EMPTY: tuple[Any, ...] = (None, [], {})  # what an API object holds in fields it does not use
 _FT_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
+# What the stored-completion endpoints add to a message: its id, the parts of its content (the
+# content holds their text) and the answer's citations (url annotations), which records do not keep
+_STORED_ONLY = {"id", "content_parts", "annotations"}
 _PARAMS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
            "max_completion_tokens", "max_tokens", "reasoning_effort", "service_tier")
 
@@ -123,7 +126,7 @@ def _message(raw: Any, where: str, calls: _Calls, stored: bool = False) -> dict[
     """One OpenAI chat message as a record's message dict (see the module docstring)."""
     m = _object(raw, where)
     extra = sorted(k for k, v in m.items() if k not in _MESSAGE_KEYS and v not in _EMPTY
-                   and not (stored and k in ("id", "content_parts")))
+                   and not (stored and k in _STORED_ONLY))
     if extra:
         raise Bad(f"{where}.{extra[0]}", "Seed's records hold text and tool calls only; "
                   "remove the field")
