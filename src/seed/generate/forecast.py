@@ -159,6 +159,7 @@ class Forecast:
         results = asyncio.run(self._main(picked)) if picked else []
         info = self._figures(seen, survivors, len(planned), len(done & {p.key for p in planned}),
                              to_send, results)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / FORECAST, info)
         for line in report(info):
             self.console.print(line)
@@ -205,7 +206,8 @@ class Forecast:
             "sample_paid": gen.stats.paid, "sample_from_cache": gen.stats.cached,
             "sample_failed": len(results) - len(ok),
             "samples_per_prompt": config.samples,
-            "answers_dropped": dict(gen.answers.dropped), "answers_not_verified": verified_out,
+            "answers_judged": answers, "answers_dropped": dict(gen.answers.dropped),
+            "answers_not_verified": verified_out,
             "answers_kept": kept_total, "kept_share": kept_total / trials if trials else None,
             "kept_share_interval": [share_lo, share_hi],
             "mean_prompt_tokens": statistics.fmean(tokens_in) if tokens_in else None,
