@@ -42,16 +42,16 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def recipe(tmp: Path, server: AnthropicServer, prefix: str, n: int, batch: bool = True,
-           options: dict[str, Any] | None = None) -> Path:
+           options: dict[str, Any] | None = None, **generate: Any) -> Path:
     path = tmp / f"{prefix}.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"{prefix} {i}"}) + "\n" for i in range(n)))
     data = {"name": "claude-batch", "seed": 7, "generate": {
         "teacher": {"kind": "anthropic", "base_url": server.root, "model": MODEL,
-                    "batch": batch},
+                    "batch": batch, **generate.pop("teacher", {})},
         "prompts": [{"path": str(path), "license": "CC0-1.0"}], "prices": PRICES,
         "params": {"max_tokens": 64},
         "limits": {"max_attempts": 3, "backoff_base": 0.05, "timeout": 10},
-        "batch": {"poll_interval": 0.05, **(options or {})}}}
+        "batch": {"poll_interval": 0.05, **(options or {})}, **generate}}
     return write_recipe(tmp / f"{prefix}-{batch}.toml", data)
 
 
@@ -75,22 +75,44 @@ def online_users(server: AnthropicServer, prefix: str) -> list[str]:
 def test_batch_records_equal_online_records_at_batch_prices(tmp_path: Path,
                                                             server: AnthropicServer) -> None:
     n = 12
-    online = generate(recipe(tmp_path, server, "same", n, batch=False), tmp_path / "online")
+    thinking = {"teacher": {"thinking_budget": 1024}, "params": {"max_tokens": 1100}}
+    online = generate(recipe(tmp_path, server, "same", n, batch=False, **thinking),
+                      tmp_path / "online")
     before = server.submitted()["custom_ids"]
-    info = generate(recipe(tmp_path, server, "same", n), tmp_path / "batch")
+    info = generate(recipe(tmp_path, server, "same", n, **thinking), tmp_path / "batch")
     a, b = rows(tmp_path / "online"), rows(tmp_path / "batch")
     assert sorted(a) == sorted(b) == sorted(f"same {i}" for i in range(n))
     for prompt in a:
         assert a[prompt][:3] == b[prompt][:3]  # messages, prompt key, model
         assert (a[prompt][3], b[prompt][3]) == (None, "batch")
+    assert a["same 3"][0][1]["reasoning_content"] == "thinking about: same 3"
     after = server.submitted()["custom_ids"]
     new = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     assert len(new) == n and set(new.values()) == {1}
     assert online_users(server, "same").count("same 0") == 1  # the online run only
-    # "same i" -> "claude: same i": 2 words in, 3 out, at $500 and $2500 a million
-    assert info["prompt_tokens"] == 2 * n and info["completion_tokens"] == 3 * n
-    assert info["cost"] == pytest.approx(n * (2 * 500.0 + 3 * 2500.0) / 1e6, rel=1e-9)
-    assert online["cost"] == pytest.approx(n * (2 * 1000.0 + 3 * 5000.0) / 1e6, rel=1e-9)
+    # "same i" -> "claude: same i" after "thinking about: same i": 2 words in, 3 + 4 out, at $500
+    # and $2500 a million
+    assert info["prompt_tokens"] == 2 * n and info["completion_tokens"] == 7 * n
+    assert info["cost"] == pytest.approx(n * (2 * 500.0 + 7 * 2500.0) / 1e6, rel=1e-9)
+    assert online["cost"] == pytest.approx(n * (2 * 1000.0 + 7 * 5000.0) / 1e6, rel=1e-9)
+
+
+def test_the_budget_stop_holds_at_batch_prices(tmp_path: Path, server: AnthropicServer) -> None:
+    # a request's worst case: max_tokens 64 out at $2500/M (plus its bytes in at $500/M);
+    # what one costs: 2 words in, 3 out = $0.0085. Under a $0.2 cap a shard is cut to what its
+    # worst case leaves room for, until the spend leaves room for none.
+    before = len(server.submitted()["batches"])
+    info = generate(recipe(tmp_path, server, "budget", 40, max_cost=0.2), tmp_path / "out")
+    sent = [r["custom_ids"] for r in server.requests()
+            if r["path"] == "/v1/messages/batches"][before:]
+    flat = [i for ids in sent for i in ids]
+    assert 0 < len(flat) < 40 and len(flat) == len(set(flat))
+    assert info["records_written"] == len(flat)
+    assert info["cost"] == pytest.approx(len(flat) * 0.0085, rel=1e-9)
+    worst = (64 * 2500.0 + (len("budget 10") + 8) * 500.0) / 1e6  # ~$0.17
+    assert 0.2 - worst < info["cost"] <= 0.2  # stopped with no room for one more worst case
+    assert "cost cap" in (info["stopped"] or "")
+    assert online_users(server, "budget") == []
 
 
 def test_errored_and_expired_items_go_online_and_bad_ones_to_failed_jsonl(
