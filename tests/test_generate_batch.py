@@ -332,3 +332,18 @@ def test_jobs_stay_within_the_byte_cap_and_a_request_too_big_for_any_fails(
     assert len(_by_prompt(tmp_path / "out")) == 7
     failed = _failed(tmp_path / "out")
     assert list(failed) == ["x" * 800] and "bytes" in failed["x" * 800]
+
+
+def test_online_retries_are_charged_online_prices_under_the_same_cap(tmp_path: Path) -> None:
+    prices = {MODEL: {"input": 2.0, "output": 4.0, "batch_input": 1.0, "batch_output": 2.0}}
+    with batch_server() as server:
+        server.config(expire_after=2)
+        recipe = _recipe(tmp_path, server, 4, {"generate.prices": prices,
+                                               "generate.params": {"max_tokens": 20}})
+        summary = _generate(recipe, tmp_path / "out", "--batch", max_cost=1.0)
+        assert len(server.counts()["online"]) == 2
+    # 2 prompt and 3 completion tokens each: 2 answers at batch prices, 2 retried online
+    assert abs(summary["batch_cost"] - 2 * (2 * 1 + 3 * 2) / 1e6) < 1e-12
+    assert abs(summary["online_cost"] - 2 * (2 * 2 + 3 * 4) / 1e6) < 1e-12
+    assert abs(summary["cost"] - summary["batch_cost"] - summary["online_cost"]) < 1e-12
+    assert summary["requests_paid"] == 4 and summary["stopped"] is None
