@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_generate_keeps_thinking_blocks_as_reasoning_and_sends_the_system_prompt
                   params={"temperature": 1, "stop": ["NEVER"]})
     res = run_cli("generate", str(path), "--out", str(out), env=env())
     assert res.returncode == 0, res.stderr
-    assert "6 records written" in res.stdout
+    assert "6 records written" in res.stdout and KEY not in res.stdout + res.stderr
     sent = messages_sent(server, "think")
     recs = sorted(read_records(out / "train.jsonl"), key=lambda r: r.messages[1].content)
     assert len(recs) == 6
@@ -195,8 +196,10 @@ def test_a_refused_key_an_unknown_model_or_a_missing_key_stop_the_run(
         generate(tmp_path / "c", server, "nokey", n=2)
 
 
-def test_the_key_lands_in_no_file_the_run_wrote(tmp_path: Path, server: AnthropicServer,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_key_lands_in_no_file_or_log_line_the_run_wrote(
+        tmp_path: Path, server: AnthropicServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     key_file = tmp_path / "key.txt"
     key_file.write_text(KEY + "\n")
@@ -207,6 +210,7 @@ def test_the_key_lands_in_no_file_the_run_wrote(tmp_path: Path, server: Anthropi
     assert {p.name for p in written} >= {"train.jsonl", "cache.sqlite", "summary.json"}
     for p in written:
         assert KEY.encode() not in p.read_bytes(), p
+    assert caplog.records and KEY not in caplog.text  # httpx logged the requests, not the key
 
 
 def test_rate_limit_headers_are_translated_and_tighten_the_limiter(
