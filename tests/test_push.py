@@ -20,6 +20,7 @@ from rich.console import Console
 
 from helpers.cli import assert_one_line_error, cli_env, run_cli
 from helpers.hub_server import Hub, running_hub
+from helpers.images import write_shapes
 from helpers.recipes import write_recipe
 from seed.endpoints.tasks import TasksEndpoint
 from seed.errors import UserError
@@ -228,6 +229,22 @@ def test_a_run_directory_pushes_its_student_with_the_eval_results_and_its_data(
     data = hub.files("dataset", f"{USER}/pushed-data")
     assert sorted(data) == ["README.md", "eval.jsonl", "train.jsonl"]
     assert data["eval.jsonl"] == (run / "data" / "eval.jsonl").read_bytes()
+
+
+def test_an_image_dataset_goes_up_with_its_image_files_as_lfs_objects(
+        hub: Hub, tmp_path: Path, in_process: Callable[..., str]) -> None:
+    records = write_shapes(tmp_path / "shapes" / "train.jsonl", 3)
+    repo = f"{USER}/shapes"
+    printed = in_process(records.parent, repo)
+    assert "image-generator student" in printed  # image records judged for an image student
+    images = sorted(p.relative_to(records.parent).as_posix()
+                    for p in (records.parent / "images").rglob("*") if p.is_file())
+    assert len(images) == 3 and all(p.endswith(".png") for p in images)
+    files = hub.files("dataset", repo)
+    assert sorted(files) == sorted(["README.md", "train.jsonl", *images])
+    assert all(files[p] == (records.parent / p).read_bytes() for p in images)
+    assert hub.repo("dataset", repo).lfs_paths == set(images)
+    assert front_matter(files["README.md"])["task_categories"] == ["text-to-image"]
 
 
 def test_a_bad_repo_id_is_a_one_line_error(hub: Hub, tmp_path: Path) -> None:
