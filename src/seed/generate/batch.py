@@ -36,9 +36,6 @@ answers (the provider does, with the online endpoint's parser).
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,15 +43,14 @@ from typing import Any
 
 from seed.endpoints.base import Completion, Endpoint, TransientError
 from seed.errors import UserError
-from seed.generate import engine
+from seed.generate import batch_cut, engine
 from seed.generate.batch_ledger import COLLECTED, DROPPED, SUBMITTED, Ledger, Shard
 from seed.generate.batch_protocol import BatchProvider, ItemError, JobState
-from seed.generate.budget import Budget, billed_usage, text_tokens
+from seed.generate.budget import Budget, billed_usage
 from seed.generate.cache import RequestCache, cache_key
 from seed.generate.engine import Limits, Request, Result, Stats, completions_from_json
 from seed.runs import now_iso
 
-MARGIN = 0.95  # of a provider's byte limit: its own count of a file may differ a little
 NOT_ANSWERED = "not answered by the batch job"
 
 
@@ -116,29 +112,7 @@ class _Run:
         for req in self.pending.pop(key, []):
             self.deliver(Result(req, error=reason, attempts=1, api="batch"))
 
-    # -- the worst case of a request -------------------------------------------------------
-
-    def reply_cap(self, params: dict[str, Any]) -> int | None:
-        cap = params.get("max_completion_tokens") or params.get("max_tokens")
-        return int(cap) * int(params.get("n", 1)) if cap else None
-
-    def reply_cap_needed(self) -> bool:
-        """Whether a cap is set and some request has no reply cap to bound its cost with."""
-        b = self.budget
-        if b is None or (b.max_cost is None and b.max_tokens is None):
-            return False
-        return any(self.reply_cap(reqs[0].params) is None for reqs in self.pending.values())
-
-    def bound(self, req: Request) -> tuple[float | None, int]:
-        """The most one request can cost (dollars at batch prices, None without a price) and the
-        most tokens it can bill."""
-        prompt = text_tokens([m.get("content") or "" for m in req.messages])
-        reply = self.reply_cap(req.params) or 0
-        cost = None
-        if self.budget is not None:
-            cost = self.budget.cost_of({"prompt_tokens": prompt, "completion_tokens": reply,
-                                        "total_tokens": prompt + reply})
-        return cost, prompt + reply
+    # -- shards ----------------------------------------------------------------------------
 
     def room(self) -> tuple[float | None, int | None]:
         """Dollars and tokens the caps leave for new shards (None: no cap)."""
@@ -152,58 +126,18 @@ class _Run:
             room_tokens = b.max_tokens - spent_t - self.bound_tokens
         return cost, room_tokens
 
-    # -- shards ----------------------------------------------------------------------------
-
     def cut(self, keys: list[str]) -> tuple[list[Shard], list[str]]:
-        """New shards for `keys` (in order) within the limits and the caps; the keys left over."""
-        p, o = self.provider, self.options
-        max_n = min(p.max_requests, o.max_requests or p.max_requests)
-        max_b = min(int(p.max_bytes * MARGIN), o.max_bytes or p.max_bytes)
-        cost_room, token_room = self.room()
-        shards: list[Shard] = []
-        cur: list[str] = []
-        size = cur_cost = 0.0
-        cur_tokens = 0
-        stopped = None
-
-        def close() -> None:
-            nonlocal cur, size, cur_cost, cur_tokens
-            if cur:
-                shards.append(Shard(uuid.uuid4().hex[:16], p.route, time.time(), cur,
-                                    cur_cost if cost_room is not None else None, cur_tokens))
-            cur, size, cur_cost, cur_tokens = [], 0.0, 0.0, 0
-
-        i = 0
-        for i, key in enumerate(keys):  # noqa: B007  # i is the first key left over
-            req = self.pending[key][0]
-            nbytes = len(json.dumps(p.line(key, req.messages, req.params))) + 1
-            if nbytes > max_b:
-                self.fail(key, f"the request is {nbytes:,} bytes, more than a batch file takes")
-                continue
-            cost, tokens = self.bound(req)
-            if cost_room is not None and cost is not None and cur_cost + cost > cost_room:
-                stopped = (f"cost cap: the next batch request's worst case (${cost:.6f} at batch "
-                           f"prices) would cross --max-cost (${cost_room - cur_cost:.6f} left)")
-                break
-            if token_room is not None and cur_tokens + tokens > token_room:
-                stopped = (f"token cap: the next batch request's worst case ({tokens:,} tokens) "
-                           f"would cross --max-tokens ({token_room - cur_tokens:,} left)")
-                break
-            if len(cur) >= max_n or size + nbytes > max_b:
-                cost_room = None if cost_room is None else cost_room - cur_cost
-                token_room = None if token_room is None else token_room - cur_tokens
-                close()
-            cur.append(key)
-            size += nbytes
-            cur_cost += cost or 0.0
-            cur_tokens += tokens
-        else:
-            i = len(keys)
-        close()
-        if stopped is not None and not shards and not self.bound_cost and not self.bound_tokens:
+        """New shards for `keys` within the limits and the caps; the keys left for later."""
+        o = self.options
+        cut = batch_cut.cut(keys, {k: self.pending[k][0] for k in keys}, self.provider,
+                            o.max_requests, o.max_bytes, self.room(), self.budget)
+        for key, reason in cut.too_big:
+            self.fail(key, reason)
+        if cut.stopped is not None and not cut.shards and not self.bound_cost \
+                and not self.bound_tokens:
             # not one more request fits, and no job out there will give room back
-            self.stats.stopped = stopped
-        return shards, [k for k in keys[i:] if k in self.pending]
+            self.stats.stopped = cut.stopped
+        return cut.shards, cut.rest
 
     def lines(self, shard: Shard) -> list[dict[str, Any]] | None:
         """The shard's batch input, or None when a request of it is no longer in the stream."""
@@ -418,7 +352,7 @@ async def run(
                 continue
             r.pending[key] = [req]
             order.append(key)
-        if r.reply_cap_needed():
+        if batch_cut.reply_cap_missing(budget, [reqs[0] for reqs in r.pending.values()]):
             raise UserError("a batch run with --max-cost or --max-tokens needs a reply cap to "
                             "bound each shard's cost: set generate.params.max_tokens")
         resumed = ledger.open_shards()
