@@ -28,7 +28,7 @@ from seed.policy.openai_files import ft_item
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
 from seed.serve.tools import HERMES, ToolCallStream, assemble, detect_format
-from seed.train.data import Example, assistant_mask
+from seed.train.data import Example, assistant_mask, corpus_texts
 from seed.train.dpo import render_pairs
 from seed.train.layout import ModeInputs
 from seed.train.tokenizer import CHAT_TEMPLATE
@@ -260,6 +260,18 @@ def test_what_a_student_learns_to_write_is_what_seed_serve_parses(tiny_tokenizer
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in reply.tool_calls] == [("get_weather", {"city": "Paris"}),
                                            ("get_weather", {"city": "Köln"})]
+
+
+def test_a_new_students_tokenizer_is_fitted_on_the_calls_and_tools_too() -> None:
+    turns = [{**m, "content": m["content"] or ""} for m in TOOL_ITEM["messages"][:4]]
+    record = Record.new(turns, tools=[WEATHER])
+    assert list(corpus_texts(record.chat(), record.tools)) == [
+        "You are a weather assistant.", "Weather in Paris?",
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}', "18C, sunny",
+        json.dumps(WEATHER)]
+    plain = [{"role": "user", "content": "q"},
+             {"role": "assistant", "content": "a", "reasoning_content": "t"}]
+    assert list(corpus_texts(plain)) == ["q", "a", "t"]  # contents and traces, as before
 
 
 def test_chats_without_tools_render_as_before(tiny_tokenizer) -> None:

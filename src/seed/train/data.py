@@ -28,7 +28,7 @@ answer would be lost). This module knows nothing about models, optimizers or the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +154,19 @@ def template_turn(message: dict[str, Any], reasoning: Reasoning = "train") -> di
     if out.get("tool_calls"):
         out["tool_calls"] = [_parsed_arguments(c) for c in out["tool_calls"]]
     return out
+
+
+def corpus_texts(chat: Chat, tools: Tools | None = None) -> Iterator[str]:
+    """The texts a new student's tokenizer is fitted on for one chat: each turn's content and
+    trace, each call as the template writes its JSON, and each tool offered."""
+    for m in chat:
+        yield from (t for t in (m.get("content"), m.get("reasoning_content")) if t)
+        for call in template_turn(m).get("tool_calls") or []:
+            function = call.get("function") or {}
+            args = function.get("arguments")
+            yield json.dumps({"name": function.get("name"), "arguments": args},
+                             ensure_ascii=False) if not isinstance(args, str) else args
+    yield from (json.dumps(t, ensure_ascii=False) for t in tools or [])
 
 
 def _parsed_arguments(call: dict[str, Any]) -> dict[str, Any]:

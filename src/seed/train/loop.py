@@ -38,6 +38,7 @@ from seed.files import write_json_atomic
 from seed.recipe import TrainConfig
 from seed.records import Record, read_records
 from seed.train import checkpoints
+from seed.train.data import corpus_texts
 from seed.train.layout import Layout, ModeInputs, Rows, StudentKind, num_rows
 from seed.train.limits import check_fits
 from seed.train.lora import add_lora, merge_lora, quantized_load_kwargs, save_adapter
@@ -207,8 +208,7 @@ def load_or_build_student(out_dir: Path, records: list[Record], config: TrainCon
                                              config.student.chat_template,
                                              "train.student.checkpoint")
         else:
-            texts = (text for r in records for m in r.chat()  # a trace's words too
-                     for text in (m["content"], m.get("reasoning_content")) if text is not None)
+            texts = (text for r in records for text in corpus_texts(r.chat(), r.tools))
             tokenizer = train_tokenizer(texts, config.tokenizer.kind, config.tokenizer.vocab_size)
             model = build_student(student_config(config.student.size, len(tokenizer),
                                                  config.seq_len, tokenizer.pad_token_id,
