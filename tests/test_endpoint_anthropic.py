@@ -111,6 +111,7 @@ def test_generate_keeps_thinking_blocks_as_reasoning_and_sends_the_system_prompt
     assert (t.route, t.host, t.model_requested, t.model_returned) == (
         "local", "127.0.0.1", MODEL, MODEL)
     assert r.meta["finish_reason"] == "stop"
+    assert (t.model_extra or {})["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     body = sent[0]
     assert body["system"] == [{"type": "text", "text": SYSTEM,
                                "cache_control": {"type": "ephemeral"}}]
@@ -272,6 +273,13 @@ def test_params_map_onto_the_messages_api() -> None:
         e.body([{"role": "user", "content": "q"}], {"response_format": {"type": "json_object"}})
     with pytest.raises(UserError, match="'tool'"):
         e.body([{"role": "tool", "content": "42"}], {})
+    adaptive = AnthropicEndpoint("claude-opus-4-7", adaptive_thinking=True)
+    assert adaptive.body([{"role": "user", "content": "q"}], {})["thinking"] == {
+        "type": "adaptive"}
+    with pytest.raises(UserError, match="thinking_budget or adaptive_thinking, not both"):
+        AnthropicEndpoint("claude-opus-4-7", adaptive_thinking=True, thinking_budget=2048)
+    with pytest.raises(UserError, match="least thinking budget is 1024"):
+        AnthropicEndpoint("claude-opus-4-7", thinking_budget=512)
     t = e.teacher()
     assert (t.route, t.host, t.model_requested) == ("direct", "api.anthropic.com",
                                                     "claude-sonnet-4-5")

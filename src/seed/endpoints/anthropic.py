@@ -259,8 +259,17 @@ class AnthropicEndpoint(EndpointDefaults):
         self._busy = [0] * shards
 
     def teacher(self) -> Teacher:
+        """Who answers; the thinking asked for travels with it (it shapes every answer, and
+        `generate.params` does not hold it)."""
+        thinking = self.thinking()
         return Teacher(route=self.route, host=urlparse(self.base_url).hostname,
-                       model_requested=self.model)
+                       model_requested=self.model, **({"thinking": thinking} if thinking else {}))
+
+    def thinking(self) -> dict[str, Any] | None:
+        """The request's `thinking` parameter, or None when thinking is off."""
+        if self.thinking_budget is not None:
+            return {"type": "enabled", "budget_tokens": self.thinking_budget}
+        return {"type": "adaptive"} if self.adaptive_thinking else None
 
     def identity(self) -> dict[str, Any]:
         """What, besides the request, decides the answer: part of every cache key. No key.
@@ -300,10 +309,8 @@ class AnthropicEndpoint(EndpointDefaults):
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
         if system:
             body["system"] = system
-        if budget is not None:
-            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        elif self.adaptive_thinking:
-            body["thinking"] = {"type": "adaptive"}
+        if (thinking := self.thinking()) is not None:
+            body["thinking"] = thinking
         stop = params.pop("stop", None)
         if stop is not None:
             body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
