@@ -213,6 +213,22 @@ def test_dpo_refuses_a_pair_that_offers_tools(tmp_path: Path, tiny_tokenizer) ->
         render_pairs(tiny_tokenizer, list(read_records(out)))
 
 
+def test_grpo_refuses_a_prompt_that_offers_tools() -> None:
+    from seed.train.grpo import prompt_messages
+
+    record = Record.new([{"role": "user", "content": "Weather?"}], tools=[WEATHER])
+    with pytest.raises(UserError, match="mode = 'grpo' samples text answers without tools"):
+        prompt_messages(record, "r.jsonl record 1")
+
+
+def test_an_array_file_names_the_item(tmp_path: Path) -> None:
+    bad = {"messages": [{"role": "user", "content": "hi"}], "tool": []}
+    src = tmp_path / "ft.json"
+    src.write_text(json.dumps([PLAIN_ITEM, bad]))
+    with pytest.raises(UserError, match=r"ft.json: item 2, tool: is not a key of OpenAI's chat"):
+        import_dataset(src, "openai-ft", tmp_path / "r.jsonl")
+
+
 def test_a_preference_answer_that_calls_tools_is_refused_at_import(tmp_path: Path) -> None:
     item = {**PREFERENCE_ITEM, "preferred_output": [TOOL_ITEM["messages"][2]]}
     with pytest.raises(UserError, match=r"line 1, preferred_output\[0\].tool_calls"):
