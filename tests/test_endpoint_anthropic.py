@@ -386,3 +386,17 @@ def test_the_example_recipe_loads_and_asks_for_its_key(tmp_path: Path,
     with pytest.raises(UserError, match="ANTHROPIC_API_KEY is not set"):
         generate_from_teacher(config, r.seed, tmp_path / "o", Console(quiet=True))
     assert not (tmp_path / "o").exists()
+
+
+def test_multi_turn_conversations_never_send_a_trace_back(tmp_path: Path,
+                                                          server: AnthropicServer) -> None:
+    out, info = generate(tmp_path, server, "turns", n=2, turns=2,
+                         teacher={"thinking_budget": 1024})
+    assert info["records_written"] == 2
+    [r, _] = sorted(read_records(out / "train.jsonl"), key=lambda r: r.messages[1].content)
+    assert [m.role for m in r.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert r.messages[2].reasoning_content == "thinking about: turns 0"
+    last = [b for b in messages_sent(server, "") if len(b["messages"]) == 3
+            and b["messages"][0]["content"] == "turns 0"]
+    assert len(last) == 1
+    assert last[0]["messages"][1] == {"role": "assistant", "content": "[Tutor] claude: turns 0"}
