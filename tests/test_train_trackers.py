@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from helpers.cli import run_cli
-from helpers.recipes import SMALL, write_recipe
+from helpers.cli import cli_env, run_cli, torchrun
+from helpers.models import tiny_model
+from helpers.recipes import SMALL, checkpoint_recipe, write_recipe
 from helpers.training import metrics, sums, write_chats
 from seed.errors import UserError
 from seed.recipe import Recipe, TrainConfig
@@ -136,6 +137,26 @@ def test_seed_run_adds_the_recipe_the_terms_decision_and_the_eval_results(
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert '"name": "tracked"' in config  # the recipe
     assert '"verdict": "allow"' in config and "reasoning-gym" in config  # the terms decision
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_under_torchrun_only_the_main_process_reports(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = write_chats(tmp_path / "train.jsonl", sums())
+    base = tiny_model(tmp_path / "base", tokenizer="digits", size="nano")
+    recipe = write_recipe(tmp_path / "r.toml", checkpoint_recipe("ddp", base, 4),
+                          {"train.report_to": ["tensorboard"], "train.checkpoint_every": 100})
+    done = run_cli("train", records, "-o", tmp_path / "out", "--recipe", recipe, "--internal",
+                   launcher=torchrun(2), env=cli_env(inherit=False, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    [events_file] = (out / "tensorboard").iterdir()  # one writer: rank 0's
+    events = EventAccumulator(str(events_file), size_guidance={"scalars": 0}).Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [step for step, _ in losses] == [line["step"] for line in metrics(out)]
+    assert [v for _, v in losses] == pytest.approx([line["loss"] for line in metrics(out)])
 
 
 def test_a_tracker_that_is_not_installed_names_the_extra(
