@@ -21,6 +21,7 @@ from rich.console import Console
 from helpers.cli import assert_one_line_error, cli_env, run_cli
 from helpers.hub_server import Hub, running_hub
 from helpers.images import write_shapes
+from helpers.models import tiny_model
 from helpers.recipes import write_recipe
 from seed.endpoints.tasks import TasksEndpoint
 from seed.errors import UserError
@@ -245,6 +246,19 @@ def test_an_image_dataset_goes_up_with_its_image_files_as_lfs_objects(
     assert all(files[p] == (records.parent / p).read_bytes() for p in images)
     assert hub.repo("dataset", repo).lfs_paths == set(images)
     assert front_matter(files["README.md"])["task_categories"] == ["text-to-image"]
+
+
+def test_what_is_not_a_run_model_or_dataset_or_has_no_records_is_refused(
+        tmp_path: Path, in_process: Callable[..., str]) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither a run directory"):
+        in_process(tmp_path / "empty", f"{USER}/x")
+    model = tiny_model(tmp_path / "model")  # a model directory nothing says how it was trained
+    with pytest.raises(UserError, match="nothing names the records it was trained on; pass "
+                       "--records FILE"):
+        in_process(model, f"{USER}/x")
+    with pytest.raises(UserError, match="no such records file"):
+        in_process(model, f"{USER}/x", records=tmp_path / "missing.jsonl")
 
 
 def test_a_bad_repo_id_is_a_one_line_error(hub: Hub, tmp_path: Path) -> None:
