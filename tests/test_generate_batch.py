@@ -347,3 +347,18 @@ def test_online_retries_are_charged_online_prices_under_the_same_cap(tmp_path: P
     assert abs(summary["online_cost"] - 2 * (2 * 2 + 3 * 4) / 1e6) < 1e-12
     assert abs(summary["cost"] - summary["batch_cost"] - summary["online_cost"]) < 1e-12
     assert summary["requests_paid"] == 4 and summary["stopped"] is None
+
+
+def test_the_token_cap_holds_on_the_batch_route_too(tmp_path: Path) -> None:
+    with batch_server() as server:
+        recipe = _recipe(tmp_path, server, 20, {"generate.params": {"max_tokens": 20},
+                                                "generate.max_tokens": 100})
+        summary = _generate(recipe, tmp_path / "out", "--batch")
+        counts = server.counts()
+    spent = summary["prompt_tokens"] + summary["completion_tokens"]
+    # worst case of "question N": 10 bytes + 8 (template) + 20 (max_tokens) = 38 tokens (39 for
+    # N >= 10); each answer bills 2 + 3. Waves of 2, 2, 2, then 1 at a time: 13 answered.
+    assert spent <= 100 < spent + 38  # stopped only when not one more request fitted
+    assert "token cap" in summary["stopped"]
+    assert summary["requests_paid"] == len(counts["submitted"]) == spent // 5 == 13
+    assert max(len(b["custom_ids"]) for b in counts["batches"]) == 2  # 2 * 38 <= 100 < 3 * 38
