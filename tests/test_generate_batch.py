@@ -261,20 +261,19 @@ def test_the_runner_sends_a_repeated_request_once_and_shows_the_jobs_progress(
         reqs = [Request(str(i), [{"role": "user", "content": q}], {}, payload=i)
                 for i, q in enumerate(asks)]
         got: list[Result] = []
-        stats, seen = Stats(total=len(reqs)), []
+        seen: list[str] = []
 
-        async def watch() -> None:
-            while True:
-                if stats.phase and (not seen or seen[-1] != stats.phase):
-                    seen.append(figures(stats, None)["batch"])
-                await asyncio.sleep(0.01)
+        class Watched(Stats):  # every phase the runner shows, as the live view would draw it
+            def __setattr__(self, name: str, value: Any) -> None:
+                super().__setattr__(name, value)
+                if name == "phase" and value is not None:
+                    seen.append(figures(self, None)["batch"])
 
-        watcher = asyncio.create_task(watch())
+        stats = Watched(total=len(reqs))
         try:
             await batch.run(reqs, endpoint, provider, cache=cache, on_result=got.append,
                             stats=stats, options=batch.BatchOptions(poll_interval=0.05))
         finally:
-            watcher.cancel()
             await provider.aclose()
             await endpoint.aclose()
         shards = batch.shards_of(cache)
