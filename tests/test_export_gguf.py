@@ -16,7 +16,7 @@ import regex
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, TokenType
 from gguf.quants import dequantize
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 from transformers.models.llama.modeling_llama import rotate_half
 
@@ -357,9 +357,23 @@ def test_a_failed_export_keeps_the_previous_file_and_leaves_no_temporary(student
     model = shutil.copytree(students["bpe"], tmp_path / "odd")
     weights = load_file(model / "model.safetensors")
     weights["model.extra.weight"] = torch.zeros(2, 2)
-    from safetensors.torch import save_file
-
     save_file(weights, model / "model.safetensors")
     assert "'model.extra.weight' has no llama.cpp tensor" in _user_error(model, out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "odd", "s.gguf"]
+
+
+def test_embedding_rows_past_the_tokenizer_become_unused_tokens(students, tmp_path):
+    model = shutil.copytree(students["bpe"], tmp_path / "padded")
+    weights = load_file(model / "model.safetensors")
+    rows = weights["model.embed_tokens.weight"].shape[0]
+    weights["model.embed_tokens.weight"] = torch.cat(
+        [weights["model.embed_tokens.weight"], torch.zeros(3, 64)])
+    save_file(weights, model / "model.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": rows + 3}))
+    fields = _fields(GGUFReader(export_gguf(model, tmp_path / "p.gguf").path))
+    assert fields["llama.vocab_size"] == rows + 3
+    assert fields["tokenizer.ggml.tokens"][rows:] == [f"[PAD{rows + i}]" for i in range(3)]
+    assert fields["tokenizer.ggml.token_type"][rows:] == [TokenType.UNUSED] * 3
+    assert fields["tokenizer.ggml.token_type"][rows - 1] == TokenType.NORMAL
