@@ -377,3 +377,18 @@ def test_embedding_rows_past_the_tokenizer_become_unused_tokens(students, tmp_pa
     assert fields["tokenizer.ggml.tokens"][rows:] == [f"[PAD{rows + i}]" for i in range(3)]
     assert fields["tokenizer.ggml.token_type"][rows:] == [TokenType.UNUSED] * 3
     assert fields["tokenizer.ggml.token_type"][rows - 1] == TokenType.NORMAL
+
+
+def test_a_checkpoint_template_gets_no_ollama_template_and_its_sampling_defaults(students,
+                                                                                 tmp_path):
+    model = shutil.copytree(students["gqa"], tmp_path / "chatml")
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps(
+        {**config, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 40}))
+    done = export_gguf(model, tmp_path / "out" / "c.gguf")
+    text = done.modelfile.read_text()
+    assert done.modelfile == tmp_path / "out" / "Modelfile"
+    assert "TEMPLATE" not in text and "FROM ./c.gguf\n" in text
+    assert 'PARAMETER stop "<|im_end|>"\n' in text
+    for line in ("temperature 0.7", "top_p 0.9", "top_k 40", "num_ctx 256"):
+        assert f"PARAMETER {line}\n" in text
