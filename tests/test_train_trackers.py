@@ -2,14 +2,10 @@
 
 Each run is a real tiny training; what it logged is read back with the tracker's own reader
 (TensorBoard's EventAccumulator, trackio's SQLiteStorage) and compared key by key, step by step.
-trackio declares pillow<13 and Seed pins pillow 13.0.0, so pip will not install it beside Seed's
-pins: its test runs where trackio is importable (benchmarks/trackers_trackio.py installs it
-beside the venv and runs this file).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -28,10 +24,6 @@ from seed.train.trackers import Report
 
 SECRET = "sk-tracker-test-secret-value-0123456789"
 CONFIG = {**SMALL, "max_steps": 6, "eval_fraction": 0.1, "eval_every": 2}
-needs_trackio = pytest.mark.skipif(
-    importlib.util.find_spec("trackio") is None,
-    reason="trackio is not installed (it caps pillow<13; Seed pins 13.0.0): "
-    "benchmarks/trackers_trackio.py installs it beside the venv and runs this test")
 
 
 def report(monkeypatch: pytest.MonkeyPatch) -> Report:
@@ -89,7 +81,6 @@ def test_tensorboard_events_hold_every_metric_of_metrics_jsonl(
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-@needs_trackio
 def test_a_trackio_project_holds_every_metric_of_metrics_jsonl(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
