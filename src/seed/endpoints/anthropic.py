@@ -32,7 +32,6 @@ module does not retry, pace or cache (`seed.generate.engine` does).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import ssl
@@ -50,6 +49,13 @@ from seed.endpoints.base import (
     HeaderListener,
     PromptRefused,
     TransientError,
+)
+from seed.endpoints.http import (
+    check_base_url,
+    check_reachable,
+    retry_after,
+    server_message,
+    transport_errors,
 )
 from seed.endpoints.openai import SHARD, infer_route, read_api_key
 from seed.errors import UserError
@@ -112,26 +118,6 @@ def rate_limit_headers(headers: Mapping[str, str], now: datetime | None = None) 
             seconds = max(0.0, (at - now).total_seconds())
             out.setdefault(f"x-ratelimit-reset-{kind}", f"{seconds:.3f}")
     return out
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """The server's `retry-after` in seconds (Anthropic sends whole seconds), if any."""
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def server_message(resp: httpx.Response) -> str:
-    """The message of an Anthropic error body (`{"type": "error", "error": {type, message}}`)."""
-    try:
-        body = resp.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        return str(msg)[:300]
-    except (json.JSONDecodeError, ValueError):
-        return resp.text[:300] or resp.reason_phrase
 
 
 def usage_of(raw: Any) -> dict[str, int]:
@@ -212,14 +198,7 @@ class AnthropicEndpoint(EndpointDefaults):
         max_connections: int = 256,
         what: str = "generate.teacher",
     ) -> None:
-        try:
-            parsed = urlparse(base_url)
-            parsed.port  # noqa: B018  # a port that is not a number raises here, not mid-run
-        except ValueError:
-            parsed = urlparse("")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UserError(f"{what}.base_url = {base_url!r} is not an http(s) URL; "
-                            f"give one like {DEFAULT_BASE_URL}")
+        check_base_url(base_url, what, DEFAULT_BASE_URL)
         if thinking_budget is not None and adaptive_thinking:
             raise UserError(f"{what}: set thinking_budget or adaptive_thinking, not both")
         if thinking_budget is not None and thinking_budget < MIN_THINKING_BUDGET:
@@ -345,14 +324,8 @@ class AnthropicEndpoint(EndpointDefaults):
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API request (the batch provider's), with this endpoint's headers and key;
         connection failures are a `TransientError`."""
-        try:
+        with transport_errors(self.base_url):
             return await self._clients[0].request(method, path, **kwargs)
-        except httpx.TimeoutException:
-            raise TransientError("timeout") from None
-        except httpx.ConnectError as e:
-            raise TransientError(f"cannot connect to {self.base_url} ({e})") from None
-        except httpx.RequestError as e:
-            raise TransientError(f"connection dropped ({type(e).__name__})") from None
 
     def check(self, resp: httpx.Response) -> None:
         """Raise for a response that is not a success: `UserError` for what retrying cannot fix,
@@ -366,14 +339,8 @@ class AnthropicEndpoint(EndpointDefaults):
                                  retry_after(resp.headers))
 
     async def _one(self, body: dict[str, Any]) -> Completion:
-        try:
+        with transport_errors(self.base_url):
             resp = await self._post(body)
-        except httpx.TimeoutException:
-            raise TransientError("timeout") from None
-        except httpx.ConnectError as e:
-            raise TransientError(f"cannot connect to {self.base_url} ({e})") from None
-        except httpx.RequestError as e:
-            raise TransientError(f"connection dropped ({type(e).__name__})") from None
         if self.on_headers is not None:
             self.on_headers(rate_limit_headers(resp.headers))
         self.check(resp)
@@ -400,13 +367,7 @@ class AnthropicEndpoint(EndpointDefaults):
 
     async def check_reachable(self) -> None:
         """One cheap request (`GET /v1/models`) to fail fast on a base URL nothing answers."""
-        try:
-            await self._clients[0].get("/v1/models", timeout=10.0)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise UserError(f"cannot reach the {self.role} at {self.base_url} ({e}); check "
-                            f"{self.what}.base_url and that the server is up") from None
-        except httpx.HTTPError:
-            return
+        await check_reachable(self._clients[0], "/v1/models", self.role, self.base_url, self.what)
 
     async def aclose(self) -> None:
         for client in self._clients:

@@ -46,6 +46,7 @@ from seed.endpoints.base import (
     PromptRefused,
     TransientError,
 )
+from seed.endpoints.http import check_base_url, check_reachable, retry_after
 from seed.endpoints.openai import infer_route, read_api_key
 from seed.errors import UserError
 from seed.generate.budget import IMAGE_TOKENS_BOUND, price_for
@@ -101,16 +102,6 @@ def _error_body(resp: httpx.Response) -> dict[str, Any]:
     return err if isinstance(err, dict) else {"message": str(err)}
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        if value := headers.get(name):
-            try:
-                return float(value) / scale
-            except ValueError:
-                continue
-    return None
-
-
 class ImagesEndpoint(EndpointDefaults):
     """One image model behind an Images API base URL; `complete()` is one generation request."""
 
@@ -118,10 +109,7 @@ class ImagesEndpoint(EndpointDefaults):
                  api_key_file: str | None = None, headers: dict[str, str] | None = None,
                  route: str | None = None, timeout: float = 120.0, max_connections: int = 64,
                  what: str = "generate.teacher") -> None:
-        parsed = urlparse(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UserError(f"{what}.base_url = {base_url!r} is not an http(s) URL; give one "
-                            "like https://api.openai.com/v1")
+        check_base_url(base_url, what, "https://api.openai.com/v1")
         self.base_url, self.model, self.what = base_url.rstrip("/"), model, what
         self.route = route or infer_route(base_url)
         self.family = family(model)
@@ -188,7 +176,7 @@ class ImagesEndpoint(EndpointDefaults):
             raise UserError(f"the teacher at {self.base_url} refused the request (HTTP "
                             f"{resp.status_code}: {message}); fix the model name, key or "
                             "parameters")
-        raise TransientError(f"HTTP {resp.status_code}: {message}", _retry_after(resp.headers))
+        raise TransientError(f"HTTP {resp.status_code}: {message}", retry_after(resp.headers))
 
     async def _image(self, item: dict[str, Any]) -> tuple[bytes, str | None]:
         revised = item.get("revised_prompt")
@@ -217,13 +205,8 @@ class ImagesEndpoint(EndpointDefaults):
         return usage
 
     async def check_reachable(self) -> None:
-        try:
-            await self._client.get(f"{self.base_url}/models", timeout=10.0)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise UserError(f"cannot reach the teacher at {self.base_url} ({e}); check "
-                            f"{self.what}.base_url and that the server is up") from None
-        except httpx.HTTPError:
-            return
+        await check_reachable(self._client, f"{self.base_url}/models", "teacher", self.base_url,
+                              self.what)
 
     async def aclose(self) -> None:
         await self._client.aclose()

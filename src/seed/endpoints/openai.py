@@ -36,6 +36,13 @@ import httpx
 from pydantic import BaseModel, PydanticUserError, ValidationError, create_model
 
 from seed.endpoints.base import Completion, EndpointDefaults, HeaderListener, TransientError
+from seed.endpoints.http import (
+    check_base_url,
+    check_reachable,
+    retry_after,
+    server_message,
+    transport_errors,
+)
 from seed.errors import UserError, first_line
 from seed.records import Teacher
 from seed.thinking import CLOSE, OPEN, split_thought
@@ -91,30 +98,6 @@ def read_api_key(env: str | None, file: str | None, what: str) -> str | None:
         raise UserError(f"{where}: the API key holds spaces or non-ASCII characters, which no "
                         "HTTP header can carry; give the key alone, as the provider issued it")
     return key
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    if value := headers.get("retry-after"):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _server_message(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        return str(msg)[:300]
-    except (json.JSONDecodeError, ValueError):
-        return resp.text[:300] or resp.reason_phrase
 
 
 def _clean(text: str) -> str:
@@ -243,14 +226,7 @@ class OpenAIEndpoint(EndpointDefaults):
         max_connections: int = 256,
         what: str = "generate.teacher",
     ) -> None:
-        try:
-            parsed = urlparse(base_url)
-            parsed.port  # noqa: B018  # a port that is not a number raises here, not mid-run
-        except ValueError:  # an unclosed [IPv6 address, a port out of range
-            parsed = urlparse("")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UserError(f"{what}.base_url = {base_url!r} is not an http(s) URL; "
-                            "give one like https://api.openai.com/v1")
+        check_base_url(base_url, what, "https://api.openai.com/v1")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.route = route or infer_route(base_url)
@@ -347,25 +323,19 @@ class OpenAIEndpoint(EndpointDefaults):
 
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> list[Completion]:
         self._validator(params.get("response_schema"))  # a bad schema fails before it is sent
-        try:
+        with transport_errors(self.base_url):
             resp = await self._post(self.body(messages, params))
-        except httpx.TimeoutException:
-            raise TransientError("timeout") from None
-        except httpx.ConnectError as e:
-            raise TransientError(f"cannot connect to {self.base_url} ({e})") from None
-        except httpx.RequestError as e:  # dropped, reset, garbled or badly encoded mid-answer
-            raise TransientError(f"connection dropped ({type(e).__name__})") from None
         if self.on_headers is not None:
             self.on_headers(resp.headers)
         if resp.status_code in FATAL_STATUS:
             raise UserError(f"the {self.role} at {self.base_url} refused the request (HTTP "
-                            f"{resp.status_code}: {_server_message(resp)}); fix the model name, "
+                            f"{resp.status_code}: {server_message(resp)}); fix the model name, "
                             "key or parameters")
         if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code == 408:
-            raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}",
-                                 _retry_after(resp.headers))
+            raise TransientError(f"HTTP {resp.status_code}: {server_message(resp)}",
+                                 retry_after(resp.headers))
         if resp.status_code != 200:
-            raise TransientError(f"HTTP {resp.status_code}: {_server_message(resp)}")
+            raise TransientError(f"HTTP {resp.status_code}: {server_message(resp)}")
         try:
             data = resp.json()
         except ValueError:  # a body that is not JSON, not UTF-8, or cut short
@@ -406,13 +376,8 @@ class OpenAIEndpoint(EndpointDefaults):
 
     async def check_reachable(self) -> None:
         """One cheap request to fail fast, with a clear message, on a base URL nothing answers."""
-        try:
-            await self._clients[0].get(f"{self.base_url}/models", timeout=10.0)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise UserError(f"cannot reach the {self.role} at {self.base_url} ({e}); check "
-                            f"{self.what}.base_url and that the server is up") from None
-        except httpx.HTTPError:
-            return  # it answered something: reachable enough; the real request will tell more
+        await check_reachable(self._clients[0], f"{self.base_url}/models", self.role,
+                              self.base_url, self.what)
 
     async def aclose(self) -> None:
         for client in self._clients:

@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 import httpx
 
 from seed.endpoints.base import Completion, TransientError
+from seed.endpoints.http import retry_after, server_message, transport_errors
 from seed.endpoints.openai import FATAL_STATUS, OpenAIEndpoint
 from seed.errors import UserError
 from seed.generate.batch_protocol import ItemError, JobState, Note
@@ -32,16 +33,6 @@ MAX_REQUESTS = 50_000
 MAX_BYTES = 200 * 1024 * 1024
 PAGE = 100  # batches per page when looking for a lost job
 LOOK_BACK = 600.0  # seconds before a shard's ledger time a job of it may claim (clock skew)
-
-
-def _message(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        text = str(err.get("message", err) if isinstance(err, dict) else err)
-    except ValueError:
-        text = resp.text or resp.reason_phrase
-    return " ".join(text.split())[:300]  # one line
 
 
 class OpenAIBatch:
@@ -76,23 +67,18 @@ class OpenAIBatch:
         url = self.endpoint.api_url(path)
         if query := kwargs.pop("params", None):  # httpx's params would drop Azure's api-version
             url += ("&" if "?" in url else "?") + urlencode(query)
-        try:
+        with transport_errors(self.endpoint.base_url, what):
             resp = await self._client.request(method, url, **kwargs)
-        except httpx.TimeoutException:
-            raise TransientError(f"{what}: timeout") from None
-        except httpx.RequestError as e:
-            raise TransientError(f"{what}: connection failed ({type(e).__name__})") from None
         if resp.status_code in FATAL_STATUS:
             raise UserError(f"the batch API at {self.endpoint.base_url} refused {what} (HTTP "
-                            f"{resp.status_code}: {_message(resp)}); check the "
+                            f"{resp.status_code}: {server_message(resp)}); check the "
                             "model (on Azure a global-batch deployment), the key and "
                             "generate.batch")
         if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code == 408:
-            after = resp.headers.get("retry-after")
-            raise TransientError(f"{what}: HTTP {resp.status_code}: {_message(resp)}",
-                                 float(after) if after and after.isdigit() else None)
+            raise TransientError(f"{what}: HTTP {resp.status_code}: {server_message(resp)}",
+                                 retry_after(resp.headers))
         if not resp.is_success:
-            raise TransientError(f"{what}: HTTP {resp.status_code}: {_message(resp)}")
+            raise TransientError(f"{what}: HTTP {resp.status_code}: {server_message(resp)}")
         return resp
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
