@@ -101,10 +101,7 @@ class _Run:
     # -- delivery --------------------------------------------------------------------------
 
     def deliver(self, result: Result) -> None:
-        s = self.stats
-        s.done += 1
-        s.cached += result.cached
-        s.failed += not result.ok
+        self.stats.delivered(result)
         if self.on_result is not None:
             self.on_result(result)
 

@@ -40,12 +40,6 @@ def batch_provider(endpoint: Endpoint, options: BatchOptions) -> BatchProvider:
         from seed.endpoints.anthropic_batch import AnthropicBatch
 
         return AnthropicBatch(endpoint)  # Anthropic's window is 24 h, not a parameter
-    from seed.endpoints.anthropic import AnthropicEndpoint
-
-    if isinstance(endpoint, AnthropicEndpoint):
-        from seed.endpoints.anthropic_batch import AnthropicBatch
-
-        return AnthropicBatch(endpoint)
     raise UserError(f"generate.teacher.batch = true: the {type(endpoint).__name__} teacher has no "
                     "batch API; set batch = false")
 
@@ -63,7 +57,7 @@ class Batching:
                                     b.max_requests, b.max_bytes)
         self.endpoint = endpoint
         self.budget = Budget(endpoint.teacher().model_requested or "", config.prices or None,
-                             config.max_cost, config.max_tokens, batch=True)
+                             config.max_cost, config.max_tokens, batch=True, warn_prices=True)
         self.provider = batch_provider(endpoint, self.options)
 
     async def run(self, requests: Iterable[Request], limits: Limits, cache: RequestCache,

@@ -101,6 +101,12 @@ class Stats:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def delivered(self, result: Result) -> None:
+        """Count one result handed to the caller (answered, from the cache, or failed)."""
+        self.done += 1
+        self.cached += result.cached
+        self.failed += not result.ok
+
 
 class TokenBucket:
     """`rate` units per second, bursts up to `capacity`; server headers can only tighten it."""
@@ -236,10 +242,7 @@ class _Engine:
         self.fatal: UserError | None = None
 
     def _deliver(self, result: Result) -> None:
-        s = self.stats
-        s.done += 1
-        s.cached += result.cached
-        s.failed += not result.ok
+        self.stats.delivered(result)
         if self.on_result is not None:
             self.on_result(result)
 

@@ -140,7 +140,7 @@ class Forecast:
             await self.gen.endpoint.check_reachable()
             return await self._answer(prompts)
         finally:
-            await self.gen.endpoint.aclose()
+            await self.gen.aclose()
 
     def run(self) -> dict[str, Any]:
         gen = self.gen

@@ -194,12 +194,13 @@ class Generation:
             update={"params": request_params(config)})
         self.job = job_key(self.endpoint, config)
         self.limits = make_limits(config)
-        self.budget = Budget(self.teacher.model_requested or "", config.prices or None,
-                             config.max_cost, config.max_tokens, warn_prices=True)
-        self.stats = Stats()
         # generate.teacher.batch: the answers through the provider's batch API (seed.generate.batch)
         self.batch = batch_route.Batching(config, self.endpoint) \
             if getattr(config.teacher, "batch", False) else None
+        # the price warnings come once, from the budget that charges first
+        self.budget = Budget(self.teacher.model_requested or "", config.prices or None,
+                             config.max_cost, config.max_tokens, warn_prices=self.batch is None)
+        self.stats = Stats()
 
     async def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
         """Answers for generated-prompt steps (Self-Instruct, Evol, follow-ups), via the cache."""
@@ -354,9 +355,14 @@ class Generation:
             with self._opened():
                 await self._answer_all()
         finally:
-            if self.batch is not None:
-                await self.batch.provider.aclose()
-            await self.endpoint.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the teacher's connections (and its batch API's); the generation is not used
+        afterwards."""
+        if self.batch is not None:
+            await self.batch.provider.aclose()
+        await self.endpoint.aclose()
 
     async def _answer_all(self) -> None:
         generated = await self._generated()
