@@ -36,9 +36,10 @@ UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
      "generate.teacher.model: missing key"),
     ({"generate.teacher": {"kind": "local", "path": "m", "model": "m"}},
      "generate.teacher.model: unknown key"),
-    ({"generate.teacher": {"kind": "anthropic"}},
-     "generate.teacher.kind: input should be 'openai', 'local', 'tasks', 'shapes', 'images' "
-     "or 'pipeline'"),
+    ({"generate.teacher": {"kind": "anthropic"}}, "generate.teacher.model: missing key"),
+    ({"generate.teacher": {"kind": "gemini"}},
+     "generate.teacher.kind: input should be 'openai', 'anthropic', 'local', 'tasks', 'shapes', "
+     "'images' or 'pipeline'"),
     ({"generate.teacher": {"path": "m"}}, "generate.teacher.kind: missing key"),
     ({"eval.judge.endpoint": {"kind": "local", "path": "j", "base_url": "http://x/v1"}},
      "eval.judge.endpoint.base_url: unknown key"),
