@@ -82,7 +82,7 @@ def in_process(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cal
 
     def run(path: Path, repo: str, **options: Any) -> str:
         out = io.StringIO()
-        push_to_hub(path, repo, console=Console(file=out, width=200), endpoint=hub.base_url,
+        push_to_hub(path, repo, console=Console(file=out, soft_wrap=True), endpoint=hub.base_url,
                     **options)
         return out.getvalue()
 

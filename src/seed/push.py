@@ -4,10 +4,10 @@ Distribution is the use the terms care about most, so before anything is uploade
 again on the records behind what is pushed, for a *distributed* student named as the repository
 is named (a name-prefix obligation is checked against that name): a blocked file is refused,
 naming the clause, unless the user accepts the risk in words, and then the card says so. The card
-(`README.md` on the Hub, with its YAML front matter: license, tags, base model, datasets) is built
-for that use by `policy.cards` and goes up with the files in one commit, through `huggingface_hub`
-(`HfApi.create_repo`, `create_branch`, `create_commit`), so `HF_ENDPOINT` or `--endpoint` points
-it at any Hub-compatible server.
+(`README.md` on the Hub, with its YAML front matter: license, tags, base model, datasets) is
+built for that use by `seed.policy.cards` and goes up with the files in one commit, through
+`huggingface_hub` (`HfApi.create_repo`, `create_branch`, `create_commit`), so `HF_ENDPOINT` or
+`--endpoint` points it at any Hub-compatible server.
 
 What a directory is, and where its records are:
 - a run directory (`manifest.json`): its student (rl/model after an [rl] stage, else
