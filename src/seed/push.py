@@ -37,7 +37,8 @@ from rich.console import Console
 
 from seed.errors import UserError, first_line
 from seed.files import hash_path
-from seed.policy.gate import CheckResult, Use, check_file
+from seed.policy.commands import use_from
+from seed.policy.gate import CheckResult, gate
 from seed.recipe import PolicyConfig
 from seed.runs import read_manifest
 
@@ -206,20 +207,16 @@ def gate_for_distribution(bundle: Bundle, repo: str, terms: Path | None,
     distributed students others will train on it); blocked -> UserError naming the clauses,
     unless the risk is accepted (then kept in the result, for the card)."""
     p = bundle.policy
-    use = Use(distribute=True, commercial=p.commercial, task=p.task, unknown=p.unknown,
-              student_name=repo.split("/", 1)[1])
-    result = check_file(bundle.records, use, terms or p.overrides)
-    if result.verdict != "block":
-        return result
-    if accept_terms_risk is None or not accept_terms_risk.strip():
+    use = use_from(p, repo.split("/", 1)[1], distribute=True)
+
+    def refusal(result: CheckResult) -> str:
         clauses = "; ".join(dict.fromkeys(r for f in result.findings if f.verdict == "block"
                                           for r in f.reasons))
-        raise UserError(f"{bundle.records}: push refused, {result.blocked} of {result.records} "
-                        f"records are forbidden for a {use.describe()}: {clauses} Run `seed check "
-                        f"{bundle.records}` for the sources, or pass --accept-terms-risk "
-                        "\"REASON\"")
-    result.accepted_risk = accept_terms_risk.strip()
-    return result
+        return (f"{bundle.records}: push refused, {result.blocked} of {result.records} records "
+                f"are forbidden for a {use.describe()}: {clauses} Run `seed check "
+                f"{bundle.records}` for the sources, or pass --accept-terms-risk \"REASON\"")
+
+    return gate(bundle.records, use, terms or p.overrides, accept_terms_risk, refusal)
 
 
 def card_text(bundle: Bundle, result: CheckResult, repo: str) -> str:
@@ -288,17 +285,18 @@ def _hub_error(e: Exception, endpoint: str, repo: str) -> UserError:
                      "or HF_ENDPOINT / --endpoint")
 
 
-def upload(bundle: Bundle, card: str, repo: str, *, token: str, endpoint: str | None,
-           private: bool, revision: str | None) -> str:
-    """Create the repository (kept if it exists), the branch if one is named, and commit the
-    files and the card in one commit; return the commit's URL."""
+def upload(bundle: Bundle, files: list[Path], card: str, repo: str, *, token: str,
+           endpoint: str | None, private: bool, revision: str | None) -> str:
+    """Create the repository (kept if it exists), the branch if one is named, and commit
+    `files` (relative to the bundle's root) and the card in one commit; return the commit's
+    URL."""
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import CommitOperationAdd, HfApi, close_session
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(endpoint=endpoint, token=token)
     operations = [CommitOperationAdd(path_in_repo=p.as_posix(), path_or_fileobj=bundle.root / p)
-                  for p in bundle.files()]
+                  for p in files]
     operations.append(CommitOperationAdd(path_in_repo="README.md",
                                          path_or_fileobj=card.encode("utf-8")))
     try:
@@ -333,8 +331,8 @@ def push(path: Path, repo: str, *, console: Console, private: bool = False,
         console.print(f"terms gate: {result.verdict} for a {result.use.describe()} "
                       f"({result.records} records)")
     files = bundle.files()
-    url = upload(bundle, card_text(bundle, result, repo), repo, token=token, endpoint=endpoint,
-                 private=private, revision=revision)
+    url = upload(bundle, files, card_text(bundle, result, repo), repo, token=token,
+                 endpoint=endpoint, private=private, revision=revision)
     console.print(f"pushed {len(files)} files and the card in one commit: {url}")
     return {"kind": bundle.kind, "files": [p.as_posix() for p in files] + ["README.md"],
             "commit_url": url, "verdict": result.verdict, "accepted_risk": result.accepted_risk}

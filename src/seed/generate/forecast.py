@@ -60,6 +60,13 @@ def sample_indices(total: int, n: int, seed: int) -> list[int]:
     return [rng.randrange(j * total // n, (j + 1) * total // n) for j in range(n)]
 
 
+def half_width(values: list[float], fpc: float) -> float:
+    """The 95% half-width of the mean of `values` (one value: the mean itself), times `fpc`."""
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else mean
+    return Z95 * spread / math.sqrt(len(values)) * fpc
+
+
 def wilson(kept: int, trials: int, fpc: float = 1.0) -> tuple[float, float]:
     """The 95% Wilson score interval of a share `kept / trials`, its width times `fpc`."""
     if trials == 0:
@@ -233,8 +240,7 @@ class Forecast:
     def _costs(costs: list[float], batch_costs: list[float], big_m: int, n: int,
                fpc: float) -> dict[str, Any]:
         mean, bmean = statistics.fmean(costs), statistics.fmean(batch_costs)
-        half = Z95 * (statistics.stdev(costs) if n > 1 else mean) / math.sqrt(n) * fpc
-        bhalf = Z95 * (statistics.stdev(batch_costs) if n > 1 else bmean) / math.sqrt(n) * fpc
+        half, bhalf = half_width(costs, fpc), half_width(batch_costs, fpc)
         return {"cost_per_request": mean, "cost_online": mean * big_m,
                 "cost_online_interval": [max(0.0, mean - half) * big_m, (mean + half) * big_m],
                 "cost_online_remaining": mean * (big_m - n),
@@ -276,8 +282,7 @@ class Forecast:
         if info.get("cost_per_request") is None:
             out.update(spend_needed=None, spend_needed_interval=None)
             return out
-        mean, n = info["cost_per_request"], len(costs)
-        half = Z95 * (statistics.stdev(costs) if n > 1 else mean) / math.sqrt(n) * fpc
+        mean, half = info["cost_per_request"], half_width(costs, fpc)
         lo_prompts = math.ceil(want / (share_hi * samples)) if share_hi else None
         hi_prompts = math.ceil(want / (share_lo * samples)) if share_lo else None
         out["spend_needed"] = needed * mean

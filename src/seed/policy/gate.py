@@ -14,7 +14,7 @@ opens the image files. This module reads records and the registry; it writes not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -270,23 +270,30 @@ def check_file(path: str | Path, use: Use, overrides: str | Path | None = None) 
     return result
 
 
-def gate_training(path: str | Path, use: Use, overrides: str | Path | None = None,
-                  accept_terms_risk: str | None = None) -> CheckResult:
-    """The check `seed train` runs first: raise unless every record may train this student.
-
-    With `accept_terms_risk` (a reason in words) a blocked file passes and the reason is kept in
-    the result, for the manifest and the model card.
-    """
+def gate(path: str | Path, use: Use, overrides: str | Path | None,
+         accept_terms_risk: str | None, refusal: Callable[[CheckResult], str]) -> CheckResult:
+    """`check_file`, then a UserError saying `refusal(result)` unless every record may serve
+    `use`. With `accept_terms_risk` (a reason in words) a blocked file passes and the reason is
+    kept in the result, for the manifest and the card."""
     result = check_file(path, use, overrides)
     if result.verdict == "block":
         if accept_terms_risk is None or not accept_terms_risk.strip():
-            families = sorted({f.family for f in result.findings if f.verdict == "block"})
-            raise UserError(
-                f"{path}: training refused, {result.blocked} of {result.records} records are "
-                f"forbidden for a {use.describe()} ({'; '.join(families)}); run `seed check "
-                f"{path}` for the clauses, or pass --accept-terms-risk \"REASON\"")
+            raise UserError(refusal(result))
         result.accepted_risk = accept_terms_risk.strip()
     return result
+
+
+def gate_training(path: str | Path, use: Use, overrides: str | Path | None = None,
+                  accept_terms_risk: str | None = None) -> CheckResult:
+    """The check `seed train` runs first: raise unless every record may train this student."""
+
+    def refusal(result: CheckResult) -> str:
+        families = sorted({f.family for f in result.findings if f.verdict == "block"})
+        return (f"{path}: training refused, {result.blocked} of {result.records} records are "
+                f"forbidden for a {use.describe()} ({'; '.join(families)}); run `seed check "
+                f"{path}` for the clauses, or pass --accept-terms-risk \"REASON\"")
+
+    return gate(path, use, overrides, accept_terms_risk, refusal)
 
 
 def summarize(records_path: str | Path, use: Use | None = None,

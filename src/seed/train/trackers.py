@@ -33,8 +33,6 @@ from seed.recipe import TrainConfig
 TrackerName = Literal["tensorboard", "trackio", "wandb", "mlflow"]
 PROJECT = "seed"
 IDS = "trackers.json"
-_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb",
-             "mlflow": "mlflow"}
 
 
 class Tracker(Protocol):
@@ -56,8 +54,8 @@ def _require(name: str) -> Any:
     try:
         return importlib.import_module({"tensorboard": "torch.utils.tensorboard"}.get(name, name))
     except ImportError:
-        raise UserError(f"train.report_to names {name!r}, but the {_PACKAGES[name]} package is "
-                        "not installed; pip install 'seed[trackers]'") from None
+        raise UserError(f"train.report_to names {name!r}, but the {name} package is not "
+                        "installed; pip install 'seed[trackers]'") from None
 
 
 def check_installed(names: Iterable[TrackerName]) -> None:
