@@ -8,7 +8,14 @@ import logging
 import pytest
 
 from seed.errors import UserError
-from seed.files import append_jsonl, jsonl_lines, load_jsonl, read_jsonl, seal_jsonl
+from seed.files import (
+    append_jsonl,
+    jsonl_lines,
+    lines_backward,
+    load_jsonl,
+    read_jsonl,
+    seal_jsonl,
+)
 
 
 def test_values_come_with_their_line_numbers_and_blank_lines_are_skipped(tmp_path):
@@ -109,3 +116,15 @@ def test_appending_puts_each_value_on_a_line_of_its_own(tmp_path):
     append_jsonl(path, [{"n": 3}, {"n": "\u00e9"}])
     assert path.read_text(encoding="utf-8").splitlines() == [
         '{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": "\u00e9"}']
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 1 << 16])
+def test_lines_come_backward_with_their_offsets_whatever_the_block_size(tmp_path, block):
+    path = tmp_path / "f.jsonl"
+    data = b'{"a": 1}\n\n  \n{"b": "x\xe2\x80\xa8y"}\n{"c": 3}'
+    path.write_bytes(data)
+    got = list(lines_backward(path, block=block))
+    assert [line for _, line in got] == [b'{"c": 3}', b'{"b": "x\xe2\x80\xa8y"}', b'{"a": 1}']
+    assert all(data[o:o + len(line)] == line for o, line in got)
+    path.write_bytes(b"")
+    assert list(lines_backward(path, block=block)) == []

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers.cli import start_cli
+from helpers.cli import run_cli, start_cli
 from helpers.recipes import teacher_recipe, write_prompts, write_recipe
 from helpers.servers import fault_server
 from seed.records import read_records
@@ -90,3 +90,24 @@ def test_kill_9_at_random_points_then_rerun_gives_exact_records(tmp_path: Path) 
     assert len(per_prompt) == N
     for prompt, answers in per_prompt.items():
         assert sorted(answers) == [f"echo[{i}]: {prompt}" for i in range(SAMPLES)]
+
+
+def test_a_prompt_write_torn_after_a_whole_line_is_written_whole_on_the_rerun(tmp_path: Path):
+    # A kill can stop a prompt's one write() between pages: its first sample without the second.
+    # The rerun cuts that sample off and writes the prompt again from the cache, for nothing.
+    with fault_server(tmp_path) as server:
+        prompts = write_prompts(tmp_path / "p.jsonl", 4)
+        recipe = write_recipe(tmp_path / "r.toml", teacher_recipe(server.base_url, prompts),
+                              {"generate.samples": SAMPLES})
+        out = tmp_path / "out"
+        assert run_cli("generate", recipe, "--out", out).returncode == 0
+        path = out / "train.jsonl"
+        whole = path.read_bytes()
+        lines = whole.splitlines(keepends=True)
+        assert all(json.loads(line)["meta"]["prompt_records"] == SAMPLES for line in lines)
+        path.write_bytes(b"".join(lines[:-1]))
+        seen = len(server.requests())
+        proc = run_cli("generate", recipe, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        assert len(server.requests()) == seen
+        assert sorted(path.read_bytes().splitlines()) == sorted(whole.splitlines())

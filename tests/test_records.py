@@ -5,7 +5,17 @@ import json
 import pytest
 
 from seed.errors import UserError
-from seed.records import Provenance, Record, RecordWriter, Teacher, read_records, record_id
+from seed.records import (
+    Provenance,
+    Record,
+    RecordWriter,
+    Teacher,
+    prompt_lines,
+    read_records,
+    record_id,
+    seal_records,
+    whole_prompts,
+)
 
 
 def _rec(i: int) -> Record:
@@ -73,3 +83,38 @@ def test_a_valid_last_record_without_its_newline_is_counted_and_the_next_record_
         writer.write(added)
     assert list(read_records(path)) == [first, last, added]
     assert path.read_text().splitlines() == [r.to_line().rstrip("\n") for r in (first, last, added)]
+
+
+def _prompt(key: str, n: int) -> list[Record]:
+    return [Record.new([{"role": "user", "content": key}, {"role": "assistant", "content": str(i)}],
+                       meta={"prompt_key": key, "job": "j", "sample": i}) for i in range(n)]
+
+
+def test_a_prompt_write_torn_after_a_whole_line_is_not_done_and_is_cut_before_the_next(tmp_path):
+    # A kill can stop one write() between pages: the first of a prompt's samples, not the rest.
+    path = tmp_path / "r.jsonl"
+    whole, torn = prompt_lines(_prompt("a", 3)), prompt_lines(_prompt("b", 3))
+    assert [json.loads(line)["meta"]["prompt_records"] for line in whole.splitlines()] == [3] * 3
+    second_line_end = torn.index(b"\n", torn.index(b"\n") + 1) + 1
+    for cut in (second_line_end, second_line_end + 10):  # at a line boundary, and inside a line
+        path.write_bytes(whole + torn[:cut])
+        assert whole_prompts(read_records(path), "j") == {"a"}
+        assert whole_prompts(read_records(path), "other job") == set()
+        assert seal_records(path) == cut
+        assert path.read_bytes() == whole
+        assert seal_records(path) == 0
+
+
+def test_sealing_keeps_a_whole_last_prompt_and_single_records_without_a_count(tmp_path):
+    path = tmp_path / "r.jsonl"
+    single = prompt_lines(_prompt("c", 1))
+    assert b"prompt_records" not in single
+    path.write_bytes(single + prompt_lines(_prompt("a", 2)) + single)
+    assert seal_records(path) == 0
+    assert whole_prompts(read_records(path), "j") == {"a", "c"}
+    path.write_bytes(prompt_lines(_prompt("a", 2)))
+    assert seal_records(path) == 0
+    path.write_bytes(prompt_lines(_prompt("a", 2))[:-1])  # a valid last line gets its newline
+    assert seal_records(path) == 0
+    assert len(list(read_records(path))) == 2
+    assert seal_records(tmp_path / "missing.jsonl") == 0

@@ -186,6 +186,26 @@ def _last_line_start(f: BinaryIO, size: int) -> int:
     return 0
 
 
+def lines_backward(path: str | Path, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """Stream `(offset, raw line)` for each non-blank line of a plain file, last line first,
+    without its newline; a reader of a file's tail (the last write) needs no pass over the rest."""
+    with Path(path).open("rb") as f:
+        pos, carry = f.seek(0, os.SEEK_END), b""
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            pieces = (f.read(pos - start) + carry).split(b"\n")
+            # The first piece may be the end of a line that starts further back: kept for later.
+            carry = pieces.pop(0) if start > 0 else b""
+            offset = start + (len(carry) + 1 if start > 0 else 0)
+            lines = []
+            for piece in pieces:
+                lines.append((offset, piece))
+                offset += len(piece) + 1
+            yield from ((o, line) for o, line in reversed(lines) if line.strip())
+            pos = start
+
+
 def append_jsonl(path: str | Path, values: Iterable[Any]) -> None:
     """Append one JSON line per value to `path` in one write, each on a line of its own."""
     path = Path(path)

@@ -8,6 +8,12 @@ Crash safety: a writer emits each record as one `write()` of a full line ending 
 crash can leave at most one *torn* line, the last one, without its newline. Readers report and skip
 it; `RecordWriter` cuts it off before appending. Any other line that is not a valid record is an
 error naming the file and line number.
+
+A prompt's records (its samples) are appended in one `write()` too, but a kill can stop a write
+between pages, after a whole line: the first of a prompt's records without the rest. Such a write
+marks each record with how many it holds (`meta.prompt_records`, `prompt_lines`); `whole_prompts`
+counts a prompt only when all of them are there, and `seal_records` cuts a short last group off
+before appending, so the rerun writes the prompt once, whole.
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seed.errors import UserError
-from seed.files import jsonl_lines, seal_jsonl
+from seed.files import jsonl_lines, lines_backward, seal_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -236,15 +242,80 @@ def count_records(path: str | Path) -> int:
     return sum(1 for _ in read_records(path))
 
 
+PROMPT_RECORDS = "prompt_records"  # meta key: how many records one prompt's write holds
+
+
+class _Keyed(Protocol):
+    meta: dict[str, Any]
+
+    def to_line(self) -> str: ...
+
+
+def prompt_lines(records: Sequence[_Keyed]) -> bytes:
+    """One prompt's records as the bytes of its one `write()`; with more than one, it marks each
+    record's meta with how many there are (`PROMPT_RECORDS`), so a write torn after a whole line
+    shows."""
+    if len(records) > 1:
+        for r in records:
+            r.meta[PROMPT_RECORDS] = len(records)
+    return "".join(r.to_line() for r in records).encode()
+
+
+def whole_prompts(records: Iterable[_Keyed], job: str) -> set[str]:
+    """The `meta.prompt_key`s of `job` whose records are all there (see `prompt_lines`)."""
+    have: dict[str, int] = {}
+    want: dict[str, int] = {}
+    for r in records:
+        if r.meta.get("job") != job or "prompt_key" not in r.meta:
+            continue
+        key = r.meta["prompt_key"]
+        have[key] = have.get(key, 0) + 1
+        want[key] = max(want.get(key, 1), int(r.meta.get(PROMPT_RECORDS, 1)))
+    return {k for k, n in have.items() if n >= want[k]}
+
+
+def seal_records(path: Path) -> int:
+    """Make a records file end with a whole prompt before appending to it; the bytes cut off.
+
+    `files.seal_jsonl` cuts a torn last line; then the last prompt's lines are counted back from
+    the end, and when there are fewer than their `meta.prompt_records` (a write torn after a whole
+    line) they are cut too: the rerun answers that prompt again (from the cache, for nothing).
+    """
+    cut = seal_jsonl(path)
+    if not path.is_file():
+        return cut
+    first, want, seen, key = 0, 0, 0, None
+    for offset, raw in lines_backward(path):
+        try:
+            meta = json.loads(raw).get("meta") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return cut  # not a record: the reader names the line
+        if key is None:
+            key, want = (meta.get("prompt_key"), meta.get("job")), meta.get(PROMPT_RECORDS, 1)
+        elif (meta.get("prompt_key"), meta.get("job")) != key:
+            break
+        first, seen = offset, seen + 1
+        if seen >= want:
+            return cut
+    if key is None:
+        return cut
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.truncate(first)
+        f.flush()
+        os.fsync(f.fileno())
+    return cut + size - first
+
+
 class RecordWriter:
     """Append records to a JSONL file, one whole line per write; repairs a torn tail on open."""
 
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        removed = seal_jsonl(self.path)
+        removed = seal_records(self.path)
         if removed:
-            log.warning("%s: removed a torn last line (%d bytes) left by a crash",
+            log.warning("%s: removed a torn last write (%d bytes) left by a crash",
                         self.path, removed)
         self._f = self.path.open("ab", buffering=0)
         self._fsync = fsync

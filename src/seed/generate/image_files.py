@@ -32,8 +32,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from seed.errors import UserError
-from seed.files import fsync_path, seal_jsonl, write_text_atomic
-from seed.records import ImageFile, ImageRecord, read_image_records
+from seed.files import fsync_path, write_text_atomic
+from seed.records import ImageFile, ImageRecord, prompt_lines, read_image_records, seal_records
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class ImageRecordWriter:
     def __init__(self, path: Path, fsync: bool = False) -> None:
         self.path, self.fsync = path, fsync
         path.parent.mkdir(parents=True, exist_ok=True)
-        removed = seal_jsonl(path)
+        removed = seal_records(path)
         if removed:
-            log.warning("%s: removed a torn last line (%d bytes) left by a crash", path, removed)
+            log.warning("%s: removed a torn last write (%d bytes) left by a crash", path, removed)
         self._f = path.open("ab", buffering=0)
 
     def store(self, data: bytes) -> ImageFile:
@@ -120,7 +120,7 @@ class ImageRecordWriter:
         for r in records:
             if not r.image_path(self.path).is_file():
                 raise ValueError(f"record {r.id}: {r.image.file} was not stored first")
-        self._f.write("".join(r.to_line() for r in records).encode())
+        self._f.write(prompt_lines(records))
         if self.fsync:
             os.fsync(self._f.fileno())
 

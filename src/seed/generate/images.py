@@ -57,7 +57,15 @@ from seed.generate.image_files import (
 from seed.generate.progress import live, summary
 from seed.generate.teacher import make_limits
 from seed.recipe import GenerateConfig, ImagesEndpointConfig, PipelineTeacherConfig, ShapesConfig
-from seed.records import ImageRecord, Provenance, Source, Teacher, read_image_records
+from seed.records import (
+    ImageRecord,
+    Provenance,
+    Source,
+    Teacher,
+    read_image_records,
+    seal_records,
+    whole_prompts,
+)
 from seed.runs import now_iso
 
 RECORDS, EVAL, FAILED, CACHE, SUMMARY = ("train.jsonl", "eval.jsonl", "failed.jsonl",
@@ -228,11 +236,10 @@ async def expand_prompts(config: GenerateConfig, prompts: list[sources.Prompt],
 
 
 def answered(path: Path, job: str) -> set[str]:
-    """Prompts of this job already in the records file (each image file checked)."""
+    """Prompts of this job wholly in the records file (each image file checked)."""
     if not path.exists():
         return set()
-    return {r.meta["prompt_key"] for r in read_image_records(path)
-            if r.meta.get("job") == job and "prompt_key" in r.meta}
+    return whole_prompts(read_image_records(path), job)
 
 
 # -- the HTTP Images API teacher -------------------------------------------------------------
@@ -317,6 +324,7 @@ class HttpImageGeneration:
             self.already = len(done)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             check_records_dir(self.out_dir)
+            seal_records(path)  # a prompt's images torn short are not duplicates of its rerun
             self.dedup = Dedup(self.config.filters.image_hamming)
             seen_images([path], self.dedup)
             cache = RequestCache(self.out_dir / CACHE)

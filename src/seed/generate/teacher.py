@@ -2,8 +2,9 @@
 
 Files in the output directory:
 - `train.jsonl`: one record per answer (times `samples`), each with its teacher, source and purpose
-  provenance and `meta.prompt_key`, appended as one write per prompt so a crash never splits a
-  prompt's samples; a rerun skips every prompt already there. With `generate.verify`, only the
+  provenance and `meta.prompt_key`, appended as one write per prompt; a write a kill tore after a
+  whole line is cut off on the rerun (records.seal_records), which skips every prompt already
+  wholly there. With `generate.verify`, only the
   answers its verifier passes, as `keep` says (seed.generate.verify).
 - `eval.jsonl`: with `generate.tasks`, the held-out reasoning-gym prompts (never trained on).
 - `cache.sqlite`: the request cache; answers land there before the records file, so a prompt
@@ -45,7 +46,17 @@ from seed.generate.engine import Limits, Request, Result, Stats, complete_all, r
 from seed.generate.filters import AnswerFilter, PromptFilter, is_refusal
 from seed.generate.progress import live, summary
 from seed.recipe import MAX_CONCURRENCY, GenerateConfig
-from seed.records import Provenance, Record, Source, Teacher, read_records, write_records
+from seed.records import (
+    Provenance,
+    Record,
+    Source,
+    Teacher,
+    prompt_lines,
+    read_records,
+    seal_records,
+    whole_prompts,
+    write_records,
+)
 from seed.runs import now_iso
 
 RECORDS, FAILED, CACHE, SUMMARY = "train.jsonl", "failed.jsonl", "cache.sqlite", "summary.json"
@@ -72,13 +83,12 @@ def request_params(config: GenerateConfig) -> dict[str, Any]:
 
 
 def answered(out_dir: Path, job: str) -> set[str]:
-    """The prompts this job already has records for; reads (and checks) `train.jsonl` and writes
-    nothing. Answers of another teacher or other parameters do not count."""
+    """The prompts this job already has all their records for; reads (and checks) `train.jsonl`
+    and writes nothing. Answers of another teacher or other parameters do not count."""
     path = out_dir / RECORDS
     if not path.exists():
         return set()
-    return {r.meta["prompt_key"] for r in read_records(path)
-            if r.meta.get("job") == job and "prompt_key" in r.meta}
+    return whole_prompts(read_records(path), job)
 
 
 class Output:
@@ -87,7 +97,7 @@ class Output:
     def __init__(self, out_dir: Path, done: set[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / RECORDS
-        seal_jsonl(self.path)
+        seal_records(self.path)
         self.done = done
         self._records = self.path.open("ab", buffering=0)
         seal_jsonl(out_dir / FAILED)
@@ -96,8 +106,7 @@ class Output:
         self.failed = 0
 
     def write(self, records: list[Record]) -> None:
-        # One write() per prompt: a kill leaves all of its samples or none (or a torn tail).
-        self._records.write("".join(r.to_line() for r in records).encode())
+        self._records.write(prompt_lines(records))  # one write() per prompt
         self.written += len(records)
 
     def fail(self, key: str, messages: list[dict[str, str]], reason: str, attempts: int,
