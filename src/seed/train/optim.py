@@ -37,6 +37,17 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
          {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+        lr=config.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused(trainable) or None)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                          warmup_cosine(config, total_steps))
+
+
+def fused(params: list[torch.nn.Parameter]) -> bool:
+    """Whether AdamW can run fused (one kernel per tensor instead of a dozen ops, the HF Trainer's
+    default since torch 2.8): every parameter a plain floating-point tensor on the CPU or a GPU.
+    Sharded (DTensor) parameters keep torch's default implementation."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(
+        not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+        for p in params)
