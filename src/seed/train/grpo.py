@@ -163,18 +163,19 @@ class Grpo:
         """This process's completions as rows: ids, completion mask, reward, advantage, and the
         weight and count of their tokens in the step's normalisation."""
         n, pad = len(prompts) * self.grpo.group, int(self.inputs.pad_id)
-        ids = torch.full((n, self.width), pad, dtype=torch.long)
-        mask = torch.zeros((n, self.width), dtype=torch.long)
-        rewards = torch.zeros(n)
-        r = 0
+        seqs, starts, ends, scores = [], [], [], []
         for i, completions in zip(prompts, done, strict=True):
             prompt = self.prompts[i]
             for c in completions:
-                seq = prompt + c.ids
-                ids[r, :len(seq)] = torch.tensor(seq)
-                mask[r, len(prompt):len(seq)] = 1
-                rewards[r] = float(self.reward(self.records[i], c.text))
-                r += 1
+                seqs.append(prompt + c.ids + [pad] * (self.width - len(prompt) - len(c.ids)))
+                starts.append(len(prompt))
+                ends.append(len(prompt) + len(c.ids))
+                scores.append(float(self.reward(self.records[i], c.text)))
+        ids = torch.tensor(seqs, dtype=torch.long).reshape(n, self.width)
+        column = torch.arange(self.width)
+        mask = ((column >= torch.tensor(starts)[:, None])
+                & (column < torch.tensor(ends)[:, None])).long()
+        rewards = torch.tensor(scores, dtype=torch.float32)
         lengths = mask.sum(1).clamp(min=1)
         token_mean = self.grpo.normalise == "token"
         return {"input_ids": ids, "mask": mask, "reward": rewards,

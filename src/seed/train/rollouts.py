@@ -5,7 +5,7 @@ current weights.
 copy of the student. The copy is needed because the engine's fast Llama runner fuses q/k/v and
 gate/up into single matrices and turns the model's own weights into frozen views of them, which a
 model being trained cannot have; before every rollout the copy takes the policy's current weights
-(`load_state_dict`, a copy in place: the fused matrices see it), the way vLLM's colocated mode syncs
+(a copy in place, tensor by tensor: the fused matrices see it), the way vLLM's colocated mode syncs
 a trainer's weights. Every completion has its own sampling seed, so the same weights and seeds give
 the same completions (a resumed run rolls out what the uninterrupted one did). The engine runs them
 without text (`SamplingParams.detokenize` off: no incremental detokenisation per token); each
@@ -61,13 +61,14 @@ class Rollouts:
         self._done = threading.Event()
         self._out: dict[tuple[int, int], Completion] = {}
         self._open = 0
+        self._synced: torch.nn.Module | None = None
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def sample(self, policy: torch.nn.Module, prompts: list[list[int]],
                params: list[list[SamplingParams]]) -> list[list[Completion]]:
         """For each prompt, one completion per SamplingParams (none with stop strings), from
         `policy`'s weights now."""
-        with torch.no_grad():
-            self.model.load_state_dict(policy.state_dict())
+        self._sync(policy)
         self._out = {(p, g): Completion() for p, ps in enumerate(params) for g in range(len(ps))}
         self._open = len(self._out)
         self._done.clear()
@@ -87,6 +88,17 @@ class Rollouts:
             if c.finish_reason == "stop":
                 c.ids.append(self.eos)
         return [[self._out[p, g] for g in range(len(ps))] for p, ps in enumerate(params)]
+
+    @torch.no_grad()
+    def _sync(self, policy: torch.nn.Module) -> None:
+        """The copy takes the policy's weights now, tensor by tensor in place (the fused matrices
+        see it); the pairs are found once per policy (its tensors are trained in place)."""
+        if self._synced is not policy:
+            mine, theirs = self.model.state_dict(), policy.state_dict()
+            self._pairs = [(mine[name], tensor) for name, tensor in theirs.items()]
+            self._synced = policy
+        for mine, theirs in self._pairs:
+            mine.copy_(theirs)
 
     def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
         """The engine thread's sink: collect each completion, wake `sample` when all are done."""
