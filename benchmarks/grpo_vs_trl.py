@@ -19,7 +19,9 @@ step per rollout batch, float32 on one CPU thread each.
 
 Speed is steps / the seconds the steps took (Seed: metrics.jsonl's `elapsed_s`, the sum of its step
 times; TRL: the sum of on_step_begin -> on_step_end, which holds generation, scoring, the loss and
-the optimizer step); neither side's start-up or logging counts. Process wall times, and each
+the optimizer step); neither side's start-up or logging counts. The reward's own start-up
+(reasoning-gym's import, 1-2 s) happens when this module is imported, before either side's first
+step, so it lands in neither side's step time. Process wall times, and each
 side's median rollout (generation + reward) and update seconds, are printed too.
 Reward after N steps is each final model's exact-match reward on the same held-out prompts, graded
 by `seed eval` (greedy), averaged over the seeds; the reward during the last steps of training
@@ -44,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +103,25 @@ max_new_tokens = 8
 def exact_match(completion: str, entry: dict[str, Any], task: str,
                 config: dict[str, Any]) -> float:
     """1.0 when reasoning-gym's scorer for `task` gives `completion` full marks on `entry`."""
+    return 1.0 if scorer(task, config).score_answer(completion, entry) == 1.0 else 0.0
+
+
+def scorer(task: str, config: dict[str, Any]) -> Any:
+    """reasoning-gym's dataset for `task` and `config`, built once (it holds the scorer)."""
     import reasoning_gym
 
-    scorer = _scorers.get((task, json.dumps(config, sort_keys=True)))
-    if scorer is None:
-        scorer = reasoning_gym.create_dataset(task, size=1, seed=0, **config)
-        _scorers[(task, json.dumps(config, sort_keys=True))] = scorer
-    return 1.0 if scorer.score_answer(completion, entry) == 1.0 else 0.0
+    key = (task, json.dumps(config, sort_keys=True))
+    if key not in _scorers:
+        _scorers[key] = reasoning_gym.create_dataset(task, size=1, seed=0, **config)
+    return _scorers[key]
 
 
 _scorers: dict[tuple[str, str], Any] = {}
+# The reward's one-time start-up, reasoning-gym's import (1-2 s) and the scorer, happens when the
+# reward is loaded, on both sides (Seed imports this module before its first step, TRL's side
+# runs it): start-up, which neither side's step time counts, not a step.
+_TASK = tomllib.loads(GENERATE)["generate"]["teacher"]["tasks"][0]
+scorer(_TASK["name"], _TASK["config"])
 
 
 def seed_reward(record: Any, text: str) -> float:
