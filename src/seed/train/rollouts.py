@@ -94,11 +94,12 @@ class Rollouts:
         """The copy takes the policy's weights now, tensor by tensor in place (the fused matrices
         see it); the pairs are found once per policy (its tensors are trained in place)."""
         if self._synced is not policy:
-            mine, theirs = self.model.state_dict(), policy.state_dict()
-            self._pairs = [(mine[name], tensor) for name, tensor in theirs.items()]
+            copy_state = self.model.state_dict()
+            self._pairs = [(copy_state[name], tensor)
+                           for name, tensor in policy.state_dict().items()]
             self._synced = policy
-        for mine, theirs in self._pairs:
-            mine.copy_(theirs)
+        for target, source in self._pairs:
+            target.copy_(source)
 
     def _on_events(self, events: list[tuple[Sequence, Event]]) -> None:
         """The engine thread's sink: collect each completion, wake `sample` when all are done."""
