@@ -37,6 +37,7 @@ from seed.errors import UserError
 from seed.recipe import GrpoSettings
 from seed.records import Record
 from seed.serve.engine_types import SamplingParams
+from seed.train import shared_prompts
 from seed.train.layout import Layout, ModeInputs, Rows, shuffled
 from seed.train.losses import group_advantages, grpo_loss, k3_kl
 from seed.train.rollouts import Completion, Rollouts
@@ -239,8 +240,12 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
     Only the columns from the first completion token (`mask`) to the last are computed, the rest
     are 0: the batch is cut after its last completion token (causal attention: nothing before
     changes) and the logits are kept from the position before the first one (TRL's
-    `logits_to_keep`), so the padding and the prompts cost no output layer or softmax.
+    `logits_to_keep`), so the padding and the prompts cost no output layer or softmax. Where
+    rows share prompts (a group's G completions), each prompt runs once (shared_prompts.py).
     """
+    shared = shared_prompts.logprobs(model, ids, mask, temperature)
+    if shared is not None:
+        return shared
     cols = mask.any(0).nonzero().flatten().tolist()
     first, last = (max(cols[0], 1), cols[-1]) if cols else (1, 1)
     kept = {"logits_to_keep": last - first + 2} if _keeps_logits(model) else {}
