@@ -50,9 +50,8 @@ def logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
         return None
     device = ids.device
     shared = max(firsts) - 1
-    prompt_ids = torch.zeros(len(prompts), shared, dtype=ids.dtype, device=device)
-    for i, p in enumerate(prompts):
-        prompt_ids[i, :len(p)] = torch.tensor(p, dtype=ids.dtype)
+    prompt_ids = torch.tensor([[*p, *[0] * (shared - len(p))] for p in prompts],
+                              dtype=ids.dtype, device=device)
     cache = inner(input_ids=prompt_ids, use_cache=True, logits_to_keep=1).past_key_values
     cache.batch_select_indices(torch.tensor(index, device=device))
 
