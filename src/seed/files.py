@@ -173,6 +173,16 @@ def seal_jsonl(path: str | Path) -> int:
     return cut
 
 
+def truncate_to(path: str | Path, size: int) -> int:
+    """Cut a file to its first `size` bytes, durably (fsynced); the bytes cut off."""
+    with Path(path).open("rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+    return end - size
+
+
 def _last_line_start(f: BinaryIO, size: int) -> int:
     """The offset just past the last newline of an open binary file of `size` bytes (0: none)."""
     pos, chunk = size, 1 << 16

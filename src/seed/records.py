@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seed.errors import UserError
-from seed.files import jsonl_lines, lines_backward, seal_jsonl
+from seed.files import jsonl_lines, lines_backward, seal_jsonl, truncate_to
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +299,7 @@ def seal_records(path: Path) -> int:
             return cut
     if key is None:
         return cut
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.truncate(first)
-        f.flush()
-        os.fsync(f.fileno())
-    return cut + size - first
+    return cut + truncate_to(path, first)
 
 
 class RecordWriter:
