@@ -94,6 +94,9 @@ def test_the_plain_forward_runs_where_sharing_cannot_help_or_run(tmp_path: Path)
     assert shared_prompts.logprobs(model, ids, mask, 1.0) is None  # no cache under checkpointing
     model.activation_checkpointing_disable()
     assert shared_prompts.logprobs(model, ids, mask, 1.0) is not None
+    model.config.sliding_window = 8  # a windowed model's mask is not the one built here
+    assert shared_prompts.logprobs(model, ids, mask, 1.0) is None
+    model.config.sliding_window = None
     with torch.no_grad():  # and the plain path grpo falls back to is the reference's values
         torch.testing.assert_close(token_logprobs(model, ids[::3], mask[::3], 1.0)
                                    * mask[::3, 1:], _plain(model, ids[::3], mask[::3], 1.0),

@@ -10,9 +10,10 @@ shorter prompts of the batch are right-padded in the cache). The values are the 
 up to float rounding: the same tokens at the same positions see the same keys.
 
 `logprobs` returns None where this cannot help or cannot run (no prompt is shared; a model whose
-forward takes no cache or no 4-D mask; attention kernels other than sdpa and eager; gradient
-checkpointing, which turns the cache off): the caller then runs the plain forward. This module
-knows nothing about rewards, advantages or the loss.
+forward takes no cache or no 4-D mask; attention kernels other than sdpa and eager; a sliding
+window or linear attention in any layer; gradient checkpointing, which turns the cache off): the
+caller then runs the plain forward. This module knows nothing about rewards, advantages or the
+loss.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     """
     inner = getattr(model, "module", model)  # a DDP wrapper's model: the prompt pass is local
     attention = _attention(inner)
-    if attention not in MASKS or not _takes_a_cache(inner):
+    if attention not in MASKS or not _takes_a_cache(inner) or not _full_attention(inner):
         return None
     lengths = mask.sum(1)
     starts = mask.int().argmax(1)
@@ -82,6 +83,17 @@ def _takes_a_cache(model: torch.nn.Module) -> bool:
     params = inspect.signature(model.forward).parameters
     return (not getattr(model, "is_activation_checkpointing", False)
             and all(k in params for k in ("past_key_values", "position_ids", "logits_to_keep")))
+
+
+def _full_attention(model: torch.nn.Module) -> bool:
+    """Every layer attends to all earlier tokens (the 4-D mask here has no sliding window, and
+    linear-attention layers keep no key/value cache to share)."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if config is not None else None
+    layers = getattr(config, "layer_types", None) or ["full_attention"]
+    sliding = (getattr(config, "sliding_window", None) is not None
+               and getattr(config, "use_sliding_window", True))
+    return all(t == "full_attention" for t in layers) and not sliding
 
 
 def _dtype(model: torch.nn.Module) -> torch.dtype:
