@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import time
 from collections.abc import Callable
 
@@ -248,18 +247,12 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
         return shared
     cols = mask.any(0).nonzero().flatten().tolist()
     first, last = (max(cols[0], 1), cols[-1]) if cols else (1, 1)
-    kept = {"logits_to_keep": last - first + 2} if _keeps_logits(model) else {}
+    kept = ({"logits_to_keep": last - first + 2}
+            if shared_prompts.forward_takes(model, "logits_to_keep") else {})
     logits = model(input_ids=ids[:, :last + 1], use_cache=False, **kept).logits
     logits = logits[:, -(last - first + 2):-1].float() / temperature
     lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, first:last + 1, None]).squeeze(-1)
     return torch.nn.functional.pad(lp, (first - 1, ids.shape[1] - 1 - last))
-
-
-def _keeps_logits(model: torch.nn.Module) -> bool:
-    """The model's forward takes `logits_to_keep` (transformers' causal LMs do; a DDP wrapper
-    passes it on)."""
-    inner = getattr(model, "module", model)
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def count(rows: Rows) -> int:

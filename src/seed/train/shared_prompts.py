@@ -78,11 +78,16 @@ def _attention(model: torch.nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
+def forward_takes(model: torch.nn.Module, *names: str) -> bool:
+    """The model's forward takes these keyword arguments (a DDP wrapper's: its model's)."""
+    params = inspect.signature(getattr(model, "module", model).forward).parameters
+    return all(name in params for name in names)
+
+
 def _takes_a_cache(model: torch.nn.Module) -> bool:
     """The forward fills and reads a key/value cache now (activation checkpointing turns it off)."""
-    params = inspect.signature(model.forward).parameters
     return (not getattr(model, "is_activation_checkpointing", False)
-            and all(k in params for k in ("past_key_values", "position_ids", "logits_to_keep")))
+            and forward_takes(model, "past_key_values", "position_ids", "logits_to_keep"))
 
 
 def _full_attention(model: torch.nn.Module) -> bool:
